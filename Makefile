@@ -1,0 +1,38 @@
+# fastproxy: every target works on a fresh machine; .venv is created on demand.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test build debug bench bench-deps bench-micro clean
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel "cython>=3.0"
+	$(BIN)/pip install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+# Rebuilds only the .pyx files that changed.
+build: $(STAMP)
+	$(BIN)/python setup.py -q build_ext --inplace -j 2
+
+debug: $(STAMP)
+	FASTPROXY_DEBUG=1 $(BIN)/python setup.py -q build_ext --inplace --force -j 2
+
+run: build
+	$(BIN)/fastproxy demo
+
+test: build
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench-deps:
+	apt-get update -qq && apt-get install -y -qq wrk nginx-light haproxy nghttp2-client
+
+bench: build
+	$(BIN)/python -m bench
+
+bench-micro: build
+	$(BIN)/python -m pytest -q bench/micro --benchmark-only
+
+clean:
+	rm -rf build $(VENV) fastproxy/_core/*.c fastproxy/_core/*.so fastproxy/_core/*.html
