@@ -1,0 +1,83 @@
+"""The fallback backend when nginx is missing: a tiny keep-alive HTTP/1.1 server on uvloop.
+
+Answers `GET /` with the same 12 bytes as the nginx backend and `GET /64k` with 65,536
+bytes; anything else gets 404. It costs more CPU per request than nginx, which the
+results say when it was used. Pipelined requests are answered in order.
+
+    python -m bench.builtin_backend --port 8080
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+SMALL_BODY = b"hello world\n"
+LARGE_BODY = b"x" * 65536
+
+
+def _response(status: str, body: bytes) -> bytes:
+    return (f"HTTP/1.1 {status}\r\nServer: fastproxy-bench-backend\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+RESPONSES = {b"/": _response("200 OK", SMALL_BODY), b"/64k": _response("200 OK", LARGE_BODY)}
+NOT_FOUND = _response("404 Not Found", b"not found\n")
+
+
+class BackendProtocol(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        out = []
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head = bytes(self.buffer[:end])
+            body_length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    body_length = int(value.strip())
+            if len(self.buffer) < end + 4 + body_length:
+                break
+            del self.buffer[:end + 4 + body_length]
+            parts = head.split(b" ", 2)
+            target = parts[1] if len(parts) > 1 else b""
+            out.append(RESPONSES.get(target.split(b"?", 1)[0], NOT_FOUND))
+            if b"connection: close" in head.lower():
+                self.transport.writelines(out)
+                self.transport.close()
+                return
+        if out:
+            self.transport.writelines(out)
+
+
+async def serve(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(BackendProtocol, "127.0.0.1", port, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.builtin_backend")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(serve(args.port))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,282 @@
+"""The contenders: fastproxy, nginx, HAProxy, and `direct` (no proxy at all).
+
+For a scenario each contender turns into a `Deployment`: the URL the load generator
+targets and the proxy processes to start (none for direct, two for the mTLS hop: an
+"inbound" sidecar in front of the app and an "outbound" one the client talks to). The
+configurations come from bench/templates/ and do the same job everywhere: one worker or
+thread, upstream keep-alive, no access log, the same certificates.
+
+A contender that cannot run a scenario raises `NotAvailable` with the reason; for
+fastproxy that is found out by trying - `fastproxy check` on the scenario's config, or the
+process failing to start - never assumed, so the harness notices the day a feature lands.
+Must not start processes or measure anything (that is bench.runner).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.backend import Backend
+from bench.certs import BenchCerts
+from bench.configs import write_config
+from bench.processes import free_port, run_to_completion
+from bench.scenarios import Scenario
+from bench.tools import REPO_ROOT, Tool
+
+
+class NotAvailable(Exception):
+    """This contender cannot run this scenario; the message says why."""
+
+
+@dataclass
+class DeployContext:
+    workdir: Path
+    backend: Backend
+    certs: BenchCerts | None
+
+
+@dataclass
+class ProxyProcess:
+    name: str            # unique within the run, e.g. "nginx-tls" or "fastproxy-mtls-2hop-outbound"
+    cmd: list[str]
+    port: int            # ready once this port accepts a connection
+    config: Path | None
+    ready_timeout_s: float = 10.0
+    cwd: Path | None = None
+
+
+@dataclass
+class Deployment:
+    url: str
+    port: int
+    processes: list[ProxyProcess] = field(default_factory=list)   # in start order
+    note: str = ""
+
+
+def _hops(scenario: Scenario) -> list[str]:
+    """Names of the proxy processes a scenario needs, app side first."""
+    return ["inbound", "outbound"] if scenario.topology == "mtls-2hop" else [""]
+
+
+class Contender:
+    name = ""
+    is_proxy = True           # False for direct: no proxy cost to measure
+
+    def problem(self) -> str | None:
+        """Why this contender cannot run at all on this machine, or None."""
+        return None
+
+    def version(self) -> str | None:
+        return None
+
+    def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
+        raise NotImplementedError
+
+    def start_failure(self, scenario: Scenario, reason: str) -> str:
+        return f"failed to start: {reason}"
+
+    def started(self, scenario: Scenario) -> None:
+        """The deployment for `scenario` accepted connections."""
+
+
+class Direct(Contender):
+    name = "direct"
+    is_proxy = False
+
+    def version(self) -> str:
+        return "no proxy: the load generator talks to the backend"
+
+    def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
+        note = ""
+        if scenario.topology != "plain":
+            note = "plain HTTP straight to the backend (no proxy, no TLS): the floor for the others"
+        return Deployment(url=f"http://{ctx.backend.address}{scenario.path}", port=ctx.backend.port, note=note)
+
+
+class Nginx(Contender):
+    name = "nginx"
+
+    def __init__(self, tool: Tool):
+        self.tool = tool
+
+    def problem(self) -> str | None:
+        return None if self.tool.found else self.tool.missing_message()
+
+    def version(self) -> str | None:
+        return self.tool.version
+
+    def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
+        certs, upstream, processes = ctx.certs, ctx.backend.address, []
+        for hop in _hops(scenario):
+            name = "-".join(filter(None, ["nginx", scenario.name, hop]))
+            port = free_port()
+            listen_tls = server_tls = upstream_tls = ""
+            scheme = "http"
+            if scenario.topology == "tls" or hop == "inbound":
+                listen_tls = " ssl"
+                server_tls = (f"        ssl_certificate {certs.server.cert};\n"
+                              f"        ssl_certificate_key {certs.server.key};\n"
+                              f"        ssl_session_cache shared:{name.replace('-', '_')}:10m;")
+                if hop == "inbound":
+                    server_tls += (f"\n        ssl_client_certificate {certs.ca};\n"
+                                   f"        ssl_verify_client on;")
+            if hop == "outbound":
+                scheme = "https"
+                upstream_tls = (f"            proxy_ssl_certificate {certs.client.cert};\n"
+                                f"            proxy_ssl_certificate_key {certs.client.key};\n"
+                                f"            proxy_ssl_trusted_certificate {certs.ca};\n"
+                                f"            proxy_ssl_verify on;\n"
+                                f"            proxy_ssl_name {certs.server.dns_name};\n"
+                                f"            proxy_ssl_session_reuse on;")
+            (ctx.workdir / f"{name}-tmp").mkdir(exist_ok=True)
+            config = write_config(
+                ctx.workdir / f"{name}.conf", "nginx-proxy.conf", workdir=ctx.workdir, name=name,
+                listen=f"127.0.0.1:{port}", listen_tls=listen_tls, server_tls=server_tls,
+                upstream=upstream, upstream_scheme=scheme, upstream_tls=upstream_tls)
+            cmd = [self.tool.path, "-p", str(ctx.workdir), "-e", str(ctx.workdir / f"{name}.error.log"),
+                   "-c", str(config)]
+            processes.append(ProxyProcess(name, cmd, port, config))
+            upstream = f"127.0.0.1:{port}"
+        entry = processes[-1].port
+        return Deployment(url=f"{scenario.client_scheme}://127.0.0.1:{entry}{scenario.path}",
+                          port=entry, processes=processes)
+
+
+class Haproxy(Contender):
+    name = "haproxy"
+
+    def __init__(self, tool: Tool):
+        self.tool = tool
+
+    def problem(self) -> str | None:
+        return None if self.tool.found else self.tool.missing_message()
+
+    def version(self) -> str | None:
+        return self.tool.version
+
+    def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
+        certs, upstream, processes = ctx.certs, ctx.backend.address, []
+        for hop in _hops(scenario):
+            name = "-".join(filter(None, ["haproxy", scenario.name, hop]))
+            port = free_port()
+            bind_tls = server_tls = ""
+            if scenario.topology == "tls":
+                bind_tls = f" ssl crt {certs.server.combined}"
+            elif hop == "inbound":
+                bind_tls = f" ssl crt {certs.server.combined} ca-file {certs.ca} verify required"
+            elif hop == "outbound":
+                server_tls = (f" ssl crt {certs.client.combined} ca-file {certs.ca} verify required"
+                              f" verifyhost {certs.server.dns_name}")
+            config = write_config(
+                ctx.workdir / f"{name}.cfg", "haproxy.cfg", workdir=ctx.workdir, name=name,
+                listen=f"127.0.0.1:{port}", bind_tls=bind_tls, upstream=upstream, server_tls=server_tls)
+            cmd = [self.tool.path, "-db", "-f", str(config)]
+            processes.append(ProxyProcess(name, cmd, port, config))
+            upstream = f"127.0.0.1:{port}"
+        entry = processes[-1].port
+        return Deployment(url=f"{scenario.client_scheme}://127.0.0.1:{entry}{scenario.path}",
+                          port=entry, processes=processes)
+
+
+class Fastproxy(Contender):
+    name = "fastproxy"
+
+    def __init__(self, workers: int = 1, python: str = sys.executable):
+        self.workers = workers
+        self.python = python
+        self._plain_check: tuple[bool, str] | None = None
+        self._plain_started = False      # a plain HTTP scenario ran in this run
+
+    def version(self) -> str | None:
+        try:
+            import fastproxy
+            return f"fastproxy {fastproxy.__version__}"
+        except Exception as exc:   # a broken checkout must not stop the run
+            return f"fastproxy (not importable: {exc})"
+
+    def command(self, *args: str) -> list[str]:
+        return [self.python, "-m", "fastproxy", *args]
+
+    def check(self, config: Path) -> tuple[bool, str]:
+        """`fastproxy check -c FILE`: (accepted, the first error line or summary)."""
+        try:
+            done = run_to_completion(self.command("check", "-c", str(config)), timeout=60, cwd=REPO_ROOT)
+        except Exception as exc:
+            return False, str(exc)
+        lines = [l.strip() for l in (done.stderr + "\n" + done.stdout).splitlines() if l.strip()]
+        if done.returncode == 0:
+            return True, lines[0] if lines else "ok"
+        errors = [l for l in lines if not l.startswith(("Traceback", "File ", "^"))]
+        detail = errors[-1] if errors else f"exit code {done.returncode}"
+        return False, f"exit code {done.returncode}: {detail}"
+
+    def write_config(self, path: Path, listen: str, upstream: str, identity: str = "",
+                     listener_tls: str = "", cluster_tls: str = "") -> Path:
+        return write_config(path, "fastproxy.toml", workers=self.workers, listen=listen,
+                            upstream=upstream, identity=identity, listener_tls=listener_tls,
+                            cluster_tls=cluster_tls)
+
+    def plain_config_works(self, ctx: DeployContext) -> tuple[bool, str]:
+        """Does fastproxy accept the simplest config at all? Tells "no TLS yet" from "broken"."""
+        if self._plain_check is None:
+            probe = self.write_config(ctx.workdir / "fastproxy-probe.toml", f"127.0.0.1:{free_port()}",
+                                      ctx.backend.address)
+            self._plain_check = self.check(probe)
+        return self._plain_check
+
+    def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
+        certs, upstream, processes, note = ctx.certs, ctx.backend.address, [], ""
+        for hop in _hops(scenario):
+            name = "-".join(filter(None, ["fastproxy", scenario.name, hop]))
+            port = free_port()
+            identity = listener_tls = cluster_tls = ""
+            if scenario.topology == "tls" or hop == "inbound":
+                identity = _identity_block(certs.server.spiffe_id, certs.server.cert, certs.server.key, certs.ca)
+                listener_tls = 'tls = "mtls"' if hop == "inbound" else 'tls = "tls"'
+            if hop == "outbound":
+                identity = _identity_block(certs.client.spiffe_id, certs.client.cert, certs.client.key, certs.ca)
+                cluster_tls = f'tls = "mtls"\npeer = "{certs.server.spiffe_id}"'
+            config = self.write_config(ctx.workdir / f"{name}.toml", f"127.0.0.1:{port}", upstream,
+                                       identity, listener_tls, cluster_tls)
+            accepted, detail = self.check(config)
+            if not accepted:
+                if self.plain_config_works(ctx)[0]:
+                    raise NotAvailable(self._refusal(scenario, f"`fastproxy check` said {detail}"))
+                # `check` refuses even a plain config, so it tells nothing about this
+                # scenario: starting fastproxy is the real test.
+                note = f"`fastproxy check` failed ({detail}); started it anyway"
+            cmd = self.command("run", "-c", str(config), "--workers", str(self.workers))
+            processes.append(ProxyProcess(name, cmd, port, config, ready_timeout_s=20, cwd=REPO_ROOT))
+            upstream = f"127.0.0.1:{port}"
+        entry = processes[-1].port
+        return Deployment(url=f"{scenario.client_scheme}://127.0.0.1:{entry}{scenario.path}",
+                          port=entry, processes=processes, note=note)
+
+    def _refusal(self, scenario: Scenario, detail: str) -> str:
+        if scenario.fastproxy_feature:
+            return f"not available yet: fastproxy has no {scenario.fastproxy_feature} ({detail})"
+        return f"fastproxy refused the config: {detail}"
+
+    def started(self, scenario: Scenario) -> None:
+        if not scenario.fastproxy_feature:
+            self._plain_started = True
+
+    def start_failure(self, scenario: Scenario, reason: str) -> str:
+        # Blame the missing feature only when fastproxy is known to run without it.
+        if scenario.fastproxy_feature and (self._plain_started or (self._plain_check or (False,))[0]):
+            return f"not available yet: fastproxy has no {scenario.fastproxy_feature}; it failed to start: {reason}"
+        return f"failed to start: {reason}"
+
+
+def _identity_block(spiffe_id: str, cert: Path, key: Path, trust: Path) -> str:
+    return (f'\n[identity]\nid = "{spiffe_id}"\ncert = "{cert}"\nkey = "{key}"\ntrust = "{trust}"\n')
+
+
+def all_contenders(tools: dict[str, Tool], fastproxy_workers: int) -> dict[str, Contender]:
+    return {
+        "direct": Direct(),
+        "fastproxy": Fastproxy(fastproxy_workers),
+        "nginx": Nginx(tools["nginx"]),
+        "haproxy": Haproxy(tools["haproxy"]),
+    }

@@ -1,0 +1,207 @@
+"""From measured rounds to figures: medians with min-max, ratios, results.json and results.md.
+
+Every figure of a contender is the median over its rounds, shown with the min-max range.
+Ratios divide a contender's median by the median of nginx or HAProxy measured in the same
+scenario of the same run - never by a figure from another run - so results.json carries
+everything needed to recompute them. For the fixed-rate scenario the latency a proxy adds
+is its median minus direct's median.
+Must not run anything; it only reads the run record the runner filled in.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    higher_is_better: bool = False
+    kind: str = "number"      # "number" | "latency" (microseconds) | "count"
+
+
+METRICS = [
+    Metric("rps", "req/s", higher_is_better=True),
+    Metric("p50_us", "p50", kind="latency"),
+    Metric("p99_us", "p99", kind="latency"),
+    Metric("p999_us", "p99.9", kind="latency"),
+    Metric("cpu_us_per_request", "proxy CPU µs/req"),
+    Metric("peak_rss_mib", "proxy peak RSS MiB"),
+    Metric("errors", "errors", kind="count"),
+]
+COMPARATORS = ("nginx", "haproxy")
+COMPARATOR_LABELS = {"nginx": "nginx", "haproxy": "HAProxy"}
+LATENCY_KEYS = ("p50_us", "p99_us", "p999_us")
+
+
+def summarize(rounds: list[dict]) -> dict:
+    """Median, min and max of each metric over the rounds (None where a figure does not apply)."""
+    summary = {}
+    for metric in METRICS:
+        values = [r[metric.key] for r in rounds if r.get(metric.key) is not None]
+        if not values or len(values) < len(rounds):
+            summary[metric.key] = None
+            continue
+        summary[metric.key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return summary
+
+
+def ratio(value: dict | None, reference: dict | None) -> float | None:
+    if not value or not reference or not reference["median"]:
+        return None
+    return value["median"] / reference["median"]
+
+
+def add_figures(scenario: dict) -> None:
+    """Fill in each contender's summary, its ratios to the comparators, and added latency."""
+    contenders = scenario["contenders"]
+    for contender in contenders.values():
+        contender["summary"] = summarize(contender["rounds"]) if contender["rounds"] else None
+    for contender in contenders.values():
+        contender["ratios"] = {}
+        if not contender["summary"]:
+            continue
+        for comparator in COMPARATORS:
+            reference = contenders.get(comparator, {}).get("summary")
+            if reference and contender is not contenders[comparator]:
+                contender["ratios"][comparator] = {
+                    m.key: ratio(contender["summary"][m.key], reference[m.key]) for m in METRICS}
+    direct = contenders.get("direct", {}).get("summary")
+    for name, contender in contenders.items():
+        if scenario["fixed_rate"] and direct and contender["summary"] and name != "direct":
+            contender["added_latency_us"] = {
+                key: contender["summary"][key]["median"] - direct[key]["median"] for key in LATENCY_KEYS}
+
+
+def write_json(run: dict, path: Path) -> Path:
+    path.write_text(json.dumps(run, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+# ---- results.md ------------------------------------------------------------------------
+
+def format_value(value: float | None, metric: Metric) -> str:
+    if value is None:
+        return "–"
+    if metric.kind == "latency":
+        return f"{value:,.0f} µs" if value < 1000 else f"{value / 1000:,.2f} ms"
+    if metric.kind == "count" or metric.key == "rps":
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
+
+
+def format_figure(figure: dict | None, metric: Metric) -> str:
+    if not figure:
+        return "–"
+    median = format_value(figure["median"], metric)
+    low, high = format_value(figure["min"], metric), format_value(figure["max"], metric)
+    if low == high:
+        return median
+    return f"{median} ({low}–{high})"
+
+
+def format_ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def render_markdown(run: dict) -> str:
+    lines = [f"# fastproxy benchmark — {run['started_at']}", ""]
+    lines += _header(run)
+    for scenario in run["scenarios"]:
+        lines += _scenario_section(scenario)
+    lines += _reading_notes(run)
+    return "\n".join(lines) + "\n"
+
+
+def _header(run: dict) -> list[str]:
+    machine, tools, git = run["machine"], run["tools"], run["git"]
+    timing = run["timing"]
+    versions = ", ".join(info["short"] for info in tools.values())
+    commit = (git["commit"] or "unknown")[:12] + (" (uncommitted changes)" if git.get("dirty") else "")
+    out = [
+        f"- command: `{run['command']}` (mode {run['mode']}: {timing['rounds']} round(s), "
+        f"{timing['warmup_s']:g} s warm-up per contender, {timing['measure_s']:g} s per measured run, "
+        f"{timing['fixed_rate_measure_s']:g} s at {timing['rate']:,} req/s for the fixed-rate scenario)",
+        f"- machine: {machine['cpu_model']}, {machine['cores']} cores, {machine['os']}, "
+        f"Linux {machine['kernel']}, Python {machine['python']}",
+        f"- fastproxy commit: {commit}",
+        f"- tools: {versions}",
+        f"- placement: {run['placement']['note']} (load + backend: CPU {run['placement']['load_and_backend_cpu']}, "
+        f"proxy: CPU {run['placement']['proxy_cpu']})",
+        f"- backend: {run['backend']}",
+        f"- duration: {run['elapsed_s']:.0f} s" + (" — INTERRUPTED, results are partial" if run.get("interrupted") else ""),
+    ]
+    if run["missing_tools"]:
+        out += ["", "**Missing tools** (what was not measured because of them):", ""]
+        out += [f"- {message}" for message in run["missing_tools"]]
+    return out + [""]
+
+
+def _scenario_section(scenario: dict) -> list[str]:
+    out = [f"## {scenario['name']} — {scenario['title']}", ""]
+    header = "| contender | " + " | ".join(m.label for m in METRICS) + " |"
+    out += [header, "|" + "---|" * (len(METRICS) + 1)]
+    notes = []
+    for name, contender in scenario["contenders"].items():
+        if contender["summary"]:
+            cells = [format_figure(contender["summary"][m.key], m) for m in METRICS]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        else:
+            message = f"{contender['status']}: {contender['message']}".replace("|", "\\|")
+            out.append(f"| {name} | {message} |" + " |" * (len(METRICS) - 1))
+        if contender["summary"] and contender["status"] != "ok":
+            notes.append(f"- {name}: {contender['status']}: {contender['message']}")
+        if contender.get("note"):
+            notes.append(f"- {name}: {contender['note']}")
+    out.append("")
+
+    with_ratios = [(n, c) for n, c in scenario["contenders"].items() if c.get("ratios")]
+    comparators = [c for c in COMPARATORS if any(c in r["ratios"] for _, r in with_ratios)]
+    if comparators:
+        against = " / ".join(f"÷ {COMPARATOR_LABELS[c]}" for c in comparators)
+        out += [f"Ratios, median ÷ median of the same run ({against}):", ""]
+        out += ["| contender | " + " | ".join(m.label for m in METRICS) + " |",
+                "|" + "---|" * (len(METRICS) + 1)]
+        for name, contender in with_ratios:
+            cells = [" / ".join(format_ratio(contender["ratios"].get(c, {}).get(m.key)) if c in contender["ratios"]
+                                else "·" for c in comparators) for m in METRICS]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
+
+    added = [(n, c["added_latency_us"]) for n, c in scenario["contenders"].items() if c.get("added_latency_us")]
+    if added:
+        out += ["Latency added over direct (median minus direct's median):", "",
+                "| contender | p50 | p99 | p99.9 |", "|---|---|---|---|"]
+        for name, figures in added:
+            out.append(f"| {name} | " + " | ".join(f"{figures[k]:+,.0f} µs" for k in LATENCY_KEYS) + " |")
+        out.append("")
+    if notes:
+        out += notes + [""]
+    return out
+
+
+def _reading_notes(run: dict) -> list[str]:
+    return [
+        "## How to read this",
+        "",
+        "- Each figure is the median over rounds, with (min–max) when rounds differ. Rounds alternate "
+        "contenders (A B C, A B C, ...) after one warm-up per contender.",
+        "- req/s: higher is better; every other figure: lower is better. A ratio below 1.00× in a "
+        "lower-is-better column means cheaper/faster than that comparator; '·' marks the comparator itself.",
+        "- Latency in the closed-loop scenarios comes from wrk, where a slow response also delays the "
+        "requests behind it; the fixed-rate `latency` scenario counts latency from each request's "
+        "intended send time (no coordinated omission) and is the one to quote for added latency.",
+        "- proxy CPU µs/req: utime+stime from /proc/<pid>/stat of all the proxy's processes (workers "
+        "included; both sidecars in mtls-2hop) during the measured run, divided by the requests completed. "
+        "Peak RSS: sum of VmHWM over those processes.",
+        "- errors: socket errors (connect, read, write, timeout) plus responses that are not 2xx/3xx.",
+        "",
+    ]
+
+
+def write_markdown(run: dict, path: Path) -> Path:
+    path.write_text(render_markdown(run))
+    return path
