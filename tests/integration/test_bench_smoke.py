@@ -1,0 +1,166 @@
+"""The benchmark harness (`python -m bench`, SPEC §10) in smoke mode: tiny durations, one round.
+
+It runs with whichever tools this machine has (at least direct and fastproxy; nginx,
+HAProxy and wrk when installed) and checks what it writes: results.md, results.json and
+the PNG charts exist and are well-formed, every figure a ratio is made of comes from the
+same run, and a missing tool gives a message that names it and says how to install it.
+No test here asserts a speed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ["h1-small", "h1-conns", "h1-64k", "tls", "mtls-2hop", "latency"]
+STATUSES = {"ok", "not available", "skipped", "failed"}
+METRICS = ["rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_request", "peak_rss_mib", "errors"]
+CHARTS = ["throughput.png", "cpu_per_request.png", "latency.png"]
+
+
+def run_bench(*args: str, results_dir: Path, timeout: float) -> tuple[subprocess.CompletedProcess, Path]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--results-dir", str(results_dir), *args],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+    assert done.returncode == 0, f"python -m bench failed:\n{done.stdout}\n{done.stderr}"
+    runs = [p for p in results_dir.iterdir() if p.is_dir() and not p.is_symlink()]
+    assert len(runs) == 1, runs
+    return done, runs[0]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    done, results = run_bench(results_dir=tmp_path_factory.mktemp("bench"), timeout=100)
+    return done, results, json.loads((results / "results.json").read_text())
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert data.rstrip(b"\0")[-8:-4] == b"IEND", f"{path.name} is truncated"
+    return width, height
+
+
+def test_writes_results_md_json_and_charts(smoke_run):
+    done, results, run = smoke_run
+    assert "round 1/1" in done.stdout or "skipped" in done.stdout      # progress was shown
+    assert (results.parent / "latest").resolve() == results.resolve()
+    for name in CHARTS:
+        width, height = png_size(results / name)
+        assert width > 100 and height > 100
+    assert run["charts"] == CHARTS and run["charts_error"] is None
+
+    assert run["mode"] == "smoke" and not run["interrupted"] and run["error"] is None
+    assert run["machine"]["cores"] >= 1 and run["machine"]["cpu_model"]
+    assert run["git"]["commit"]
+    assert {"wrk", "nginx", "haproxy", "fastproxy"} <= run["tools"].keys()
+    assert [s["name"] for s in run["scenarios"]] == SCENARIOS
+
+    markdown = (results / "results.md").read_text()
+    assert markdown.startswith("# fastproxy benchmark")
+    for scenario in run["scenarios"]:
+        assert f"## {scenario['name']} —" in markdown
+        assert set(scenario["contenders"]) == {"direct", "fastproxy", "nginx", "haproxy"}
+        for name, contender in scenario["contenders"].items():
+            assert contender["status"] in STATUSES
+            assert f"| {name} |" in markdown
+            if contender["status"] != "ok":
+                assert contender["message"], (scenario["name"], name)
+                assert contender["message"].split(":")[0] in markdown
+
+
+def test_direct_and_fastproxy_are_always_attempted(smoke_run):
+    _, _, run = smoke_run
+    wrk_found = run["tools"]["wrk"]["path"] is not None
+    for scenario in run["scenarios"]:
+        direct, fastproxy = scenario["contenders"]["direct"], scenario["contenders"]["fastproxy"]
+        if scenario["fixed_rate"] or wrk_found:
+            assert direct["status"] == "ok", direct
+            assert direct["rounds"][0]["requests"] > 0
+            assert direct["summary"]["cpu_us_per_request"] is None      # no proxy, no proxy cost
+            # fastproxy either ran or says why not - never silently absent.
+            assert fastproxy["status"] in {"ok", "failed", "not available"}
+        else:
+            assert "wrk" in direct["message"] and "make bench-deps" in direct["message"]
+        if fastproxy["status"] == "ok":
+            assert fastproxy["rounds"][0]["proxy_processes"] >= 1
+            assert fastproxy["summary"]["cpu_us_per_request"] is not None
+
+
+def test_figures_and_ratios_come_from_the_same_run(smoke_run):
+    _, _, run = smoke_run
+    checked = 0
+    for scenario in run["scenarios"]:
+        contenders = scenario["contenders"]
+        for name, contender in contenders.items():
+            if not contender["rounds"]:
+                assert contender["summary"] is None and contender["ratios"] == {}
+                continue
+            for metric in METRICS:
+                values = [r[metric] for r in contender["rounds"]]
+                figure = contender["summary"][metric]
+                if None in values:
+                    assert figure is None
+                    continue
+                assert figure["median"] == pytest.approx(statistics.median(values))
+                assert figure["min"] <= figure["median"] <= figure["max"]
+            for comparator in ("nginx", "haproxy"):
+                reference = contenders[comparator]["summary"]
+                if comparator == name or not reference:
+                    assert comparator not in contender["ratios"]
+                    continue
+                for metric in METRICS:
+                    ratio = contender["ratios"][comparator][metric]
+                    mine, theirs = contender["summary"][metric], reference[metric]
+                    if mine is None or theirs is None or not theirs["median"]:
+                        assert ratio is None
+                    else:
+                        assert math.isclose(ratio, mine["median"] / theirs["median"], rel_tol=1e-9)
+                        checked += 1
+    if any(s["contenders"]["nginx"]["summary"] or s["contenders"]["haproxy"]["summary"]
+           for s in run["scenarios"]):
+        assert checked > 0
+
+
+def test_missing_tools_are_named_with_how_to_install_them(tmp_path):
+    done, results = run_bench(
+        "--scenario", "h1-small,latency", "--contender", "direct,nginx,haproxy",
+        "--wrk", "/nonexistent/wrk", "--nginx", "/nonexistent/nginx", "--haproxy", "/nonexistent/haproxy",
+        results_dir=tmp_path, timeout=60)
+    for tool in ("wrk", "nginx", "haproxy"):
+        assert f"{tool}: /nonexistent/{tool} does not exist" in done.stdout
+    assert "make bench-deps" in done.stdout and "apt-get install -y nginx-light" in done.stdout
+
+    run = json.loads((results / "results.json").read_text())
+    assert len(run["missing_tools"]) == 3
+    assert "built-in" in run["backend"]                      # nginx missing: the fallback backend
+    small, latency = run["scenarios"]
+    for contender in small["contenders"].values():            # no wrk: nothing closed-loop runs
+        assert contender["status"] == "skipped" and "wrk" in contender["message"]
+    assert latency["contenders"]["direct"]["status"] == "ok"  # the open-loop generator needs no wrk
+    for name in ("nginx", "haproxy"):
+        assert latency["contenders"][name]["status"] == "skipped"
+        assert "make bench-deps" in latency["contenders"][name]["message"]
+    markdown = (results / "results.md").read_text()
+    assert "Missing tools" in markdown and "/nonexistent/nginx" in markdown
+    for name in CHARTS:
+        png_size(results / name)
+
+
+def test_unknown_scenario_is_a_usage_error():
+    done = subprocess.run([sys.executable, "-m", "bench", "--scenario", "h3-magic"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "unknown scenario h3-magic" in done.stderr
+    assert os.path.exists(REPO_ROOT / "bench" / "results" / "README.md")
