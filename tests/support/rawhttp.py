@@ -69,6 +69,13 @@ class RawConn:
         self.eof = False
         self.reset = False
 
+    @classmethod
+    def wrap(cls, sock: socket.socket, timeout: float = 10.0) -> "RawConn":
+        """A RawConn over an already connected socket."""
+        c = cls.__new__(cls)
+        c.sock, c.timeout, c.buf, c.eof, c.reset = sock, timeout, bytearray(), False, False
+        return c
+
     # ------------------------------------------------------------ plumbing
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -217,6 +224,14 @@ class RawConn:
                 return
             raise
         resp.body = bytes(body)
+
+    def read_bytes(self, n: int, timeout: float | None = None) -> bytes:
+        """Exactly n raw bytes (e.g. from a tunnel); ConnectionClosed if the peer closes."""
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        while len(self.buf) < n:
+            if not self._fill(deadline):
+                raise ConnectionClosed(f"closed after {len(self.buf)} of {n} bytes", bytes(self.buf))
+        return self._take(n)
 
     # ------------------------------------------------------------ connection state
     def wait_closed(self, timeout: float = 5.0) -> bytes:
