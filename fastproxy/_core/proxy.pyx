@@ -1,0 +1,1338 @@
+"""The forwarding core: HTTP/1.1 client connections, upstream pools and the exchange between them.
+
+Owns everything a proxied request touches: accepting client connections (`Downstream`),
+parsing request heads, routing, pooled upstream connections (`Upstream`, `Endpoint`),
+streaming bodies both ways with backpressure, timeouts, and the proxy's own error
+responses. It never calls into Python per request unless a feature asks for it; the
+Python layer configures a `Worker` and hands it a compiled configuration.
+
+The phases of one request, in order (as Pingora lists them):
+  1. Downstream.process       parse the head (http1.parse_request), refuse bad input
+  2. Downstream.start_exchange  route; no match -> 404 no_route
+  3. Exchange.build_upstream_head  copy untouched header lines, rewrite hop-by-hop,
+                               x-forwarded-*, x-request-id
+  4. Exchange.request_body     validate and queue the body bytes that came with the head
+  5. Exchange.connect          an idle pooled connection, else a new one (503 on failure)
+  6. Exchange.upstream_data    parse the response head, rewrite it, stream the body
+  7. Exchange.finish           pool the upstream connection, hand the client connection
+                               back to its next (pipelined) request
+
+An `Exchange` is one request/response; it talks to its client connection only through a
+few methods (write, send_error, exchange_done), so HTTP/2 streams can drive it later.
+"""
+import asyncio
+import os
+import socket
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, memcmp
+from libc.stdio cimport snprintf
+
+from fastproxy._core.http1 cimport (
+    RequestHead, ResponseHead, ChunkedReader, Field, parse_request, parse_response, ascii_ieq,
+    H_OTHER, H_HOST, H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_CONNECTION, H_KEEP_ALIVE,
+    H_PROXY_CONNECTION, H_TE, H_UPGRADE, H_EXPECT, H_X_FORWARDED_FOR, H_X_FORWARDED_PROTO,
+    H_X_REQUEST_ID, H_XFCC,
+    BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_UNTIL_CLOSE,
+)
+
+cdef enum:
+    REPLAY_LIMIT = 65536       # request bytes kept for a resend (SPEC §3, §5)
+    QUEUE_LIMIT = 65536        # bytes held for an upstream that is still connecting
+    PIPELINE_LIMIT = 65536     # pipelined bytes held while a request is in flight
+    MAX_RESPONSE_HEAD = 65536
+    MAX_RESPONSE_FIELDS = 256
+    IDLE_PER_ENDPOINT = 1024
+    MAX_SPANS = 64
+
+# client connection states
+cdef enum:
+    S_IDLE = 0       # waiting for the first byte of a request head
+    S_HEAD = 1       # part of a head received
+    S_EXCHANGE = 2   # a request is being proxied
+    S_TUNNEL = 3     # an Upgrade tunnel: bytes flow both ways
+    S_CLOSED = 4
+
+# why a client connection is not being read
+cdef enum:
+    P_UPSTREAM = 1   # the upstream's write buffer is full
+    P_QUEUE = 2      # the upstream is still connecting and enough is queued
+    P_PIPELINE = 4   # enough pipelined requests are waiting
+    P_ADMISSION = 8  # over max_connections: waits until a slot frees
+
+cdef dict REASONS = {
+    100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 400: b"Bad Request",
+    403: b"Forbidden", 404: b"Not Found", 408: b"Request Timeout",
+    431: b"Request Header Fields Too Large", 501: b"Not Implemented", 502: b"Bad Gateway",
+    503: b"Service Unavailable", 504: b"Gateway Timeout",
+}
+
+cdef dict PARSE_REASONS = {400: "bad_request", 431: "header_too_large", 501: "not_implemented"}
+
+cdef bytes CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+# -- building heads: copy runs of untouched bytes, then append our own lines ---------------
+
+cdef struct Span:
+    Py_ssize_t start   # -1: the next extra goes here
+    Py_ssize_t end
+
+
+cdef class HeadWriter:
+    """Collects runs of a received head and extra lines, then copies them out once.
+
+    Untouched header lines are adjacent, so a typical head is one run: one memcpy.
+    """
+    cdef Span* spans
+    cdef int n
+    cdef int cap
+    cdef list extras
+    cdef Py_ssize_t total
+
+    def __cinit__(self):
+        self.cap = 64
+        self.spans = <Span*>malloc(self.cap * sizeof(Span))
+        if self.spans is NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.spans)
+
+    cdef inline void reset(self):
+        self.n = 0
+        self.total = 0
+        self.extras = None
+
+    cdef int _push(self, Py_ssize_t a, Py_ssize_t b) except -1:
+        cdef Span* grown
+        if self.n == self.cap:
+            grown = <Span*>realloc(self.spans, 2 * self.cap * sizeof(Span))
+            if grown is NULL:
+                raise MemoryError()
+            self.spans = grown
+            self.cap *= 2
+        self.spans[self.n].start = a
+        self.spans[self.n].end = b
+        self.n += 1
+        return 0
+
+    cdef inline int span(self, Py_ssize_t a, Py_ssize_t b) except -1:
+        if self.n and self.spans[self.n - 1].end == a:
+            self.spans[self.n - 1].end = b
+        else:
+            self._push(a, b)
+        self.total += b - a
+        return 0
+
+    cdef int extra(self, bytes data) except -1:
+        if self.extras is None:
+            self.extras = []
+        self.extras.append(data)
+        self._push(-1, -1)
+        self.total += PyBytes_GET_SIZE(data)
+        return 0
+
+    cdef bytes build(self, bytes raw, bytes tail, const char* body, Py_ssize_t body_len):
+        """The runs and extras in order, then tail, then body_len bytes of body."""
+        cdef Py_ssize_t tl = PyBytes_GET_SIZE(tail), k
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, self.total + tl + body_len)
+        cdef char* o = PyBytes_AS_STRING(out)
+        cdef const char* src = PyBytes_AS_STRING(raw)
+        cdef int i, e = 0
+        cdef bytes x
+        for i in range(self.n):
+            if self.spans[i].start < 0:
+                x = self.extras[e]
+                e += 1
+                k = PyBytes_GET_SIZE(x)
+                memcpy(o, PyBytes_AS_STRING(x), k)
+            else:
+                k = self.spans[i].end - self.spans[i].start
+                memcpy(o, src + self.spans[i].start, k)
+            o += k
+        memcpy(o, PyBytes_AS_STRING(tail), tl)
+        if body_len:
+            memcpy(o + tl, body, body_len)
+        return out
+
+
+cdef inline const char* _ptr(object data):
+    if type(data) is bytes:
+        return PyBytes_AS_STRING(data)
+    return PyByteArray_AS_STRING(data)
+
+
+cdef inline bytes _slice(object data, Py_ssize_t a, Py_ssize_t b):
+    """data[a:b] as bytes; no copy when that is all of a bytes object."""
+    if a == 0 and type(data) is bytes and b == PyBytes_GET_SIZE(data):
+        return <bytes>data
+    return PyBytes_FromStringAndSize(_ptr(data) + a, b - a)
+
+
+# -- compiled configuration ---------------------------------------------------------------
+
+cdef class Route:
+    """One route of a listener, compiled for matching against parsed offsets."""
+    cdef readonly str name
+    cdef bytes host            # exact host, lowercase
+    cdef bytes host_suffix     # ".example.com" for "*.example.com"
+    cdef bytes prefix
+    cdef bytes path
+    cdef bytes method
+    cdef tuple headers         # ((lowercase name, value), ...)
+    cdef readonly Cluster cluster
+    cdef readonly double timeout
+
+    cdef bint matches(self, RequestHead h, const char* p):
+        cdef Py_ssize_t n
+        if self.host is not None:
+            n = h.host_end - h.host_start
+            if n != PyBytes_GET_SIZE(self.host) or not ascii_ieq(p + h.host_start, self.host, n):
+                return False
+        elif self.host_suffix is not None:
+            n = PyBytes_GET_SIZE(self.host_suffix)
+            if h.host_end - h.host_start <= n or not ascii_ieq(p + h.host_end - n, self.host_suffix, n):
+                return False
+        if self.path is not None:
+            n = PyBytes_GET_SIZE(self.path)
+            if h.path_end - h.path_start != n or memcmp(p + h.path_start, <char*>self.path, n) != 0:
+                return False
+        elif self.prefix is not None:
+            n = PyBytes_GET_SIZE(self.prefix)
+            if h.path_end - h.path_start < n or memcmp(p + h.path_start, <char*>self.prefix, n) != 0:
+                return False
+        if self.method is not None:
+            n = PyBytes_GET_SIZE(self.method)
+            if h.method_end - h.start != n or memcmp(p + h.start, <char*>self.method, n) != 0:
+                return False
+        if self.headers:
+            for name, value in self.headers:
+                if h.get(name) != value:
+                    return False
+        return True
+
+
+cdef class ListenerState:
+    """A listener's compiled routes and limits; replaced whole on reload."""
+    cdef readonly str name
+    cdef readonly list routes
+    cdef Py_ssize_t max_header_bytes
+    cdef int max_headers
+    cdef double header_timeout
+    cdef double idle_timeout
+    cdef bytes proto_line       # b"x-forwarded-proto: http\r\n"
+
+    cdef Route route_for(self, RequestHead h):
+        cdef const char* p = PyBytes_AS_STRING(h.raw)
+        cdef Route r
+        for r in self.routes:
+            if r.matches(h, p):
+                return r
+        return None
+
+
+cdef class Endpoint:
+    """One upstream address and its pool of idle keep-alive connections."""
+    cdef readonly str host
+    cdef readonly int port
+    cdef list idle
+    cdef readonly int active
+    cdef public double idle_timeout
+
+    def __init__(self, str host, int port):
+        self.host = host
+        self.port = port
+        self.idle = []
+        self.idle_timeout = 60.0
+
+    @property
+    def idle_count(self):
+        return len(self.idle)
+
+    cdef Upstream take_idle(self):
+        cdef Upstream up
+        while self.idle:
+            up = self.idle.pop()
+            if not up.closed:
+                up.pooled = False
+                return up
+        return None
+
+    cdef void release(self, Upstream up, double now):
+        if len(self.idle) >= IDLE_PER_ENDPOINT:
+            up.close()
+            return
+        up.pooled = True
+        up.set_idle_deadline(now + self.idle_timeout)
+        self.idle.append(up)
+
+    cdef void forget(self, Upstream up):
+        if up.pooled:
+            up.pooled = False
+            try:
+                self.idle.remove(up)
+            except ValueError:
+                pass
+
+    def close_idle(self):
+        cdef Upstream up
+        for up in list(self.idle):
+            up.close()
+        self.idle.clear()
+
+
+cdef class Cluster:
+    """Endpoints of one upstream service and how to pick among them."""
+    cdef readonly str name
+    cdef readonly list endpoints
+    cdef Py_ssize_t rr
+    cdef readonly double connect_timeout
+    cdef readonly double idle_timeout
+    cdef readonly tuple addresses    # as configured: ((host, port, is_ip), ...)
+    cdef readonly bytes default_host
+
+    def __init__(self, str name):
+        self.name = name
+        self.endpoints = []
+
+    def set_endpoints(self, list addresses):
+        """Replace the resolved endpoint list, keeping pools of addresses that remain."""
+        cdef Endpoint ep
+        old = {(ep.host, ep.port): ep for ep in self.endpoints}
+        new = []
+        for host, port in addresses:
+            ep = old.pop((host, port), None)
+            if ep is None:
+                ep = Endpoint(host, port)
+            ep.idle_timeout = self.idle_timeout
+            new.append(ep)
+        for ep in old.values():
+            ep.close_idle()
+        self.endpoints = new
+
+    cdef Endpoint pick(self, set exclude):
+        cdef Py_ssize_t n = len(self.endpoints), i
+        cdef Endpoint ep
+        for i in range(n):
+            self.rr += 1
+            if self.rr >= n:
+                self.rr = 0
+            ep = self.endpoints[self.rr]
+            if exclude is None or ep not in exclude:
+                return ep
+        return None
+
+
+# -- the worker: one event loop's connections and configuration ---------------------------
+
+cdef class Worker:
+    """All state of one worker process's event loop."""
+    cdef readonly object loop
+    cdef object _time
+    cdef readonly dict listeners     # name -> ListenerState
+    cdef readonly dict clusters      # name -> Cluster
+    cdef readonly set connections    # open Downstream
+    cdef list waiting                # Downstream paused for admission
+    cdef readonly int max_connections
+    cdef readonly bint draining
+    cdef unsigned long long rid_seed
+    cdef unsigned long long rid_counter
+    cdef readonly object drained     # a Future set when draining and no connection is left
+    cdef HeadWriter hw               # reused by every head built on this loop
+
+    def __init__(self, loop):
+        self.loop = loop
+        self._time = loop.time
+        self.listeners = {}
+        self.clusters = {}
+        self.connections = set()
+        self.waiting = []
+        self.max_connections = 10000
+        seed = os.urandom(16)
+        self.rid_seed = int.from_bytes(seed[:8], "little")
+        self.rid_counter = int.from_bytes(seed[8:], "little") >> 16  # ids unique per worker
+        self.drained = None
+        self.hw = HeadWriter()
+
+    def configure(self, config):
+        """Compile a validated fastproxy.config.Config; clusters keep their pools by name."""
+        cdef Cluster cl
+        cdef ListenerState ls
+        clusters = {}
+        for name, c in config.clusters.items():
+            cl = self.clusters.get(name) or Cluster(name)
+            cl.connect_timeout = c.connect_timeout
+            cl.idle_timeout = c.idle_timeout
+            cl.addresses = tuple((e.host, e.port, e.is_ip) for e in c.endpoints)
+            cl.default_host = str(c.endpoints[0]).encode()
+            cl.set_endpoints([(e.host, e.port) for e in c.endpoints if e.is_ip])
+            clusters[name] = cl
+        listeners = {}
+        for lc in config.listeners:
+            ls = ListenerState()
+            ls.name = lc.name
+            ls.max_header_bytes = lc.limits.max_header_bytes
+            ls.max_headers = lc.limits.max_headers
+            ls.header_timeout = lc.limits.header_timeout
+            ls.idle_timeout = lc.limits.idle_timeout
+            ls.proto_line = b"x-forwarded-proto: " + (b"http" if lc.tls == "off" else b"https") + b"\r\n"
+            ls.routes = [self._route(rc, clusters) for rc in lc.routes]
+            listeners[lc.name] = ls
+        for name, cl in self.clusters.items():
+            if name not in clusters:
+                for ep in cl.endpoints:
+                    ep.close_idle()
+        self.clusters = clusters
+        self.listeners = listeners
+        self.max_connections = config.limits.max_connections
+
+    cdef Route _route(self, rc, dict clusters):
+        cdef Route r = Route()
+        r.name = rc.name
+        if rc.host is not None:
+            if rc.host.startswith("*."):
+                r.host_suffix = rc.host[1:].lower().encode()
+            else:
+                r.host = rc.host.lower().encode()
+        r.prefix = rc.prefix.encode() if rc.prefix is not None else None
+        r.path = rc.path.encode() if rc.path is not None else None
+        r.method = rc.method.encode() if rc.method is not None else None
+        r.headers = tuple((n.lower().encode(), v.encode()) for n, v in rc.headers)
+        if rc.cluster is not None:
+            r.cluster = clusters[rc.cluster]
+        else:  # splits arrive with issue 5; until then the heaviest member takes all
+            r.cluster = clusters[max(rc.split, key=lambda m: m.weight).cluster]
+        r.timeout = rc.timeout
+        return r
+
+    def protocol_factory(self, str listener):
+        """The factory for asyncio's create_server on the named listener."""
+        def factory():
+            return Downstream(self, listener)
+        return factory
+
+    def begin_drain(self):
+        """Stop taking requests: idle connections close now, busy ones after their response."""
+        cdef Downstream d
+        self.draining = True
+        self.drained = self.loop.create_future()
+        for d in list(self.connections):
+            if d.state == S_IDLE:
+                d.close()
+        for d in self.waiting:
+            d.close()
+        self._check_drained()
+
+    def close_all(self):
+        cdef Downstream d
+        for d in list(self.connections):
+            d.close()
+        for cl in self.clusters.values():
+            for ep in cl.endpoints:
+                ep.close_idle()
+
+    cdef void _check_drained(self):
+        if self.draining and not self.connections and self.drained is not None \
+                and not self.drained.done():
+            self.drained.set_result(None)
+
+    cdef bytes new_request_id(self):
+        cdef char buf[40]
+        cdef unsigned long long c = self.rid_counter
+        self.rid_counter += 1
+        cdef unsigned long long s = self.rid_seed
+        snprintf(buf, 40, b"%08llx-%04llx-4%03llx-a%03llx-%012llx",
+                 (s >> 32) & 0xffffffffULL, (s >> 16) & 0xffffULL, s & 0xfffULL,
+                 (c >> 48) & 0xfffULL, c & 0xffffffffffffULL)
+        return PyBytes_FromStringAndSize(buf, 36)
+
+    cdef inline double now(self):
+        return self._time()
+
+    def open_connection_count(self):
+        return len(self.connections)
+
+
+# -- client side ---------------------------------------------------------------------------
+
+@cython.final
+cdef class Downstream:
+    """A client connection: parses its requests one at a time and answers them in order."""
+    cdef Worker w
+    cdef str listener_name
+    cdef ListenerState ls
+    cdef object transport
+    cdef readonly bytes client_ip
+    cdef object pending          # unparsed bytes: a partial head or pipelined requests
+    cdef RequestHead head
+    cdef Exchange ex
+    cdef int state
+    cdef int paused
+    cdef bint writing_paused
+    cdef int requests
+    cdef double deadline
+    cdef object timer
+    cdef double timer_at
+    cdef bytes xff_line          # b"x-forwarded-for: <ip>\r\n"
+
+    def __init__(self, Worker w, str listener_name):
+        self.w = w
+        self.listener_name = listener_name
+        self.head = RequestHead()
+
+    # asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport):
+        cdef Worker w = self.w
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client_ip = (peer[0] if peer else "unknown").encode()
+        self.xff_line = b"x-forwarded-for: " + self.client_ip + b"\r\n"
+        self.ls = w.listeners[self.listener_name]
+        self.state = S_IDLE
+        w.connections.add(self)
+        if w.draining:
+            self.close()
+            return
+        if len(w.connections) > w.max_connections:
+            self.pause(P_ADMISSION)
+            w.waiting.append(self)
+            return
+        self.set_deadline(w.now() + self.ls.header_timeout)
+
+    def data_received(self, data):
+        cdef int st = self.state
+        cdef Py_ssize_t used
+        if st == S_EXCHANGE:
+            if self.ex.request_body_open():
+                used = self.ex.request_body(data, 0)
+                if 0 <= used < len(data) and self.state == S_EXCHANGE:
+                    self.hold(data[used:])  # the next pipelined request
+            else:
+                self.hold(data)
+        elif st == S_TUNNEL:
+            self.ex.tunnel_to_upstream(data)
+        elif st == S_IDLE or st == S_HEAD:
+            if self.pending is not None:
+                self.pending += data
+                self.process(self.pending)
+            else:
+                self.process(data)
+
+    def eof_received(self):
+        if self.state == S_TUNNEL and self.ex is not None:
+            self.ex.tunnel_half_close()
+            return True
+        return False
+
+    def connection_lost(self, exc):
+        cdef Worker w = self.w
+        self.state = S_CLOSED
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.ex is not None:
+            self.ex.client_gone()
+            self.ex = None
+        w.connections.discard(self)
+        if self.paused & P_ADMISSION:
+            try:
+                w.waiting.remove(self)
+            except ValueError:
+                pass
+        elif w.waiting and len(w.connections) <= w.max_connections:
+            (<Downstream>w.waiting.pop(0)).admit()
+        w._check_drained()
+
+    def pause_writing(self):
+        self.writing_paused = True
+        if self.ex is not None:
+            self.ex.pause_upstream_reading()
+
+    def resume_writing(self):
+        self.writing_paused = False
+        if self.ex is not None:
+            self.ex.resume_upstream_reading()
+
+    # internals --------------------------------------------------------------------------
+    cdef void admit(self):
+        self.resume(P_ADMISSION)
+        self.set_deadline(self.w.now() + self.ls.header_timeout)
+
+    cdef void pause(self, int why):
+        if self.paused == 0 and self.state != S_CLOSED:
+            self.transport.pause_reading()
+        self.paused |= why
+
+    cdef void resume(self, int why):
+        if self.paused == 0:
+            return
+        self.paused &= ~why
+        if self.paused == 0 and self.state != S_CLOSED:
+            self.transport.resume_reading()
+
+    cdef void hold(self, object data):
+        """Keep bytes that arrive while a request is in flight (pipelining)."""
+        if self.pending is None:
+            self.pending = bytearray(data)
+        else:
+            self.pending += data
+        if len(self.pending) > PIPELINE_LIMIT:
+            self.pause(P_PIPELINE)
+
+    cdef void process(self, object buf):
+        """Parse the next request head from buf and start proxying it."""
+        cdef ListenerState ls = self.ls
+        cdef RequestHead h = self.head
+        cdef Py_ssize_t r = parse_request(h, buf, ls.max_header_bytes, ls.max_headers)
+        if r == 0:
+            if self.pending is None:
+                self.pending = bytearray(buf)
+            elif type(self.pending) is bytes:
+                self.pending = bytearray(self.pending)
+            if self.state == S_IDLE:
+                self.state = S_HEAD
+                if self.requests:  # later requests: header_timeout runs from the first byte
+                    self.set_deadline(self.w.now() + ls.header_timeout)
+            return
+        self.pending = None
+        if r < 0:
+            self.send_error(h.error_status, PARSE_REASONS.get(h.error_status, "bad_request"),
+                            h.error_detail, None, True)
+            self.state = S_CLOSED
+            return
+        self.state = S_EXCHANGE
+        self.start_exchange(h, buf, r)
+
+    cdef void start_exchange(self, RequestHead h, object buf, Py_ssize_t off):
+        cdef ListenerState ls = self.w.listeners.get(self.listener_name, self.ls)
+        self.ls = ls
+        cdef Route route = ls.route_for(h)
+        cdef Exchange ex = Exchange.__new__(Exchange)
+        cdef Py_ssize_t used
+        ex.init(self, h, route)
+        self.ex = ex
+        if route is None:
+            ex.reject(404, "no_route", "no route matches " + h.authority.decode("latin-1")
+                      + h.path.decode("latin-1"))
+            return
+        self.set_deadline(self.w.now() + route.timeout)
+        ex.up_head = ex.build_upstream_head()
+        used = ex.request_body(buf, off)
+        if used < 0:
+            return
+        if off + used < len(buf):
+            self.pending = buf[off + used:]
+        if h.expect_continue and not ex.req_done:
+            self.transport.write(CONTINUE_100)
+        ex.connect()
+
+    cdef void exchange_done(self, bint close):
+        """The response is complete: close, or go on with the next request."""
+        self.ex = None
+        self.requests += 1
+        if close or self.w.draining or self.state == S_CLOSED:
+            self.close()
+            return
+        self.state = S_IDLE
+        self.head.reset()
+        self.set_deadline(self.w.now() + self.ls.idle_timeout)
+        self.resume(P_PIPELINE | P_UPSTREAM | P_QUEUE)
+        if self.pending is not None:
+            buf = self.pending
+            self.pending = None
+            self.process(buf)
+
+    cdef void send_error(self, int status, str reason, str detail, bytes request_id, bint close):
+        """A response the proxy makes itself (SPEC §4)."""
+        body = f"fastproxy: {reason}: {detail}\n".encode("utf-8", "replace")
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")),
+                 b"content-type: text/plain; charset=utf-8\r\n",
+                 b"fastproxy-error: " + reason.encode() + b"\r\n",
+                 b"content-length: %d\r\n" % len(body)]
+        if request_id is not None:
+            lines.append(b"x-request-id: " + request_id + b"\r\n")
+        if close:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        lines.append(body)
+        if self.state != S_CLOSED:
+            self.transport.write(b"".join(lines))
+            if close:
+                self.close()
+
+    cdef void close(self):
+        if self.state != S_CLOSED:
+            self.state = S_CLOSED
+            self.transport.close()
+
+    cdef void write(self, bytes data):
+        if self.state != S_CLOSED:
+            self.transport.write(data)
+
+    # one lazily re-armed timer per connection: deadlines move without timer churn
+    cdef void set_deadline(self, double when):
+        self.deadline = when
+        if self.timer is None or when < self.timer_at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = when
+            self.timer = self.w.loop.call_at(when, self.on_timer)
+
+    def on_timer(self):
+        self.timer = None
+        if self.state == S_CLOSED:
+            return
+        if self.w.now() < self.deadline - 0.0005:
+            self.set_deadline(self.deadline)
+            return
+        if self.state == S_IDLE:
+            if self.requests == 0 and not (self.paused & P_ADMISSION):
+                self.send_error(408, "request_timeout", "no request head within header_timeout",
+                                None, True)
+            else:
+                self.close()
+        elif self.state == S_HEAD:
+            self.send_error(408, "request_timeout", "request head incomplete after header_timeout",
+                            None, True)
+        elif self.state == S_EXCHANGE:
+            self.ex.timed_out()
+        else:
+            self.ex.tunnel_close()
+
+    cdef void touch(self):
+        """Push the deadline out by idle_timeout (activity on a tunnel)."""
+        self.deadline = self.w.now() + self.ls.idle_timeout
+
+
+# -- one request/response ------------------------------------------------------------------
+
+cdef enum:
+    R_HEAD = 0        # waiting for the response head
+    R_BODY = 1        # streaming the response body
+    R_DONE = 2
+
+@cython.final
+@cython.freelist(64)
+cdef class Exchange:
+    """One proxied request and its response."""
+    cdef Downstream down
+    cdef Worker w
+    cdef RequestHead head
+    cdef Route route
+    cdef Cluster cluster
+    cdef Endpoint endpoint
+    cdef Upstream up
+    cdef bytes up_head
+    cdef bytes request_id
+    cdef list queued            # bytes for an upstream that is connecting
+    cdef Py_ssize_t queued_bytes
+    cdef list replay            # everything sent upstream, while it is small enough to resend
+    cdef Py_ssize_t replay_bytes
+    cdef int req_framing
+    cdef long long req_remaining
+    cdef ChunkedReader req_chunks
+    cdef readonly bint req_done
+    cdef ResponseHead resp
+    cdef object resp_pending
+    cdef int rstate
+    cdef int resp_framing
+    cdef long long resp_remaining
+    cdef ChunkedReader resp_chunks
+    cdef bint dechunk
+    cdef bint resp_started      # a response head went to the client
+    cdef bint got_response_bytes
+    cdef bint close_client
+    cdef bint resent
+    cdef bint reused
+    cdef bint connecting
+    cdef set tried
+    cdef bint up_reading_paused
+    cdef bint head_request
+
+    cdef void init(self, Downstream down, RequestHead head, Route route):
+        self.down = down
+        self.w = down.w
+        self.head = head
+        self.route = route
+        if route is not None:
+            self.cluster = route.cluster
+        self.req_framing = head.framing
+        self.req_remaining = head.content_length
+        self.req_done = head.framing == BODY_NONE
+        self.replay = []
+        self.head_request = head.method_end - head.start == 4 and \
+            memcmp(PyBytes_AS_STRING(head.raw) + head.start, b"HEAD", 4) == 0
+
+    # -- the request --------------------------------------------------------------------
+    cdef bytes build_upstream_head(self):
+        """The head sent upstream: received lines kept as they came, ours appended."""
+        cdef RequestHead h = self.head
+        cdef bytes raw = h.raw
+        cdef const char* p = PyBytes_AS_STRING(raw)
+        cdef HeadWriter hw = self.w.hw
+        cdef Field* f
+        cdef int i, kind
+        cdef bint upgrade = h.upgrade
+        cdef Downstream down = self.down
+        hw.reset()
+        # request line: as received unless it must become origin-form HTTP/1.1
+        if h.absolute_form or h.version == 10:
+            hw.extra(self._request_line())
+        else:
+            hw.span(h.start, h.line_end)
+        for i in range(h.nfields):
+            f = &h.fields[i]
+            kind = f.kind
+            if kind == H_OTHER:
+                if not f.drop:
+                    hw.span(f.line_start, f.line_end)
+            elif kind == H_HOST or kind == H_CONTENT_LENGTH:
+                hw.span(f.line_start, f.line_end)
+            elif kind == H_X_REQUEST_ID:
+                hw.span(f.line_start, f.line_end)
+                if self.request_id is None:
+                    self.request_id = raw[f.value_start:f.value_end]
+            elif kind == H_X_FORWARDED_FOR:
+                if i == h.xff_field:
+                    hw.extra(raw[f.line_start:f.value_end] + b", " + down.client_ip + b"\r\n")
+                else:
+                    hw.span(f.line_start, f.line_end)
+            elif kind == H_UPGRADE:
+                if upgrade:
+                    hw.span(f.line_start, f.line_end)
+            elif kind == H_EXPECT:
+                if not h.expect_continue:
+                    hw.span(f.line_start, f.line_end)
+            # Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding: hop-by-hop;
+            # x-forwarded-proto is ours to set; x-forwarded-client-cert only the proxy sets.
+        if self.request_id is None:
+            self.request_id = self.w.new_request_id()
+        tail = []
+        if h.host_field < 0:
+            tail.append(b"host: " + (h.authority if h.absolute_form else self.cluster.default_host)
+                        + b"\r\n")
+        if h.xff_field < 0:
+            tail.append(down.xff_line)
+        tail.append(down.ls.proto_line)
+        if h.request_id_field < 0:
+            tail.append(b"x-request-id: " + self.request_id + b"\r\n")
+        if self.req_framing == BODY_CHUNKED:
+            tail.append(b"transfer-encoding: chunked\r\n")
+        if upgrade:
+            tail.append(b"connection: upgrade\r\n")
+        tail.append(b"\r\n")
+        return hw.build(raw, b"".join(tail), NULL, 0)
+
+    cdef bytes _request_line(self):
+        cdef RequestHead h = self.head
+        raw = h.raw
+        target = raw[h.path_start:h.target_end]
+        if not target.startswith(b"/") and target != b"*":
+            target = b"/" + target
+        return raw[h.start:h.method_end] + b" " + target + b" HTTP/1.1\r\n"
+
+    cdef bint request_body_open(self):
+        return not self.req_done
+
+    cdef Py_ssize_t request_body(self, object data, Py_ssize_t off) except -2:
+        """Forward request body bytes from data[off:]; returns how many were body, -1 refused."""
+        cdef Py_ssize_t n = len(data) - off, k
+        cdef const char* p
+        if self.req_done or n <= 0:
+            return 0
+        if self.req_framing == BODY_LENGTH:
+            k = n if n < self.req_remaining else <Py_ssize_t>self.req_remaining
+            self.req_remaining -= k
+            if self.req_remaining == 0:
+                self.req_done = True
+        else:
+            k = self.req_chunks_feed(_ptr(data) + off, n)
+            if k < 0:
+                self.reject(400, "bad_request", "invalid chunked body: " + self.req_chunks.error)
+                return -1
+            if self.req_chunks.done:
+                self.req_done = True
+        if k:
+            self.send_upstream(_slice(data, off, off + k))
+        return k
+
+    cdef Py_ssize_t req_chunks_feed(self, const char* p, Py_ssize_t n) except -2:
+        if self.req_chunks is None:
+            self.req_chunks = ChunkedReader()
+        return self.req_chunks.feed(p, n, None)
+
+    cdef void send_upstream(self, bytes data):
+        if self.replay is not None:
+            self.replay_bytes += PyBytes_GET_SIZE(data)
+            if self.replay_bytes <= REPLAY_LIMIT:
+                self.replay.append(data)
+            else:
+                self.replay = None
+        if self.up is not None:
+            self.up.transport.write(data)
+        else:
+            if self.queued is None:
+                self.queued = []
+            self.queued.append(data)
+            self.queued_bytes += PyBytes_GET_SIZE(data)
+            if self.queued_bytes > QUEUE_LIMIT:
+                self.down.pause(P_QUEUE)
+
+    # -- the upstream connection -----------------------------------------------------------
+    cdef void connect(self):
+        cdef Cluster cl = self.cluster
+        cdef Endpoint ep
+        cdef Upstream up
+        if not cl.endpoints:
+            self.reject(503, "no_healthy_upstream", f"cluster {cl.name} has no endpoint")
+            return
+        ep = cl.pick(self.tried)
+        if ep is None:
+            self.reject(503, "connect_failed", f"no connection to any endpoint of cluster {cl.name}")
+            return
+        self.endpoint = ep
+        if not self.resent:
+            up = ep.take_idle()
+            if up is not None:
+                self.attach(up, True)
+                return
+        self.connecting = True
+        open_upstream(self.w, cl, ep, self)
+
+    cdef void attach(self, Upstream up, bint reused):
+        cdef list q
+        self.connecting = False
+        self.up = up
+        self.reused = reused
+        up.ex = self
+        self.endpoint.active += 1
+        q = self.queued
+        self.queued = None
+        self.queued_bytes = 0
+        if self.resent and self.replay is not None:
+            q = list(self.replay)   # everything again, on a fresh connection
+            if self.up_head is not None:
+                q.insert(0, self.up_head)
+        elif q is None:
+            q = [self.up_head]
+        else:
+            q.insert(0, self.up_head)
+        if len(q) == 1:
+            up.transport.write(q[0])
+        else:
+            up.transport.write(b"".join(q))
+        self.down.resume(P_QUEUE)
+        if self.down.writing_paused:
+            self.pause_upstream_reading()
+
+    cdef void connect_failed(self, Endpoint ep, str why):
+        """A new connection could not be made: try another endpoint, then give up."""
+        self.connecting = False
+        if self.down is None or self.rstate == R_DONE:
+            return
+        if self.tried is None:
+            self.tried = set()
+        self.tried.add(ep)
+        if len(self.tried) < len(self.cluster.endpoints):
+            self.connect()
+        else:
+            self.reject(503, "connect_failed",
+                        f"no connection to any endpoint of cluster {self.cluster.name}: {why}")
+
+    # -- the response ----------------------------------------------------------------------
+    cdef void upstream_data(self, object data):
+        cdef Py_ssize_t r
+        if self.rstate == R_BODY:
+            self.response_body(data, 0)
+            return
+        if self.rstate != R_HEAD:
+            return
+        self.got_response_bytes = True
+        if self.resp is None:
+            self.resp = ResponseHead()
+        if self.resp_pending is not None:
+            self.resp_pending += data
+            data = self.resp_pending
+        while True:
+            r = parse_response(self.resp, data, MAX_RESPONSE_HEAD, MAX_RESPONSE_FIELDS,
+                               self.head_request)
+            if r == 0:
+                if self.resp_pending is None:
+                    self.resp_pending = bytearray(data)
+                return
+            self.resp_pending = None
+            if r < 0:
+                self.upstream_failed(502, "bad_gateway",
+                                     "malformed response: " + self.resp.error_detail)
+                return
+            if self.resp.status >= 200 or self.resp.status == 101:
+                break
+            # 1xx: relay to HTTP/1.1 clients, then read on
+            if self.head.version == 11:
+                self.down.write(self.resp.raw[self.resp.start:r])
+            self.resp.reset()
+            if r == len(data):
+                return
+            data = data[r:]
+        if self.resp.status == 101:
+            self.start_tunnel(data, r)
+        else:
+            self.response_head(data, r)
+
+    cdef void response_head(self, object data, Py_ssize_t off):
+        cdef ResponseHead rh = self.resp
+        cdef HeadWriter hw = self.w.hw
+        cdef Field* f
+        cdef int i, kind
+        cdef bytes raw = rh.raw
+        cdef Py_ssize_t n = len(data) - off, body_len = 0
+        cdef bint client_11 = self.head.version == 11
+        cdef bint keep
+        self.resp_framing = rh.framing
+        self.resp_remaining = rh.content_length
+        keep = self.head.keep_alive and self.req_done and not self.w.draining \
+            and rh.framing != BODY_UNTIL_CLOSE
+        if rh.framing == BODY_CHUNKED and not client_11:
+            self.dechunk = True
+            keep = False
+        self.close_client = not keep
+        hw.reset()
+        if rh.version == 11:
+            hw.span(rh.start, rh.line_end)
+        else:
+            hw.extra(b"HTTP/1.1" + raw[rh.start + 8:rh.line_end])
+        for i in range(rh.nfields):
+            f = &rh.fields[i]
+            kind = f.kind
+            if kind == H_CONNECTION or kind == H_KEEP_ALIVE or kind == H_PROXY_CONNECTION \
+                    or kind == H_TE or kind == H_TRANSFER_ENCODING or kind == H_UPGRADE or f.drop:
+                continue
+            hw.span(f.line_start, f.line_end)
+        tail = []
+        if rh.framing == BODY_CHUNKED and not self.dechunk:
+            tail.append(b"transfer-encoding: chunked\r\n")
+        if rh.request_id_field < 0:
+            tail.append(b"x-request-id: " + self.request_id + b"\r\n")
+        if self.close_client:
+            tail.append(b"connection: close\r\n")
+        elif not client_11:
+            tail.append(b"connection: keep-alive\r\n")
+        tail.append(b"\r\n")
+        self.rstate = R_BODY
+        self.resp_started = True
+        if rh.framing == BODY_NONE:
+            self.down.write(hw.build(raw, b"".join(tail), NULL, 0))
+            if n > 0:
+                self.up.reusable = False  # bytes after a body-less response
+            self.finish()
+            return
+        if rh.framing == BODY_LENGTH and 0 < n <= 16384 and type(data) is bytes:
+            # the usual small response: head and body in one write
+            body_len = n if n < self.resp_remaining else <Py_ssize_t>self.resp_remaining
+            self.down.write(hw.build(raw, b"".join(tail), PyBytes_AS_STRING(data) + off, body_len))
+            self.resp_remaining -= body_len
+            if self.resp_remaining == 0:
+                if body_len < n:
+                    self.up.reusable = False  # more than the response: not trustworthy
+                self.finish()
+            return
+        self.down.write(hw.build(raw, b"".join(tail), NULL, 0))
+        if n > 0:
+            self.response_body(data, off)
+
+    cdef void response_body(self, object data, Py_ssize_t off):
+        cdef Py_ssize_t n = len(data) - off, k
+        cdef list out
+        if self.resp_framing == BODY_LENGTH:
+            k = n if n < self.resp_remaining else <Py_ssize_t>self.resp_remaining
+            self.down.write(_slice(data, off, off + k))
+            self.resp_remaining -= k
+            if self.resp_remaining == 0:
+                if k < n:
+                    self.up.reusable = False
+                self.finish()
+        elif self.resp_framing == BODY_CHUNKED:
+            if self.resp_chunks is None:
+                self.resp_chunks = ChunkedReader()
+            out = [] if self.dechunk else None
+            k = self.resp_chunks.feed(_ptr(data) + off, n, out)
+            if k < 0:
+                self.upstream_failed(502, "bad_gateway", "malformed chunked response body")
+                return
+            if self.dechunk:
+                for chunk in out:
+                    self.down.write(chunk)
+            else:
+                self.down.write(_slice(data, off, off + k))
+            if self.resp_chunks.done:
+                if k < n:
+                    self.up.reusable = False
+                self.finish()
+        else:
+            self.down.write(_slice(data, off, off + n))
+
+    cdef void finish(self):
+        """The response is complete: pool the upstream connection, free the client."""
+        cdef Upstream up = self.up
+        cdef Downstream down = self.down
+        self.rstate = R_DONE
+        if up is not None:
+            self.up = None
+            up.ex = None
+            self.endpoint.active -= 1
+            if self.up_reading_paused:
+                up.transport.resume_reading()
+                self.up_reading_paused = False
+            if up.reusable and self.resp.keep_alive and self.req_done and not up.closed:
+                self.endpoint.release(up, self.w.now())
+            else:
+                up.close()
+        if down is not None:
+            self.down = None
+            down.exchange_done(self.close_client)
+
+    # -- failures ----------------------------------------------------------------------------
+    cdef void reject(self, int status, str reason, str detail):
+        """Answer with a proxy-generated error (before any response byte went out)."""
+        cdef Downstream down = self.down
+        self.rstate = R_DONE
+        self.drop_upstream()
+        if down is None:
+            return
+        self.down = None
+        # a request body we did not read leaves the connection unusable
+        close = not self.req_done or status == 400 or not self.head.keep_alive
+        if self.request_id is None:
+            self.request_id = self.head.get(b"x-request-id") or self.w.new_request_id()
+        down.send_error(status, reason, detail, self.request_id, close)
+        down.exchange_done(close)
+
+    cdef void upstream_failed(self, int status, str reason, str detail):
+        """The upstream failed: an error response, or a truncated one once the head went out."""
+        cdef Downstream down = self.down
+        if self.resp_started:
+            self.rstate = R_DONE
+            self.drop_upstream()
+            if down is not None:
+                self.down = None
+                down.close()
+                down.exchange_done(True)
+            return
+        self.reject(status, reason, detail)
+
+    cdef void drop_upstream(self):
+        cdef Upstream up = self.up
+        if up is not None:
+            self.up = None
+            up.ex = None
+            self.endpoint.active -= 1
+            up.close()
+
+    cdef void upstream_closed(self, str why):
+        """The upstream connection ended (EOF, reset) while this exchange used it."""
+        if self.rstate == R_BODY and self.resp_framing == BODY_UNTIL_CLOSE:
+            self.up.reusable = False
+            self.finish()
+            return
+        if self.rstate == R_HEAD and not self.got_response_bytes and self.reused \
+                and not self.resent and self.replay is not None:
+            # the keep-alive race: the upstream closed an idle connection just as we sent
+            # on it. Send again, once, on a fresh connection (SPEC §3).
+            self.drop_upstream()
+            self.resent = True
+            self.connect()
+            return
+        if self.rstate == R_HEAD:
+            self.upstream_failed(502, "upstream_reset",
+                                 f"upstream {self.endpoint.host}:{self.endpoint.port} {why} "
+                                 "before a complete response head")
+        else:
+            self.upstream_failed(502, "upstream_reset", "upstream closed mid-body")
+
+    cdef void timed_out(self):
+        self.upstream_failed(504, "upstream_timeout",
+                             f"no complete response within the route timeout ({self.route.timeout:g}s)")
+
+    cdef void client_gone(self):
+        """The client connection closed: abandon the upstream side too."""
+        self.down = None
+        self.rstate = R_DONE
+        self.drop_upstream()
+
+    # -- backpressure ------------------------------------------------------------------------
+    cdef void pause_upstream_reading(self):
+        if self.up is not None and not self.up_reading_paused:
+            self.up_reading_paused = True
+            self.up.transport.pause_reading()
+
+    cdef void resume_upstream_reading(self):
+        if self.up is not None and self.up_reading_paused:
+            self.up_reading_paused = False
+            self.up.transport.resume_reading()
+
+    # -- Upgrade tunnels ---------------------------------------------------------------------
+    cdef void start_tunnel(self, object data, Py_ssize_t off):
+        cdef Downstream down = self.down
+        if not self.head.upgrade:
+            self.upstream_failed(502, "bad_gateway", "101 response to a request without Upgrade")
+            return
+        self.resp_started = True
+        self.rstate = R_BODY
+        self.resp_framing = BODY_UNTIL_CLOSE
+        self.up.reusable = False
+        down.state = S_TUNNEL
+        down.write(_slice(data, 0, len(data)))
+        down.touch()
+        if down.pending is not None:  # bytes the client sent after its request head
+            self.up.transport.write(bytes(down.pending))
+            down.pending = None
+
+    cdef void tunnel_to_upstream(self, object data):
+        if self.up is not None:
+            self.up.transport.write(data)
+            self.down.touch()
+
+    cdef void tunnel_half_close(self):
+        if self.up is not None and self.up.transport.can_write_eof():
+            self.up.transport.write_eof()
+
+    cdef void tunnel_close(self):
+        cdef Downstream down = self.down
+        self.drop_upstream()
+        if down is not None:
+            self.down = None
+            down.close()
+
+
+# -- upstream side -------------------------------------------------------------------------
+
+@cython.final
+cdef class Upstream:
+    """A connection to one endpoint: serves one exchange at a time, pooled in between."""
+    cdef Endpoint ep
+    cdef Worker w
+    cdef Exchange ex
+    cdef object transport
+    cdef bint closed
+    cdef bint pooled
+    cdef bint reusable
+    cdef double deadline
+    cdef object timer
+
+    def __init__(self, Worker w, Endpoint ep):
+        self.w = w
+        self.ep = ep
+        self.reusable = True
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        if self.ex is not None:
+            if self.ex.down is not None and self.ex.down.state == S_TUNNEL:
+                self.ex.down.write(data)
+                self.ex.down.touch()
+            else:
+                self.ex.upstream_data(data)
+        else:
+            self.close()  # bytes nobody asked for: the connection cannot be trusted
+
+    def eof_received(self):
+        if self.ex is not None and self.ex.down is not None and self.ex.down.state == S_TUNNEL:
+            if self.ex.down.transport.can_write_eof():
+                self.ex.down.transport.write_eof()
+            return True
+        self.lost("closed the connection")
+        return False
+
+    def connection_lost(self, exc):
+        self.lost("reset the connection" if exc is not None else "closed the connection")
+
+    def pause_writing(self):
+        if self.ex is not None and self.ex.down is not None:
+            self.ex.down.pause(P_UPSTREAM)
+
+    def resume_writing(self):
+        if self.ex is not None and self.ex.down is not None:
+            self.ex.down.resume(P_UPSTREAM)
+
+    cdef void lost(self, str why):
+        cdef Exchange ex = self.ex
+        if self.closed:
+            return
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.ep.forget(self)
+        if ex is not None:
+            if ex.down is not None and ex.down.state == S_TUNNEL:
+                ex.tunnel_close()
+            else:
+                ex.upstream_closed(why)
+
+    cdef void close(self):
+        if not self.closed:
+            self.closed = True
+            self.ep.forget(self)
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.transport.close()
+
+    cdef void set_idle_deadline(self, double deadline):
+        self.deadline = deadline
+        if self.timer is None:
+            self.timer = self.w.loop.call_at(self.deadline, self.on_idle_timer)
+
+    def on_idle_timer(self):
+        self.timer = None
+        if self.closed or not self.pooled:
+            return
+        if self.w.now() < self.deadline:
+            self.timer = self.w.loop.call_at(self.deadline, self.on_idle_timer)
+            return
+        self.close()
+
+
+cdef class _Connect:
+    """Completion of one new upstream connection attempt."""
+    cdef Worker w
+    cdef Endpoint ep
+    cdef Exchange ex
+    cdef object timer
+
+    def done(self, fut):
+        cdef Upstream up
+        cdef Exchange ex = self.ex
+        if self.timer is not None:
+            self.timer.cancel()
+        if fut.cancelled():
+            ex.connect_failed(self.ep, "connect timeout")
+            return
+        exc = fut.exception()
+        if exc is not None:
+            ex.connect_failed(self.ep, exc.strerror if isinstance(exc, OSError) and exc.strerror
+                              else str(exc) or type(exc).__name__)
+            return
+        up = fut.result()[1]
+        if ex.down is None or ex.rstate == R_DONE or not ex.connecting:
+            # the exchange ended meanwhile (timeout, client gone): keep the connection
+            self.ep.release(up, self.w.now())
+            return
+        ex.attach(up, False)
+
+
+cdef void open_upstream(Worker w, Cluster cl, Endpoint ep, Exchange ex):
+    cdef _Connect c = _Connect()
+    c.w = w
+    c.ep = ep
+    c.ex = ex
+    fut = asyncio.ensure_future(
+        w.loop.create_connection(lambda: Upstream(w, ep), ep.host, ep.port), loop=w.loop)
+    c.timer = w.loop.call_later(cl.connect_timeout, fut.cancel)
+    fut.add_done_callback(c.done)

@@ -1,0 +1,109 @@
+"""The `fastproxy` command: run, check, demo (SPEC §1).
+
+Exit codes: 0 after a clean shutdown, 2 for a configuration or usage error, 1 for a
+runtime failure. Expected errors are one clear line each, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from fastproxy import __version__
+
+DEFAULT_CONFIG = "config/fastproxy.toml"
+
+
+def _config_path(arg: str | None) -> str:
+    return arg or os.environ.get("FASTPROXY_CONFIG") or DEFAULT_CONFIG
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("FASTPROXY_LOG_LEVEL", "INFO").upper(),
+        format=f"%(asctime)s fastproxy[{os.getpid()}] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load(path: str):
+    from fastproxy.config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from fastproxy.config import summary
+
+    config = _load(_config_path(args.config))
+    print(f"ok: {summary(config)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fastproxy.runtime import run
+    from fastproxy.runtime.sockets import BindError
+
+    config = _load(_config_path(args.config))
+    _setup_logging()
+    try:
+        return run(config, workers=args.workers)
+    except BindError as exc:
+        print(f"fastproxy: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fastproxy.demo import main as demo_main
+
+    _setup_logging()
+    return demo_main(args)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text!r}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastproxy", description="a service-mesh sidecar proxy")
+    p.add_argument("--version", action="version", version=f"fastproxy {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the sidecar")
+    run.add_argument("-c", "--config", help=f"TOML file (default: $FASTPROXY_CONFIG, then {DEFAULT_CONFIG})")
+    run.add_argument("--workers", type=_positive, help="worker processes (overrides [proxy] workers)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a configuration file without binding anything")
+    check.add_argument("-c", "--config", help="TOML file")
+    check.set_defaults(func=cmd_check)
+
+    demo = sub.add_parser("demo", help="a demo app behind fastproxy on loopback")
+    demo.add_argument("--port", type=int, default=15001, help="the proxy's port (default 15001)")
+    demo.add_argument("--app-port", type=int, default=18080, help="the demo app's port (default 18080)")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

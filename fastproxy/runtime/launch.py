@@ -1,0 +1,29 @@
+"""`fastproxy run`: bind every listener, then serve in-process or under a supervisor."""
+from __future__ import annotations
+
+import logging
+
+from fastproxy.config import Config
+from fastproxy.runtime.sockets import BindError, bind_listeners, close_all
+
+log = logging.getLogger("fastproxy")
+
+
+def run(config: Config, workers: int | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; 0 after a clean drain. Raises BindError."""
+    count = workers or config.proxy.workers
+    per_worker = bind_listeners(config, count)
+    try:
+        if count == 1:
+            # one worker: this process is it (no supervisor to pay for)
+            from fastproxy.runtime.worker import WorkerProcess
+
+            return WorkerProcess(config, per_worker[0]).run()
+        from fastproxy.runtime.supervisor import supervise
+
+        return supervise(config, per_worker)
+    finally:
+        close_all(per_worker)
+
+
+__all__ = ["run", "BindError"]

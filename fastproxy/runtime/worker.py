@@ -1,0 +1,116 @@
+"""One worker: a uvloop event loop serving every listener through the Cython core.
+
+Owns the worker's life: configure the core, resolve endpoint names (and re-resolve
+them), serve, reload on SIGHUP, and drain on SIGTERM/SIGINT. Nothing here runs per
+request.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+import uvloop
+
+from fastproxy._core.proxy import Worker
+from fastproxy.config import Config, ConfigError, load
+
+log = logging.getLogger("fastproxy")
+
+DNS_REFRESH = 30.0   # seconds between re-resolutions of endpoint names
+
+
+async def resolve_endpoints(loop: asyncio.AbstractEventLoop, core: Worker) -> None:
+    """Give every cluster its current endpoint addresses (names resolved by DNS)."""
+    for cluster in core.clusters.values():
+        resolved: list[tuple[str, int]] = []
+        failed = False
+        for host, port, is_ip in cluster.addresses:
+            if is_ip:
+                resolved.append((host, port))
+                continue
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                log.warning("cluster %s: cannot resolve %s: %s", cluster.name, host, exc)
+                failed = True
+                continue
+            for info in infos:
+                addr = (info[4][0], port)
+                if addr not in resolved:
+                    resolved.append(addr)
+        if resolved or not failed:
+            cluster.set_endpoints(resolved)
+
+
+class WorkerProcess:
+    """Runs the core on one event loop until told to stop."""
+
+    def __init__(self, config: Config, sockets: dict[str, socket.socket]):
+        self.config = config
+        self.sockets = sockets
+        self.loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.core = Worker(self.loop)
+        self.core.configure(config)
+        self.stopping = asyncio.Event()
+
+    def run(self) -> int:
+        try:
+            return self.loop.run_until_complete(self._main())
+        finally:
+            self.loop.close()
+
+    async def _main(self) -> int:
+        loop = self.loop
+        await resolve_endpoints(loop, self.core)
+        servers = []
+        for listener in self.config.listeners:
+            server = await loop.create_server(
+                self.core.protocol_factory(listener.name), sock=self.sockets[listener.name],
+                backlog=4096)
+            servers.append(server)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        dns = loop.create_task(self._refresh_dns())
+        log.info("serving %s", ", ".join(f"{l.name} on {l.bind}" for l in self.config.listeners))
+        await self.stopping.wait()
+
+        log.info("draining (at most %gs)", self.config.proxy.drain_timeout)
+        for server in servers:
+            server.close()
+        self.core.begin_drain()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.core.drained),
+                                   self.config.proxy.drain_timeout)
+        except asyncio.TimeoutError:
+            log.warning("drain_timeout: closing %d connections",
+                        self.core.open_connection_count())
+        self.core.close_all()
+        dns.cancel()
+        return 0
+
+    async def _refresh_dns(self) -> None:
+        if not any(not is_ip for c in self.core.clusters.values() for _, _, is_ip in c.addresses):
+            return
+        while True:
+            await asyncio.sleep(DNS_REFRESH)
+            await resolve_endpoints(self.loop, self.core)
+
+    def reload(self) -> None:
+        """SIGHUP: apply the configuration file again if it is valid."""
+        try:
+            config = load(self.config.path)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays:\n%s", exc)
+            return
+        if [(l.name, l.bind) for l in config.listeners] != \
+                [(l.name, l.bind) for l in self.config.listeners]:
+            log.error("reload refused: changing listeners needs a restart for now")
+            return
+        self.core.configure(config)
+        self.config = config
+        self.loop.create_task(resolve_endpoints(self.loop, self.core))
+        log.info("configuration reloaded")
