@@ -52,6 +52,7 @@ class Deployment:
     port: int
     processes: list[ProxyProcess] = field(default_factory=list)   # in start order
     note: str = ""
+    inbound_port: int | None = None     # mtls-2hop: the sidecar in front of the app (mTLS server)
 
 
 def _hops(scenario: Scenario) -> list[str]:
@@ -73,11 +74,13 @@ class Contender:
     def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
         raise NotImplementedError
 
-    def start_failure(self, scenario: Scenario, reason: str) -> str:
-        return f"failed to start: {reason}"
+    def failure(self, scenario: Scenario, reason: str) -> tuple[str, str]:
+        """(status, message) for the report when this contender fails to start, to pass the
+        check before measuring, or later."""
+        return "failed", reason
 
-    def started(self, scenario: Scenario) -> None:
-        """The deployment for `scenario` accepted connections."""
+    def measured(self, scenario: Scenario) -> None:
+        """A round of `scenario` was measured with this contender's processes still running."""
 
 
 class Direct(Contender):
@@ -140,7 +143,7 @@ class Nginx(Contender):
             upstream = f"127.0.0.1:{port}"
         entry = processes[-1].port
         return Deployment(url=f"{scenario.client_scheme}://127.0.0.1:{entry}{scenario.path}",
-                          port=entry, processes=processes)
+                          port=entry, processes=processes, inbound_port=_inbound_port(scenario, processes))
 
 
 class Haproxy(Contender):
@@ -176,7 +179,7 @@ class Haproxy(Contender):
             upstream = f"127.0.0.1:{port}"
         entry = processes[-1].port
         return Deployment(url=f"{scenario.client_scheme}://127.0.0.1:{entry}{scenario.path}",
-                          port=entry, processes=processes)
+                          port=entry, processes=processes, inbound_port=_inbound_port(scenario, processes))
 
 
 class Fastproxy(Contender):
@@ -186,7 +189,8 @@ class Fastproxy(Contender):
         self.workers = workers
         self.python = python
         self._plain_check: tuple[bool, str] | None = None
-        self._plain_started = False      # a plain HTTP scenario ran in this run
+        self._plain_worked = False       # a plain HTTP scenario was measured in this run
+        self._ctx: DeployContext | None = None
 
     def version(self) -> str | None:
         try:
@@ -226,6 +230,7 @@ class Fastproxy(Contender):
         return self._plain_check
 
     def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
+        self._ctx = ctx
         certs, upstream, processes, note = ctx.certs, ctx.backend.address, [], ""
         for hop in _hops(scenario):
             name = "-".join(filter(None, ["fastproxy", scenario.name, hop]))
@@ -251,22 +256,27 @@ class Fastproxy(Contender):
             upstream = f"127.0.0.1:{port}"
         entry = processes[-1].port
         return Deployment(url=f"{scenario.client_scheme}://127.0.0.1:{entry}{scenario.path}",
-                          port=entry, processes=processes, note=note)
+                          port=entry, processes=processes, note=note,
+                          inbound_port=_inbound_port(scenario, processes))
 
     def _refusal(self, scenario: Scenario, detail: str) -> str:
         if scenario.fastproxy_feature:
             return f"not available yet: fastproxy has no {scenario.fastproxy_feature} ({detail})"
         return f"fastproxy refused the config: {detail}"
 
-    def started(self, scenario: Scenario) -> None:
+    def measured(self, scenario: Scenario) -> None:
         if not scenario.fastproxy_feature:
-            self._plain_started = True
+            self._plain_worked = True
 
-    def start_failure(self, scenario: Scenario, reason: str) -> str:
-        # Blame the missing feature only when fastproxy is known to run without it.
-        if scenario.fastproxy_feature and (self._plain_started or (self._plain_check or (False,))[0]):
-            return f"not available yet: fastproxy has no {scenario.fastproxy_feature}; it failed to start: {reason}"
-        return f"failed to start: {reason}"
+    def failure(self, scenario: Scenario, reason: str) -> tuple[str, str]:
+        # Blame the missing feature only when fastproxy is known to work without it.
+        if scenario.fastproxy_feature and self._ctx and (self._plain_worked or self.plain_config_works(self._ctx)[0]):
+            return "not available", f"not available yet: fastproxy has no {scenario.fastproxy_feature} ({reason})"
+        return "failed", reason
+
+
+def _inbound_port(scenario: Scenario, processes: list[ProxyProcess]) -> int | None:
+    return processes[0].port if scenario.topology == "mtls-2hop" else None
 
 
 def _identity_block(spiffe_id: str, cert: Path, key: Path, trust: Path) -> str:

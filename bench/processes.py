@@ -115,6 +115,11 @@ class ManagedProcess:
             if not self.alive():
                 return f"{self.name} exited with code {self.exit_code()} before listening: {self.log_tail()}"
             if port_accepts(port):
+                # A supervisor may bind the port before its worker is up: make sure the
+                # process is still there a moment later (a crash shows here, not mid-run).
+                time.sleep(0.2)
+                if not self.alive():
+                    continue
                 return None
             time.sleep(0.05)
         return f"{self.name} did not accept connections on 127.0.0.1:{port} within {timeout:.0f}s: {self.log_tail()}"

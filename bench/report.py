@@ -107,6 +107,12 @@ def format_ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
 
+def status_text(contender: dict) -> str:
+    """"failed: why", without repeating a status the message already starts with."""
+    status, message = contender["status"], contender["message"] or ""
+    return message if message.startswith(status) else f"{status}: {message}"
+
+
 def render_markdown(run: dict) -> str:
     lines = [f"# fastproxy benchmark — {run['started_at']}", ""]
     lines += _header(run)
@@ -150,10 +156,10 @@ def _scenario_section(scenario: dict) -> list[str]:
             cells = [format_figure(contender["summary"][m.key], m) for m in METRICS]
             out.append(f"| {name} | " + " | ".join(cells) + " |")
         else:
-            message = f"{contender['status']}: {contender['message']}".replace("|", "\\|")
+            message = status_text(contender).replace("|", "\\|")
             out.append(f"| {name} | {message} |" + " |" * (len(METRICS) - 1))
         if contender["summary"] and contender["status"] != "ok":
-            notes.append(f"- {name}: {contender['status']}: {contender['message']}")
+            notes.append(f"- {name}: {status_text(contender)}")
         if contender.get("note"):
             notes.append(f"- {name}: {contender['note']}")
     out.append("")

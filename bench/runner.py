@@ -31,6 +31,7 @@ from bench.procstat import TreeSnapshot, cpu_used_between
 from bench.processes import ManagedProcess, Placement, ProcessRegistry
 from bench.scenarios import Scenario, Timing
 from bench.tools import REPO_ROOT, Tool, find_tool, git_revision, machine_description
+from bench.verify import verify_deployment
 
 DEFAULT_RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
@@ -100,6 +101,8 @@ def run(options: RunOptions) -> tuple[Path, dict]:
     """Run the benchmark; the results directory and the record written to results.json."""
     progress = Progress()
     previous_sigterm = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    # Ctrl-C must reach us even when started from a shell that ignores SIGINT for background jobs.
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     tools = {name: find_tool(name, options.tool_paths.get(name)) for name in ("wrk", "nginx", "haproxy", "taskset")}
     placement = Placement(tools["taskset"].path)
     contenders = {name: c for name, c in all_contenders(tools, options.fastproxy_workers).items()
@@ -157,12 +160,17 @@ def run(options: RunOptions) -> tuple[Path, dict]:
     except KeyboardInterrupt:
         record["interrupted"] = True
         progress.say("interrupted: stopping everything and writing the partial results")
+        for scenario in record["scenarios"]:
+            for contender in scenario["contenders"].values():
+                if contender["status"] == "ok" and not contender["rounds"]:
+                    contender.update(status="skipped", message="the run was interrupted before it was measured")
     except BackendError as exc:
         record["error"] = str(exc)
         progress.say(f"ERROR {exc}")
     finally:
         registry.stop_all()
         signal.signal(signal.SIGTERM, previous_sigterm)
+        signal.signal(signal.SIGINT, previous_sigint)
 
     record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     record["elapsed_s"] = progress.elapsed
@@ -226,42 +234,45 @@ def run_scenario(scenario: Scenario, result: dict, contenders: dict[str, Contend
                 continue
             deployed = _deploy(scenario, contender, ctx, registry, placement, record)
             if deployed is None:
-                progress.say(f"{scenario.name}  {name:<9}  {record['status']}: {record['message']}")
+                progress.say(f"{scenario.name}  {name:<9}  {report.status_text(record)}")
                 continue
             running[name] = deployed
 
-        for name, deployed in running.items():
-            if timing.warmup_s > 0:
-                progress.say(f"{scenario.name}  warm-up    {name:<9}  {timing.warmup_s:g}s")
-                try:
-                    _load(scenario, deployed.deployment, tools, placement, timing, timing.warmup_s)
-                except LoadError as exc:
-                    progress.say(f"{scenario.name}  warm-up    {name:<9}  load generator failed: {exc}")
+        for name, deployed in list(running.items()):
+            if timing.warmup_s <= 0:
+                continue
+            progress.say(f"{scenario.name}  warm-up    {name:<9}  {timing.warmup_s:g}s")
+            try:
+                _load(scenario, deployed.deployment, tools, placement, timing, timing.warmup_s)
+                problem = _dead_process(deployed)
+            except LoadError as exc:
+                problem = _dead_process(deployed) or str(exc)
+            if problem:
+                _give_up(scenario, name, deployed, result, f"warm-up failed: {problem}", registry, running,
+                         progress, f"{scenario.name}  warm-up    {name:<9}")
 
         for round_number in range(1, timing.rounds + 1):
             for name, deployed in list(running.items()):
-                record = result["contenders"][name]
                 label = f"{scenario.name}  round {round_number}/{timing.rounds}  {name:<9}"
                 try:
                     figures = measure(scenario, deployed, tools, placement, timing)
                 except LoadError as exc:
-                    record.update(status="failed", message=f"round {round_number}: {exc}")
-                    progress.say(f"{label}  FAILED: {exc}")
+                    problem = _dead_process(deployed) or str(exc)
+                    _give_up(scenario, name, deployed, result, f"round {round_number} failed: {problem}",
+                             registry, running, progress, label)
                     continue
                 figures["round"] = round_number
-                record["rounds"].append(figures)
+                result["contenders"][name]["rounds"].append(figures)
                 progress.say(f"{label}  {_progress_figures(figures)}")
-                dead = [p for p in deployed.processes if not p.alive()]
-                if dead:
-                    record.update(status="failed", message=f"{dead[0].name} exited (code {dead[0].exit_code()}) "
-                                                           f"during round {round_number}: {dead[0].log_tail()}")
-                    progress.say(f"{label}  FAILED: {record['message']}")
-                    _stop(deployed, registry)
-                    del running[name]
+                problem = _dead_process(deployed)
+                if problem:
+                    _give_up(scenario, name, deployed, result, f"during round {round_number}: {problem}",
+                             registry, running, progress, label)
+                else:
+                    deployed.contender.measured(scenario)
     finally:
         for deployed in running.values():
             _stop(deployed, registry)
-    report.add_figures(result)
 
 
 def _deploy(scenario: Scenario, contender: Contender, ctx: DeployContext, registry: ProcessRegistry,
@@ -281,10 +292,34 @@ def _deploy(scenario: Scenario, contender: Contender, ctx: DeployContext, regist
         problem = process.wait_ready(spec.port, spec.ready_timeout_s)
         if problem:
             _stop(started, registry)
-            record.update(status="failed", message=contender.start_failure(scenario, problem))
+            status, message = contender.failure(scenario, f"did not start: {problem}")
+            record.update(status=status, message=message)
             return None
-    contender.started(scenario)
+    problem = verify_deployment(scenario, deployment, ctx.certs)
+    if problem:
+        _stop(started, registry)
+        status, message = contender.failure(scenario, f"check before measuring failed: {problem}")
+        record.update(status=status, message=message)
+        return None
     return started
+
+
+def _dead_process(deployed: Running) -> str | None:
+    """Which of the contender's processes has exited, with its last words; None if all run."""
+    for process in deployed.processes:
+        if not process.alive():
+            return f"{process.name} exited with code {process.exit_code()}: {process.log_tail()}"
+    return None
+
+
+def _give_up(scenario: Scenario, name: str, deployed: Running, result: dict, reason: str,
+             registry: ProcessRegistry, running: dict[str, Running], progress: Progress, label: str) -> None:
+    """A contender broke mid-scenario: record why (rounds so far stay), stop it, measure it no more."""
+    status, message = deployed.contender.failure(scenario, reason)
+    result["contenders"][name].update(status=status, message=message)
+    progress.say(f"{label}  FAILED: {message}")
+    _stop(deployed, registry)
+    del running[name]
 
 
 def _stop(deployed: Running, registry: ProcessRegistry) -> None:
@@ -341,6 +376,8 @@ def _progress_figures(figures: dict) -> str:
 
 
 def _write_results(record: dict, results: Path, workdir: Path, progress: Progress) -> None:
+    for scenario in record["scenarios"]:
+        report.add_figures(scenario)
     configs = results / "configs"
     configs.mkdir(exist_ok=True)
     for pattern in ("*.conf", "*.cfg", "*.toml"):
