@@ -10,9 +10,11 @@ is then validated once. On the empty line the semantic checks run (Host, Content
 Transfer-Encoding, Connection) and the head is complete. `parse_*` return the head
 length, 0 for "need more bytes", or -1 with `error_status`/`error_detail` set.
 
-Where we are stricter than RFC 9112 (and h11): bare LF line endings, whitespace in chunk
-lines, a Host list and an empty Host are refused; a request with Transfer-Encoding under
-HTTP/1.0 is refused instead of being read with faulty framing.
+Where we are stricter than RFC 9112 (and h11): bare LF line endings, control characters
+(other than HTAB) in field values and the reason phrase (RFC 9110 §5.5 forbids them; h11
+lets them through), whitespace in a chunk size other than before a chunk extension, a
+Host list and an empty Host are refused; a request with Transfer-Encoding under HTTP/1.0
+is refused instead of being read with faulty framing.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -360,6 +362,9 @@ cdef int _scan(Head h, const char* p, Py_ssize_t n, Py_ssize_t max_bytes, int ma
         # RFC 9112 §2.2: ignore empty lines before a request line
         while request and pos + 1 < n and p[pos] == CR and p[pos + 1] == LF:
             pos += 2
+            if pos > max_bytes:
+                h.fail(400, "too many empty lines before the request line")
+                return -1
         if pos >= n or (pos + 1 == n and p[pos] == CR):
             return 0
         h.started = True
@@ -804,6 +809,7 @@ cdef Py_ssize_t parse_response(ResponseHead h, object buf, Py_ssize_t max_bytes,
 cdef enum ChunkState:
     C_SIZE_START = 0
     C_SIZE
+    C_SIZE_BWS       # whitespace after the size: only before a chunk extension (RFC 9112 §7.1.1)
     C_EXT
     C_SIZE_LF
     C_DATA
@@ -873,8 +879,15 @@ cdef class ChunkedReader:
                     self.state = C_EXT
                 elif self.state == C_SIZE and c == CR:
                     self.state = C_SIZE_LF
+                elif self.state == C_SIZE and (c == SP or c == HTAB):
+                    self.state = C_SIZE_BWS
                 else:
                     return self._fail("invalid chunk size")
+            elif self.state == C_SIZE_BWS:
+                if c == 59:
+                    self.state = C_EXT
+                elif c != SP and c != HTAB:
+                    return self._fail("whitespace in chunk size")
             elif self.state == C_EXT:
                 if c == CR:
                     self.state = C_SIZE_LF
