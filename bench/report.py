@@ -139,11 +139,18 @@ def _header(run: dict) -> list[str]:
         f"proxy: CPU {run['placement']['proxy_cpu']})",
         f"- backend: {run['backend']}",
         f"- duration: {run['elapsed_s']:.0f} s" + (" — INTERRUPTED, results are partial" if run.get("interrupted") else ""),
+        f"- load average (1 min) at start / end: {_load(run.get('load_average_at_start'))} / "
+        f"{_load(run.get('load_average_at_end'))}" + (" — the machine was busy with other work: figures are noisy"
+                                                       if (run.get("load_average_at_start") or 0) > 0.5 else ""),
     ]
     if run["missing_tools"]:
         out += ["", "**Missing tools** (what was not measured because of them):", ""]
         out += [f"- {message}" for message in run["missing_tools"]]
     return out + [""]
+
+
+def _load(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.2f}"
 
 
 def _scenario_section(scenario: dict) -> list[str]:

@@ -30,10 +30,11 @@ from bench.loadgen import LoadError, LoadResult, run_open_loop, run_wrk
 from bench.procstat import TreeSnapshot, cpu_used_between
 from bench.processes import ManagedProcess, Placement, ProcessRegistry
 from bench.scenarios import Scenario, Timing
-from bench.tools import REPO_ROOT, Tool, find_tool, git_revision, machine_description
+from bench.tools import REPO_ROOT, Tool, find_tool, git_revision, load_average, machine_description
 from bench.verify import verify_deployment
 
 DEFAULT_RESULTS_DIR = REPO_ROOT / "bench" / "results"
+BUSY_LOAD_AVERAGE = 0.5     # above this before we start, other work is competing for the CPUs
 
 
 @dataclass
@@ -124,6 +125,7 @@ def run(options: RunOptions) -> tuple[Path, dict]:
         "tools": {name: {"path": tool.path, "version": tool.version, "short": tool.short_version}
                   for name, tool in tools.items()},
         "placement": placement.describe(),
+        "load_average_at_start": load_average(),
         "backend": None,
         "missing_tools": [],
         "scenarios": [],
@@ -140,6 +142,9 @@ def run(options: RunOptions) -> tuple[Path, dict]:
     for message in _missing_tool_messages(tools, options):
         record["missing_tools"].append(message)
         progress.say(f"MISSING {message}")
+    if (record["load_average_at_start"] or 0) > BUSY_LOAD_AVERAGE:
+        progress.say(f"note: the machine is busy (load average {record['load_average_at_start']:.2f}); "
+                     f"figures will be noisier than on an idle machine")
     if not placement.enough_cpus or not placement.taskset:
         progress.say(f"placement: {placement.describe()['note']}")
 
@@ -174,6 +179,7 @@ def run(options: RunOptions) -> tuple[Path, dict]:
 
     record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     record["elapsed_s"] = progress.elapsed
+    record["load_average_at_end"] = load_average()
     _write_results(record, results, workdir, progress)
     if options.keep_workdir:
         progress.say(f"work directory kept: {workdir}")

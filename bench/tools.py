@@ -110,6 +110,14 @@ def git_revision() -> dict:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
+def load_average() -> float | None:
+    """The 1-minute load average: other work on the machine makes every figure noisier."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def machine_description() -> dict:
     return {
         "cpu_model": cpu_model(),

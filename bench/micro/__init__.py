@@ -1,0 +1,1 @@
+"""pytest-benchmark micro-benchmarks of fastproxy's Cython pieces (`make bench-micro`)."""
