@@ -238,11 +238,17 @@ def run_scenario(scenario: Scenario, result: dict, contenders: dict[str, Contend
                 record.update(status="skipped", message=problem)
                 progress.say(f"{scenario.name}  {name:<9}  skipped: {problem}")
                 continue
-            deployed = _deploy(scenario, contender, ctx, registry, placement, record)
+            deployed = _start(scenario, contender, ctx, registry, placement, record)
             if deployed is None:
                 progress.say(f"{scenario.name}  {name:<9}  {report.status_text(record)}")
                 continue
             running[name] = deployed
+        # All contenders start side by side (fastproxy takes a moment to import); now wait.
+        for name, deployed in list(running.items()):
+            record = result["contenders"][name]
+            if not _ready(scenario, deployed, ctx, registry, record):
+                progress.say(f"{scenario.name}  {name:<9}  {report.status_text(record)}")
+                del running[name]
 
         for name, deployed in list(running.items()):
             if timing.warmup_s <= 0:
@@ -281,8 +287,9 @@ def run_scenario(scenario: Scenario, result: dict, contenders: dict[str, Contend
             _stop(deployed, registry)
 
 
-def _deploy(scenario: Scenario, contender: Contender, ctx: DeployContext, registry: ProcessRegistry,
-            placement: Placement, record: dict) -> Running | None:
+def _start(scenario: Scenario, contender: Contender, ctx: DeployContext, registry: ProcessRegistry,
+           placement: Placement, record: dict) -> Running | None:
+    """Write the contender's configs and start its processes (without waiting for them)."""
     try:
         deployment = contender.deploy(scenario, ctx)
     except NotAvailable as exc:
@@ -295,19 +302,28 @@ def _deploy(scenario: Scenario, contender: Contender, ctx: DeployContext, regist
     for spec in deployment.processes:
         process = registry.start(spec.name, placement.pinned(spec.cmd, placement.proxy_cpu), cwd=spec.cwd)
         started.processes.append(process)
+    return started
+
+
+def _ready(scenario: Scenario, started: Running, ctx: DeployContext, registry: ProcessRegistry,
+           record: dict) -> bool:
+    """Wait until every process listens, then check the deployment does the scenario's job."""
+    problem = None
+    for spec, process in zip(started.deployment.processes, started.processes):
         problem = process.wait_ready(spec.port, spec.ready_timeout_s)
         if problem:
-            _stop(started, registry)
-            status, message = contender.failure(scenario, f"did not start: {problem}")
-            record.update(status=status, message=message)
-            return None
-    problem = verify_deployment(scenario, deployment, ctx.certs)
+            problem = f"did not start: {problem}"
+            break
+    else:
+        problem = verify_deployment(scenario, started.deployment, ctx.certs)
+        if problem:
+            problem = f"check before measuring failed: {problem}"
     if problem:
         _stop(started, registry)
-        status, message = contender.failure(scenario, f"check before measuring failed: {problem}")
+        status, message = started.contender.failure(scenario, problem)
         record.update(status=status, message=message)
-        return None
-    return started
+        return False
+    return True
 
 
 def _dead_process(deployed: Running) -> str | None:
