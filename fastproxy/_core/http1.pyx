@@ -19,7 +19,7 @@ is refused instead of being read with faulty framing.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcmp
+from libc.string cimport memchr, memcmp
 
 cdef enum:
     CR = 13
@@ -284,23 +284,24 @@ cdef class ResponseHead(Head):
 # -- scanning ---------------------------------------------------------------------------
 
 cdef Py_ssize_t _line_end(Head h, const char* p, Py_ssize_t pos, Py_ssize_t n, int bad) except -2:
-    """Index of the LF ending the line at `pos`; -1 when incomplete; -3 on a framing error."""
+    """Index of the LF ending the line at `pos`; -1 when incomplete; -3 on a framing error.
+
+    Only line ends are checked here; every byte of a complete line is validated by the
+    start-line and field parsers (which refuse CR and NUL as control characters).
+    """
     cdef Py_ssize_t i = h.checked if h.checked > pos else pos
-    cdef char c
+    cdef const char* q = <const char*>memchr(p + i, LF, n - i)
+    if q is not NULL:
+        i = q - p
+        if i == pos or p[i - 1] != CR:
+            h.fail(bad, "bare LF in message head")
+            return -3
+        h.checked = i + 1
+        return i
+    # incomplete: refuse a bare CR or NUL now rather than wait for a line end
     while i < n:
-        c = p[i]
-        if c == LF:
-            if i == pos or p[i - 1] != CR:
-                h.fail(bad, "bare LF in message head")
-                return -3
-            h.checked = i + 1
-            return i
-        if c == CR:
-            if i + 1 < n and p[i + 1] != LF:
-                h.fail(bad, "bare CR in message head")
-                return -3
-        elif c == 0:
-            h.fail(bad, "NUL in message head")
+        if p[i] == CR and i + 1 < n or p[i] == 0:
+            h.fail(bad, "bare CR in message head" if p[i] == CR else "NUL in message head")
             return -3
         i += 1
     # a CR at the very end may still be followed by its LF

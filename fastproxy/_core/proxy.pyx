@@ -29,7 +29,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memcmp
-from libc.stdio cimport snprintf
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from fastproxy._core.http1 cimport (
     RequestHead, ResponseHead, ChunkedReader, Field, parse_request, parse_response, ascii_ieq,
@@ -73,6 +73,17 @@ cdef dict REASONS = {
 cdef dict PARSE_REASONS = {400: "bad_request", 431: "header_too_large", 501: "not_implemented"}
 
 cdef bytes CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+cdef bytes CRLF = b"\r\n"
+
+
+cdef inline double monotonic() noexcept:
+    """The event loop's clock (libuv reads CLOCK_MONOTONIC too), without a Python call."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef char* HEX = b"0123456789abcdef"
 
 
 # -- building heads: copy runs of untouched bytes, then append our own lines ---------------
@@ -94,6 +105,7 @@ cdef class HeadWriter:
     cdef Py_ssize_t total
 
     def __cinit__(self):
+        self.extras = []
         self.cap = 64
         self.spans = <Span*>malloc(self.cap * sizeof(Span))
         if self.spans is NULL:
@@ -105,7 +117,8 @@ cdef class HeadWriter:
     cdef inline void reset(self):
         self.n = 0
         self.total = 0
-        self.extras = None
+        if self.extras:
+            del self.extras[:]
 
     cdef int _push(self, Py_ssize_t a, Py_ssize_t b) except -1:
         cdef Span* grown
@@ -129,17 +142,15 @@ cdef class HeadWriter:
         return 0
 
     cdef int extra(self, bytes data) except -1:
-        if self.extras is None:
-            self.extras = []
         self.extras.append(data)
         self._push(-1, -1)
         self.total += PyBytes_GET_SIZE(data)
         return 0
 
-    cdef bytes build(self, bytes raw, bytes tail, const char* body, Py_ssize_t body_len):
-        """The runs and extras in order, then tail, then body_len bytes of body."""
-        cdef Py_ssize_t tl = PyBytes_GET_SIZE(tail), k
-        cdef bytes out = PyBytes_FromStringAndSize(NULL, self.total + tl + body_len)
+    cdef bytes build(self, bytes raw, const char* body, Py_ssize_t body_len):
+        """The runs and extras in order, then body_len bytes of body."""
+        cdef Py_ssize_t k
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, self.total + body_len)
         cdef char* o = PyBytes_AS_STRING(out)
         cdef const char* src = PyBytes_AS_STRING(raw)
         cdef int i, e = 0
@@ -154,9 +165,8 @@ cdef class HeadWriter:
                 k = self.spans[i].end - self.spans[i].start
                 memcpy(o, src + self.spans[i].start, k)
             o += k
-        memcpy(o, PyBytes_AS_STRING(tail), tl)
         if body_len:
-            memcpy(o + tl, body, body_len)
+            memcpy(o, body, body_len)
         return out
 
 
@@ -440,18 +450,33 @@ cdef class Worker:
                 and not self.drained.done():
             self.drained.set_result(None)
 
-    cdef bytes new_request_id(self):
-        cdef char buf[40]
-        cdef unsigned long long c = self.rid_counter
+    cdef bytes new_request_id_line(self):
+        """b"x-request-id: <uuid-shaped id>\\r\\n": a per-worker random seed and a counter."""
+        cdef bytes line = PyBytes_FromStringAndSize(b"x-request-id: xxxxxxxx-xxxx-4xxx-axxx-xxxxxxxxxxxx\r\n", 52)
+        cdef char* o = PyBytes_AS_STRING(line) + 14
+        cdef unsigned long long s = self.rid_seed, c = self.rid_counter
+        cdef int i
         self.rid_counter += 1
-        cdef unsigned long long s = self.rid_seed
-        snprintf(buf, 40, b"%08llx-%04llx-4%03llx-a%03llx-%012llx",
-                 (s >> 32) & 0xffffffffULL, (s >> 16) & 0xffffULL, s & 0xfffULL,
-                 (c >> 48) & 0xfffULL, c & 0xffffffffffffULL)
-        return PyBytes_FromStringAndSize(buf, 36)
+        for i in range(7, -1, -1):
+            o[i] = HEX[s & 15]
+            s >>= 4
+        for i in range(12, 9, -1):
+            o[i] = HEX[s & 15]
+            s >>= 4
+        o[9] = HEX[s & 15]
+        for i in range(17, 14, -1):
+            o[i] = HEX[s & 15]
+            s >>= 4
+        for i in range(22, 19, -1):
+            o[i] = HEX[c & 15]
+            c >>= 4
+        for i in range(35, 23, -1):
+            o[i] = HEX[c & 15]
+            c >>= 4
+        return line
 
     cdef inline double now(self):
-        return self._time()
+        return monotonic()
 
     def open_connection_count(self):
         return len(self.connections)
@@ -477,7 +502,8 @@ cdef class Downstream:
     cdef double deadline
     cdef object timer
     cdef double timer_at
-    cdef bytes xff_line          # b"x-forwarded-for: <ip>\r\n"
+    cdef bytes forwarded_lines   # x-forwarded-for and x-forwarded-proto, for requests without XFF
+    cdef object _write           # transport.write, looked up once
 
     def __init__(self, Worker w, str listener_name):
         self.w = w
@@ -490,8 +516,9 @@ cdef class Downstream:
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client_ip = (peer[0] if peer else "unknown").encode()
-        self.xff_line = b"x-forwarded-for: " + self.client_ip + b"\r\n"
         self.ls = w.listeners[self.listener_name]
+        self.forwarded_lines = b"x-forwarded-for: " + self.client_ip + CRLF + self.ls.proto_line
+        self._write = transport.write
         self.state = S_IDLE
         w.connections.add(self)
         if w.draining:
@@ -646,15 +673,15 @@ cdef class Downstream:
             self.pending = None
             self.process(buf)
 
-    cdef void send_error(self, int status, str reason, str detail, bytes request_id, bint close):
+    cdef void send_error(self, int status, str reason, str detail, bytes rid_line, bint close):
         """A response the proxy makes itself (SPEC §4)."""
         body = f"fastproxy: {reason}: {detail}\n".encode("utf-8", "replace")
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")),
                  b"content-type: text/plain; charset=utf-8\r\n",
                  b"fastproxy-error: " + reason.encode() + b"\r\n",
                  b"content-length: %d\r\n" % len(body)]
-        if request_id is not None:
-            lines.append(b"x-request-id: " + request_id + b"\r\n")
+        if rid_line is not None:
+            lines.append(rid_line)
         if close:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
@@ -671,7 +698,7 @@ cdef class Downstream:
 
     cdef void write(self, bytes data):
         if self.state != S_CLOSED:
-            self.transport.write(data)
+            self._write(data)
 
     # one lazily re-armed timer per connection: deadlines move without timer churn
     cdef void set_deadline(self, double when):
@@ -727,7 +754,7 @@ cdef class Exchange:
     cdef Endpoint endpoint
     cdef Upstream up
     cdef bytes up_head
-    cdef bytes request_id
+    cdef bytes rid_line          # b"x-request-id: ...\r\n" for the response
     cdef list queued            # bytes for an upstream that is connecting
     cdef Py_ssize_t queued_bytes
     cdef list replay            # everything sent upstream, while it is small enough to resend
@@ -794,8 +821,8 @@ cdef class Exchange:
                 hw.span(f.line_start, f.line_end)
             elif kind == H_X_REQUEST_ID:
                 hw.span(f.line_start, f.line_end)
-                if self.request_id is None:
-                    self.request_id = raw[f.value_start:f.value_end]
+                if self.rid_line is None:
+                    self.rid_line = b"x-request-id: " + raw[f.value_start:f.value_end] + CRLF
             elif kind == H_X_FORWARDED_FOR:
                 if i == h.xff_field:
                     hw.extra(raw[f.line_start:f.value_end] + b", " + down.client_ip + b"\r\n")
@@ -809,23 +836,19 @@ cdef class Exchange:
                     hw.span(f.line_start, f.line_end)
             # Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding: hop-by-hop;
             # x-forwarded-proto is ours to set; x-forwarded-client-cert only the proxy sets.
-        if self.request_id is None:
-            self.request_id = self.w.new_request_id()
-        tail = []
         if h.host_field < 0:
-            tail.append(b"host: " + (h.authority if h.absolute_form else self.cluster.default_host)
-                        + b"\r\n")
-        if h.xff_field < 0:
-            tail.append(down.xff_line)
-        tail.append(down.ls.proto_line)
-        if h.request_id_field < 0:
-            tail.append(b"x-request-id: " + self.request_id + b"\r\n")
+            hw.extra(b"host: " + (h.authority if h.absolute_form else self.cluster.default_host)
+                     + b"\r\n")
+        hw.extra(down.forwarded_lines if h.xff_field < 0 else down.ls.proto_line)
+        if self.rid_line is None:
+            self.rid_line = self.w.new_request_id_line()
+            hw.extra(self.rid_line)
         if self.req_framing == BODY_CHUNKED:
-            tail.append(b"transfer-encoding: chunked\r\n")
+            hw.extra(b"transfer-encoding: chunked\r\n")
         if upgrade:
-            tail.append(b"connection: upgrade\r\n")
-        tail.append(b"\r\n")
-        return hw.build(raw, b"".join(tail), NULL, 0)
+            hw.extra(b"connection: upgrade\r\n")
+        hw.extra(CRLF)
+        return hw.build(raw, NULL, 0)
 
     cdef bytes _request_line(self):
         cdef RequestHead h = self.head
@@ -873,7 +896,7 @@ cdef class Exchange:
             else:
                 self.replay = None
         if self.up is not None:
-            self.up.transport.write(data)
+            self.up._write(data)
         else:
             if self.queued is None:
                 self.queued = []
@@ -922,9 +945,9 @@ cdef class Exchange:
         else:
             q.insert(0, self.up_head)
         if len(q) == 1:
-            up.transport.write(q[0])
+            up._write(q[0])
         else:
-            up.transport.write(b"".join(q))
+            up._write(b"".join(q))
         self.down.resume(P_QUEUE)
         if self.down.writing_paused:
             self.pause_upstream_reading()
@@ -1012,20 +1035,20 @@ cdef class Exchange:
                     or kind == H_TE or kind == H_TRANSFER_ENCODING or kind == H_UPGRADE or f.drop:
                 continue
             hw.span(f.line_start, f.line_end)
-        tail = []
         if rh.framing == BODY_CHUNKED and not self.dechunk:
-            tail.append(b"transfer-encoding: chunked\r\n")
+            hw.extra(b"transfer-encoding: chunked\r\n")
         if rh.request_id_field < 0:
-            tail.append(b"x-request-id: " + self.request_id + b"\r\n")
+            hw.extra(self.rid_line)
         if self.close_client:
-            tail.append(b"connection: close\r\n")
+            hw.extra(b"connection: close\r\n\r\n")
         elif not client_11:
-            tail.append(b"connection: keep-alive\r\n")
-        tail.append(b"\r\n")
+            hw.extra(b"connection: keep-alive\r\n\r\n")
+        else:
+            hw.extra(CRLF)
         self.rstate = R_BODY
         self.resp_started = True
         if rh.framing == BODY_NONE:
-            self.down.write(hw.build(raw, b"".join(tail), NULL, 0))
+            self.down.write(hw.build(raw, NULL, 0))
             if n > 0:
                 self.up.reusable = False  # bytes after a body-less response
             self.finish()
@@ -1033,14 +1056,14 @@ cdef class Exchange:
         if rh.framing == BODY_LENGTH and 0 < n <= 16384 and type(data) is bytes:
             # the usual small response: head and body in one write
             body_len = n if n < self.resp_remaining else <Py_ssize_t>self.resp_remaining
-            self.down.write(hw.build(raw, b"".join(tail), PyBytes_AS_STRING(data) + off, body_len))
+            self.down.write(hw.build(raw, PyBytes_AS_STRING(data) + off, body_len))
             self.resp_remaining -= body_len
             if self.resp_remaining == 0:
                 if body_len < n:
                     self.up.reusable = False  # more than the response: not trustworthy
                 self.finish()
             return
-        self.down.write(hw.build(raw, b"".join(tail), NULL, 0))
+        self.down.write(hw.build(raw, NULL, 0))
         if n > 0:
             self.response_body(data, off)
 
@@ -1106,9 +1129,10 @@ cdef class Exchange:
         self.down = None
         # a request body we did not read leaves the connection unusable
         close = not self.req_done or status == 400 or not self.head.keep_alive
-        if self.request_id is None:
-            self.request_id = self.head.get(b"x-request-id") or self.w.new_request_id()
-        down.send_error(status, reason, detail, self.request_id, close)
+        if self.rid_line is None:
+            rid = self.head.get(b"x-request-id")
+            self.rid_line = b"x-request-id: " + rid + CRLF if rid else self.w.new_request_id_line()
+        down.send_error(status, reason, detail, self.rid_line, close)
         down.exchange_done(close)
 
     cdef void upstream_failed(self, int status, str reason, str detail):
@@ -1217,6 +1241,7 @@ cdef class Upstream:
     cdef Worker w
     cdef Exchange ex
     cdef object transport
+    cdef object _write
     cdef bint closed
     cdef bint pooled
     cdef bint reusable
@@ -1230,6 +1255,7 @@ cdef class Upstream:
 
     def connection_made(self, transport):
         self.transport = transport
+        self._write = transport.write
 
     def data_received(self, data):
         if self.ex is not None:
