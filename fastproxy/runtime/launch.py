@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 
 from fastproxy.config import Config
 from fastproxy.runtime.sockets import BindError, bind_listeners, close_all
@@ -9,9 +10,17 @@ from fastproxy.runtime.sockets import BindError, bind_listeners, close_all
 log = logging.getLogger("fastproxy")
 
 
+def raise_fd_limit() -> None:
+    """A sidecar holds two descriptors per proxied connection: allow as many as we may."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(config: Config, workers: int | None = None) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean drain. Raises BindError."""
     count = workers or config.proxy.workers
+    raise_fd_limit()
     per_worker = bind_listeners(config, count)
     try:
         if count == 1:
