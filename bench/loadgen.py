@@ -1,4 +1,5 @@
-"""Load generation: wrk for the closed-loop scenarios, bench.openloop for the fixed rate.
+"""Load generation: wrk for the closed-loop scenarios, bench.openloop for the fixed rate
+and for every warm-up (wrk runs whole seconds only; a warm-up needs less).
 
 Both run pinned to the load CPU and report the same `LoadResult`: completed requests,
 requests/s, latency percentiles in microseconds and errors by kind (socket errors and
@@ -68,10 +69,11 @@ def run_wrk(wrk: str, placement: Placement, url: str, connections: int, duration
 
 
 def run_open_loop(placement: Placement, port: int, path: str, rate: int, connections: int,
-                  duration_s: float) -> LoadResult:
+                  duration_s: float, tls: bool = False) -> LoadResult:
     cmd = placement.pinned([sys.executable, "-m", "bench.openloop", "--port", str(port), "--path", path,
                             "--rate", str(rate), "--duration", str(duration_s),
-                            "--connections", str(connections)], placement.load_cpu)
+                            "--connections", str(connections), *(["--tls"] if tls else [])],
+                           placement.load_cpu)
     try:
         done = run_to_completion(cmd, timeout=duration_s + 60, cwd=TEMPLATES.parent.parent)
     except subprocess.TimeoutExpired:

@@ -12,6 +12,7 @@ this generator's own floor, and `send_lag_us` how late it sent.
 Two threads: the pacer sleeps until each due time (time.sleep, a nanosecond timer; timer
 slack set to 1 ns) and sends; the reader waits on epoll, parses responses (Content-Length
 or chunked) and hands freed connections the backlog. One JSON object goes to stdout.
+With --tls it speaks HTTPS (handshake once per connection, certificate not verified).
 
     python -m bench.openloop --port 8080 --path / --rate 2000 --duration 5 --connections 32
 """
@@ -23,6 +24,7 @@ import ctypes
 import json
 import select
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -83,6 +85,14 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[rank - 1]
 
 
+def _client_tls_context() -> ssl.SSLContext:
+    """Like wrk: encrypt, but do not verify the benchmark's throw-away certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class Connection:
     __slots__ = ("sock", "buf", "due")
 
@@ -94,8 +104,9 @@ class Connection:
 
 class OpenLoop:
     def __init__(self, host: str, port: int, path: str, rate: float, duration: float,
-                 connections: int, drain_timeout: float = 5.0):
+                 connections: int, tls: bool = False, drain_timeout: float = 5.0):
         self.address = (host, port)
+        self.tls_context = _client_tls_context() if tls else None
         self.request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                         f"User-Agent: fastproxy-bench-openloop\r\n\r\n").encode()
         self.rate, self.duration = rate, duration
@@ -116,10 +127,12 @@ class OpenLoop:
     def connect(self) -> Connection | None:
         try:
             sock = socket.create_connection(self.address, timeout=2)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls_context:
+                sock = self.tls_context.wrap_socket(sock, server_hostname=self.address[0])  # handshakes
         except OSError:
             self.errors["connect"] += 1
             return None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         conn = Connection(sock)
         self.by_fd[sock.fileno()] = conn
@@ -201,15 +214,7 @@ class OpenLoop:
                 conn = self.by_fd.get(fd)
                 if conn is None:
                     continue
-                try:
-                    data = conn.sock.recv(262144)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                if not data:
-                    self.replace(conn)
-                    continue
+                data, closed = self.read_available(conn)
                 conn.buf += data
                 while conn.due is not None:
                     parsed = parse_response(conn.buf)
@@ -222,6 +227,25 @@ class OpenLoop:
                         self.errors["status"] += 1
                     conn.due = None
                     self.hand_out(conn)
+                if closed:
+                    self.replace(conn)
+
+    def read_available(self, conn: Connection) -> tuple[bytes, bool]:
+        """Everything readable now, and whether the peer closed. A TLS socket may hold
+        decrypted bytes that epoll will not announce again, so read until it would block."""
+        chunks = []
+        while True:
+            try:
+                chunk = conn.sock.recv(262144)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                return b"".join(chunks), False
+            except OSError:
+                return b"".join(chunks), True
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+            if self.tls_context is None and len(chunk) < 262144:
+                return b"".join(chunks), False
 
     def replace(self, conn: Connection) -> None:
         """The peer closed a connection: count a lost request, open a fresh connection."""
@@ -281,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=2000, help="requests per second")
     parser.add_argument("--duration", type=float, default=5, help="seconds of sending")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--tls", action="store_true", help="HTTPS (the certificate is not verified)")
     args = parser.parse_args(argv)
-    result = OpenLoop(args.host, args.port, args.path, args.rate, args.duration, args.connections).run()
+    result = OpenLoop(args.host, args.port, args.path, args.rate, args.duration, args.connections,
+                      tls=args.tls).run()
     print(json.dumps(result))
     return 0
 

@@ -201,7 +201,7 @@ def _reading_notes(run: dict) -> list[str]:
         "## How to read this",
         "",
         "- Each figure is the median over rounds, with (min–max) when rounds differ. Rounds alternate "
-        "contenders (A B C, A B C, ...) after one warm-up per contender.",
+        "contenders (A B C, A B C, ...) after one warm-up per contender (open-loop generator, 5,000 req/s).",
         "- req/s: higher is better; every other figure: lower is better. A ratio below 1.00× in a "
         "lower-is-better column means cheaper/faster than that comparator; '·' marks the comparator itself.",
         "- Latency in the closed-loop scenarios comes from wrk, where a slow response also delays the "

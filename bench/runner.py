@@ -34,6 +34,7 @@ from bench.tools import REPO_ROOT, Tool, find_tool, git_revision, load_average, 
 from bench.verify import verify_deployment
 
 DEFAULT_RESULTS_DIR = REPO_ROOT / "bench" / "results"
+WARMUP_RATE = 5000          # requests/s of the warm-up: enough to prime, not to saturate
 BUSY_LOAD_AVERAGE = 0.5     # above this before we start, other work is competing for the CPUs
 
 
@@ -255,8 +256,8 @@ def run_scenario(scenario: Scenario, result: dict, contenders: dict[str, Contend
                 continue
             progress.say(f"{scenario.name}  warm-up    {name:<9}  {timing.warmup_s:g}s")
             try:
-                _load(scenario, deployed.deployment, tools, placement, timing, timing.warmup_s)
-                problem = _dead_process(deployed)
+                problem = _warm_up(scenario, deployed.deployment, placement, timing.warmup_s)
+                problem = _dead_process(deployed) or problem
             except LoadError as exc:
                 problem = _dead_process(deployed) or str(exc)
             if problem:
@@ -347,6 +348,16 @@ def _give_up(scenario: Scenario, name: str, deployed: Running, result: dict, rea
 def _stop(deployed: Running, registry: ProcessRegistry) -> None:
     for process in reversed(deployed.processes):
         registry.stop(process)
+
+
+def _warm_up(scenario: Scenario, deployment: Deployment, placement: Placement, duration_s: float) -> str | None:
+    """Prime the contender (connections, pools, caches) with the open-loop generator, which,
+    unlike wrk, can run for a fraction of a second. Returns a problem, or None."""
+    load = run_open_loop(placement, deployment.port, scenario.path, WARMUP_RATE, scenario.connections,
+                         duration_s, tls=deployment.url.startswith("https:"))
+    if load.requests == 0:
+        return f"no response during the warm-up (errors: {load.errors})"
+    return None
 
 
 def _load(scenario: Scenario, deployment: Deployment, tools: dict[str, Tool], placement: Placement,

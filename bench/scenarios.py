@@ -50,9 +50,10 @@ class Timing:
     rate: int                  # requests/s of the fixed-rate scenario
 
 
-# wrk takes whole seconds, so 1 s is the shortest closed-loop run.
+# wrk takes whole seconds, so 1 s is the shortest closed-loop run; warm-ups use the
+# open-loop generator and may be shorter.
 TIMINGS = {
     "smoke": Timing(rounds=1, warmup_s=0, measure_s=1, fixed_rate_measure_s=0.5, rate=500),
-    "quick": Timing(rounds=2, warmup_s=1, measure_s=1, fixed_rate_measure_s=2, rate=2000),
+    "quick": Timing(rounds=2, warmup_s=0.5, measure_s=1, fixed_rate_measure_s=1.5, rate=2000),
     "default": Timing(rounds=3, warmup_s=2, measure_s=3, fixed_rate_measure_s=5, rate=2000),
 }

@@ -135,7 +135,7 @@ def test_figures_and_ratios_come_from_the_same_run(smoke_run):
 
 def test_missing_tools_are_named_with_how_to_install_them(tmp_path):
     done, results = run_bench(
-        "--scenario", "h1-small,latency", "--contender", "direct,nginx,haproxy",
+        "--scenario", "h1-small,latency", "--contender", "direct,nginx,haproxy", "--warmup", "0.2",
         "--wrk", "/nonexistent/wrk", "--nginx", "/nonexistent/nginx", "--haproxy", "/nonexistent/haproxy",
         results_dir=tmp_path, timeout=60)
     for tool in ("wrk", "nginx", "haproxy"):
