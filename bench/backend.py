@@ -2,8 +2,8 @@
 
 It runs pinned to the load CPU (with the load generator), once for the whole run, and
 serves `/` (12 bytes) and `/64k` (65,536 bytes). Without nginx the built-in uvloop server
-(bench.builtin_backend) stands in, and the run says so: it costs more CPU per request,
-which lowers every contender's throughput alike.
+(bench.builtin_backend) stands in, and the run says so: its cost per request is not
+nginx's, so its figures compare only with runs that used the same backend.
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def start_backend(registry: ProcessRegistry, placement: Placement, nginx: Tool, 
         cmd = [sys.executable, "-m", "bench.builtin_backend", "--port", str(port)]
         kind = "builtin"
         description = ("built-in uvloop backend (bench/builtin_backend.py) because nginx is missing; "
-                       "it costs more CPU per request than nginx, so every contender's req/s is lower")
+                       "its cost per request differs from nginx's, so compare these figures only "
+                       "with runs that used the same backend")
     process = registry.start("backend", placement.pinned(cmd, placement.load_cpu), cwd=REPO_ROOT)
     problem = process.wait_ready(port, READY_TIMEOUT_S)
     if problem:

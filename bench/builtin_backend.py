@@ -1,8 +1,8 @@
 """The fallback backend when nginx is missing: a tiny keep-alive HTTP/1.1 server on uvloop.
 
 Answers `GET /` with the same 12 bytes as the nginx backend and `GET /64k` with 65,536
-bytes; anything else gets 404. It costs more CPU per request than nginx, which the
-results say when it was used. Pipelined requests are answered in order.
+bytes; anything else gets 404. Its cost per request is not nginx's, which the results
+say when it was used. Pipelined requests are answered in order.
 
     python -m bench.builtin_backend --port 8080
 """

@@ -1,8 +1,9 @@
 """`python -m bench`: the command line of the benchmark harness.
 
 Parses options into a `RunOptions` and hands it to bench.runner. Exit codes: 0 when the
-results were written (whatever each contender's fate - that is in the results), 2 for a
-usage error, 130 when interrupted (partial results are still written).
+run completed (whatever each contender's fate - that is in the results), 1 when the
+backend could not start or the harness failed, 2 for a usage error, 130 when interrupted.
+Results are written in every case but a usage error.
 """
 from __future__ import annotations
 
@@ -94,4 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     results, record = run(options)
     print(f"\nresults: {results / 'results.md'}")
-    return 130 if record["interrupted"] else 0
+    if record["interrupted"]:
+        return 130
+    return 1 if record["error"] else 0

@@ -143,6 +143,8 @@ def _header(run: dict) -> list[str]:
         f"{_load(run.get('load_average_at_end'))}" + (" — the machine was busy with other work: figures are noisy"
                                                        if (run.get("load_average_at_start") or 0) > 0.5 else ""),
     ]
+    if run.get("error"):
+        out += ["", f"**The run stopped early:** {run['error']}"]
     if run["missing_tools"]:
         out += ["", "**Missing tools** (what was not measured because of them):", ""]
         out += [f"- {message}" for message in run["missing_tools"]]

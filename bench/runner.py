@@ -19,6 +19,7 @@ import shutil
 import signal
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,27 +116,7 @@ def run(options: RunOptions) -> tuple[Path, dict]:
     (workdir / "logs").mkdir()
     registry = ProcessRegistry(workdir / "logs")
 
-    record = {
-        "format": 1,
-        "started_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "command": options.command,
-        "mode": options.mode,
-        "timing": dataclasses.asdict(options.timing),
-        "machine": machine_description(),
-        "git": git_revision(),
-        "tools": {name: {"path": tool.path, "version": tool.version, "short": tool.short_version}
-                  for name, tool in tools.items()},
-        "placement": placement.describe(),
-        "load_average_at_start": load_average(),
-        "backend": None,
-        "missing_tools": [],
-        "scenarios": [],
-        "interrupted": False,
-        "error": None,
-    }
-    fastproxy_version = contenders["fastproxy"].version() if "fastproxy" in contenders else None
-    record["tools"]["fastproxy"] = {"path": str(REPO_ROOT), "version": fastproxy_version,
-                                    "short": fastproxy_version or "fastproxy (not run)"}
+    record = _new_record(options, tools, placement, contenders)
 
     progress.say(f"fastproxy benchmark ({options.mode}): scenarios {', '.join(s.name for s in options.scenarios)}; "
                  f"contenders {', '.join(contenders)}")
@@ -173,6 +154,9 @@ def run(options: RunOptions) -> tuple[Path, dict]:
     except BackendError as exc:
         record["error"] = str(exc)
         progress.say(f"ERROR {exc}")
+    except Exception as exc:       # a harness bug: still stop everything and keep what was measured
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        progress.say(f"ERROR in the harness itself:\n{traceback.format_exc()}")
     finally:
         registry.stop_all()
         signal.signal(signal.SIGTERM, previous_sigterm)
@@ -188,6 +172,33 @@ def run(options: RunOptions) -> tuple[Path, dict]:
         shutil.rmtree(workdir, ignore_errors=True)
     _point_latest_at(results)
     return results, record
+
+
+def _new_record(options: RunOptions, tools: dict[str, Tool], placement: Placement,
+                contenders: dict[str, Contender]) -> dict:
+    """The run's record, as results.json will hold it (bench/results/README.md)."""
+    record = {
+        "format": 1,
+        "started_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "command": options.command,
+        "mode": options.mode,
+        "timing": dataclasses.asdict(options.timing),
+        "machine": machine_description(),
+        "git": git_revision(),
+        "tools": {name: {"path": tool.path, "version": tool.version, "short": tool.short_version}
+                  for name, tool in tools.items()},
+        "placement": placement.describe(),
+        "load_average_at_start": load_average(),
+        "backend": None,
+        "missing_tools": [],
+        "scenarios": [],
+        "interrupted": False,
+        "error": None,
+    }
+    fastproxy_version = contenders["fastproxy"].version() if "fastproxy" in contenders else None
+    record["tools"]["fastproxy"] = {"path": str(REPO_ROOT), "version": fastproxy_version,
+                                    "short": fastproxy_version or "fastproxy (not run)"}
+    return record
 
 
 def _missing_tool_messages(tools: dict[str, Tool], options: RunOptions) -> list[str]:
@@ -235,9 +246,8 @@ def run_scenario(scenario: Scenario, result: dict, contenders: dict[str, Contend
             problem = contender.problem()
             if not scenario.fixed_rate and not tools["wrk"].found:
                 problem = f"not run: {tools['wrk'].missing_message()}"
-            if problem:
+            if problem:    # a missing tool: already announced at the start
                 record.update(status="skipped", message=problem)
-                progress.say(f"{scenario.name}  {name:<9}  skipped: {problem}")
                 continue
             deployed = _start(scenario, contender, ctx, registry, placement, record)
             if deployed is None:
