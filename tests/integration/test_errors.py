@@ -4,6 +4,8 @@ truncation once a response head went out (never a second status)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from support.checks import assert_proxy_error
@@ -177,3 +179,35 @@ def test_malformed_chunked_upstream_body_never_completes(fastproxy, raw_upstream
         else:
             assert r.status == 200 and r.truncated, r
             assert c.wait_closed(5) == b""
+
+
+# ---------------------------------------------------------------- client goes away
+
+def test_client_abort_mid_response_closes_the_upstream_connection(fastproxy, raw_upstream):
+    """An upstream connection with an unfinished response cannot be pooled: when the
+    client leaves, the proxy closes it (and keeps serving)."""
+    up = raw_upstream({"rules": [{"prefix": "/huge", "actions": [
+        {"send": "HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n" + "x" * 1000},
+        {"hang": True}]}]})
+    proxy = fastproxy(simple_config(up.addr))
+    with RawConn(proxy.port()) as c:
+        c.send(b"GET /huge HTTP/1.1\r\nHost: app\r\n\r\n")
+        assert c.read_head(deadline=time.monotonic() + 10).status == 200
+    wait_until(lambda: up.closed_by_peer(0), deadline_s=10,
+               what="proxy closes the upstream connection after the client left")
+    assert get(proxy.port(), "/after").body == b"raw:/after"
+
+
+def test_client_abort_mid_request_body_closes_the_upstream_connection(fastproxy, raw_upstream):
+    up = raw_upstream()
+    proxy = fastproxy(simple_config(up.addr))
+    with RawConn(proxy.port()) as c:
+        c.send(b"POST /partial HTTP/1.1\r\nHost: app\r\nContent-Length: 1000000\r\n\r\n" + b"y" * 1000)
+        wait_until(lambda: up.connection_count() >= 1 and b"/partial" in up.total_bytes(),
+                   deadline_s=10, what="request head reached the upstream")
+    wait_until(lambda: up.closed_by_peer(0), deadline_s=10,
+               what="proxy closes the upstream connection after the client left mid-body")
+    r = get(proxy.port(), "/after")
+    assert r.body == b"raw:/after"
+    # the half-sent body was not completed with anything else
+    assert [q.target for q in up.requests()][-1] == "/after"

@@ -8,13 +8,15 @@ import hashlib
 import http.client
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from support.app_upstream import pattern_bytes
+from support.checks import assert_proxy_error
 from support.configs import simple_config
-from support.procs import LOOPBACK
+from support.procs import LOOPBACK, free_port, wait_until
 from support.rawhttp import RawConn
 
 pytestmark = pytest.mark.timeout(60)
@@ -259,3 +261,76 @@ def test_expect_100_continue_before_body(proxy):
         # and the connection goes on
         c.send(b"GET /echo?next HTTP/1.1\r\nHost: app\r\n\r\n")
         assert json.loads(c.read_response().body)["raw_path"] == "/echo?next"
+
+
+def test_expect_100_continue_answered_without_body_when_upstream_is_down(fastproxy):
+    """With Expect: 100-continue and no upstream, the client gets the final 503 without
+    having to send its body first."""
+    proxy = fastproxy(simple_config(f"{LOOPBACK}:{free_port()}"))
+    with RawConn(proxy.port()) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: app\r\nExpect: 100-continue\r\n"
+               b"Content-Length: 50000\r\n\r\n")
+        assert_proxy_error(c.read_response(timeout=10), 503, "connect_failed")
+
+
+# ---------------------------------------------------------------- concurrency
+
+def test_concurrent_clients_each_get_their_own_responses(proxy):
+    def client(n: int) -> list[str]:
+        errors = []
+        conn = http.client.HTTPConnection(LOOPBACK, proxy.port(), timeout=20)
+        for i in range(15):
+            body = f"client {n} request {i}".encode() * (n + 1)
+            conn.request("POST", f"/echo?c={n}&i={i}", body=body)
+            r = conn.getresponse()
+            echo = json.loads(r.read())
+            if (echo["raw_path"], echo["body_sha256"]) != (f"/echo?c={n}&i={i}", sha(body)):
+                errors.append(f"client {n} request {i} got {echo['raw_path']}")
+        conn.close()
+        return errors
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        errors = [e for errs in pool.map(client, range(32)) for e in errs]
+    assert not errors, errors[:5]
+
+
+# ---------------------------------------------------------------- upstream framing variants
+
+UPSTREAM_VARIANTS = {
+    "/close-delimited": [{"send": "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody-until-close"},
+                         {"close": True}],
+    "/http10-close-delimited": [{"send": "HTTP/1.0 200 OK\r\n\r\nbody-until-close"}, {"close": True}],
+    # the upstream says close but keeps its socket open: the proxy must not reuse it
+    "/conn-close": [{"send": "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 16\r\n\r\n"
+                             "body-until-close"}],
+    "/http10-length": [{"send": "HTTP/1.0 200 OK\r\nContent-Length: 16\r\n\r\nbody-until-close"}],
+    "/early-hints": [{"send": "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"},
+                     {"sleep": 0.05},
+                     {"send": "HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\nbody-until-close"}],
+    "/slow-body": [{"send": "HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n"}]
+                  + [a for piece in ("body", "-unt", "il-c", "lose")
+                     for a in ({"sleep": 0.05}, {"send": piece})],
+    "/slow-chunked": [{"send": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"}]
+                     + [a for piece in ("body", "-unt", "il-c", "lose")
+                        for a in ({"sleep": 0.05}, {"send": f"4\r\n{piece}\r\n"})]
+                     + [{"send": "0\r\n\r\n"}],
+}
+
+
+@pytest.mark.parametrize("path", list(UPSTREAM_VARIANTS))
+def test_upstream_response_framings(fastproxy, raw_upstream, path):
+    up = raw_upstream({"rules": [{"prefix": p, "actions": a} for p, a in UPSTREAM_VARIANTS.items()]})
+    proxy = fastproxy(simple_config(up.addr))
+    with RawConn(proxy.port()) as c:
+        c.send(f"GET {path} HTTP/1.1\r\nHost: app\r\n\r\n".encode())
+        r = c.read_response()
+        assert (r.status, r.body) == (200, b"body-until-close"), r
+        if c.eof:  # close-delimited to the client: fine, but then it really is closed
+            return
+        c.send(b"GET /after HTTP/1.1\r\nHost: app\r\n\r\n")
+        r = c.read_response()
+        assert (r.status, r.body) == (200, b"raw:/after")
+    if path in ("/conn-close", "/http10-length"):
+        wait_until(lambda: up.closed_by_peer(0), deadline_s=10,
+                   what="proxy closes an upstream connection that is not keep-alive")
+        assert up.connection_count() >= 2

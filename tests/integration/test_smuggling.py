@@ -201,6 +201,11 @@ ACCEPTED = [
     ("absolute-form-same-authority", get(H, start=b"GET http://app/v HTTP/1.1"), b""),
     ("host-with-port", get(b"Host: app:8080"), b""),
     ("host-ipv6-literal", get(b"Host: [::1]:8080"), b""),
+    # a body that looks like a request is a body: one request upstream, not two
+    ("body-looks-like-a-request", post(H, b"Content-Length: %d" % len(FOLLOW_UP), body=FOLLOW_UP),
+     FOLLOW_UP),
+    ("chunked-body-looks-like-a-request",
+     post(H, CHUNKED, body=b"%x\r\n%s\r\n0\r\n\r\n" % (len(FOLLOW_UP), FOLLOW_UP)), FOLLOW_UP),
     # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request line
     ("leading-empty-line", b"\r\n" + get(H), b""),
 ]

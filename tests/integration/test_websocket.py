@@ -4,6 +4,8 @@ an ordinary response."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 
 import pytest
@@ -89,3 +91,47 @@ def test_upgrade_answered_101_tunnels_raw_bytes(fastproxy, raw_upstream):
         c.send(b"\x00\x01 raw client bytes, not HTTP \xff")
         wait_until(lambda: b"raw client bytes" in up.total_bytes(), deadline_s=10,
                    what="client bytes reach the upstream through the tunnel")
+
+
+@pytest.mark.timeout(90)
+def test_finished_websocket_does_not_hold_up_drain(fastproxy, shared_app):
+    """SPEC §9: on SIGTERM in-flight requests finish, idle connections close, exit 0. A
+    WebSocket session that already ended is not in flight: drain must not sit out the
+    whole drain_timeout for it."""
+    proxy = fastproxy(simple_config(shared_app.addr(), drain_timeout="30s"))
+    with ws_client.connect(f"ws://127.0.0.1:{proxy.port()}/ws", open_timeout=10) as ws:
+        ws.send("bye")
+        assert ws.recv(timeout=10) == "bye"
+    proxy.signal(signal.SIGTERM)
+    try:
+        assert proxy.wait(timeout=10) == 0
+    except subprocess.TimeoutExpired:
+        proxy.kill()
+        pytest.fail("with nothing in flight, SIGTERM did not exit within 10 s "
+                    "(drain_timeout is 30 s): the closed tunnel is still counted")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("who_closes", ["client", "upstream"])
+def test_finished_raw_tunnel_does_not_hold_up_drain(fastproxy, raw_upstream, who_closes):
+    actions = [{"send": "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                        "Upgrade: websocket\r\n\r\nhello"}]
+    if who_closes == "upstream":
+        actions.append({"close": True})
+    up = raw_upstream({"rules": [{"prefix": "/upgrade", "actions": actions}]})
+    proxy = fastproxy(simple_config(up.addr, drain_timeout="30s"))
+    with RawConn(proxy.port(), timeout=10) as c:
+        c.send(UPGRADE_REQUEST)
+        assert c.read_head(deadline=time.monotonic() + 10).status == 101
+        assert c.read_bytes(5) == b"hello"
+        if who_closes == "upstream":
+            assert c.wait_closed(10) == b""
+    # either way the proxy closes the other side of the tunnel
+    wait_until(lambda: up.closed_by_peer(0), deadline_s=10, what="tunnel fully closed")
+    proxy.signal(signal.SIGTERM)
+    try:
+        assert proxy.wait(timeout=10) == 0
+    except subprocess.TimeoutExpired:
+        proxy.kill()
+        pytest.fail("with nothing in flight, SIGTERM did not exit within 10 s "
+                    "(drain_timeout is 30 s): the closed tunnel is still counted")

@@ -129,6 +129,12 @@ class ProxyProcess:
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout=timeout)
 
+    def kill(self) -> None:
+        """SIGKILL the whole group now (after a test already failed on it); teardown will
+        not complain about the exit code."""
+        self.check_exit = False
+        stop_group(self.proc, sig=signal.SIGKILL, grace_s=5)
+
     def stop(self, grace_s: float = 15.0) -> tuple[int | None, bool, list[int]]:
         """SIGTERM, bounded wait, SIGKILL of the group if needed. Returns (exit code, or
         None if it had to be killed; whether it was still running; pids of its group
