@@ -6,9 +6,12 @@ targets and the proxy processes to start (none for direct, two for the mTLS hop:
 configurations come from bench/templates/ and do the same job everywhere: one worker or
 thread, upstream keep-alive, no access log, the same certificates.
 
-A contender that cannot run a scenario raises `NotAvailable` with the reason; for
-fastproxy that is found out by trying - `fastproxy check` on the scenario's config, or the
-process failing to start - never assumed, so the harness notices the day a feature lands.
+A contender that cannot run a scenario raises `NotAvailable` with the reason. For
+fastproxy a missing feature is found out by trying, never assumed, so the harness notices
+the day it lands: `fastproxy check` refusing the scenario's config, the process failing to
+start, or the deployment failing bench.verify (e.g. a `tls` listener that does not speak
+TLS) - reported as "not available yet: fastproxy has no tls listener (issue 4)" once
+fastproxy is known to work on plain HTTP.
 Must not start processes or measure anything (that is bench.runner).
 """
 from __future__ import annotations
