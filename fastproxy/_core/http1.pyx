@@ -13,8 +13,10 @@ length, 0 for "need more bytes", or -1 with `error_status`/`error_detail` set.
 Where we are stricter than RFC 9112 (and h11): bare LF line endings, control characters
 (other than HTAB) in field values and the reason phrase (RFC 9110 §5.5 forbids them; h11
 lets them through), whitespace in a chunk size other than before a chunk extension, a
-Host list and an empty Host are refused; a request with Transfer-Encoding under HTTP/1.0
-is refused instead of being read with faulty framing.
+Host list, an empty Host, an empty or over-long Host port, and versions other than
+HTTP/1.0 and HTTP/1.1 (`HTTP/1.2` included) are refused; a request with
+Transfer-Encoding under HTTP/1.0 is refused instead of being read with faulty framing.
+`max_headers` counts header fields (Host included), not the request line.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -679,7 +681,8 @@ cdef int _request_semantics(RequestHead h, const char* p) except -2:
         elif f.kind == H_UPGRADE:
             has_upgrade = f.value_end > f.value_start
         elif f.kind == H_EXPECT:
-            if f.value_end - f.value_start == 12 and ascii_ieq(p + f.value_start, b"100-continue", 12):
+            # RFC 9110 §10.1.1: an HTTP/1.0 request's 100-continue expectation is ignored
+            if h.version == 11 and f.value_end - f.value_start == 12 and ascii_ieq(p + f.value_start, b"100-continue", 12):
                 h.expect_continue = True
         elif f.kind == H_X_REQUEST_ID:
             if h.request_id_field < 0:
@@ -797,7 +800,8 @@ cdef Py_ssize_t parse_response(ResponseHead h, object buf, Py_ssize_t max_bytes,
         h.framing = BODY_LENGTH if h.content_length > 0 else BODY_NONE
     else:
         h.framing = BODY_UNTIL_CLOSE
-    h.keep_alive = ((not close) if h.version == 11 else (keep and not close)) \
+    # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing: close after
+    h.keep_alive = ((not close) if h.version == 11 else (keep and not close and not has_te)) \
         and h.framing != BODY_UNTIL_CLOSE
     if h.has_connection_names:
         _mark_connection_names(h, p)
@@ -817,7 +821,8 @@ cdef enum ChunkState:
     C_DATA_CR
     C_DATA_LF
     C_TRAILER_START
-    C_TRAILER
+    C_TRAILER_NAME
+    C_TRAILER_VALUE
     C_TRAILER_LF
     C_END_LF
 
@@ -872,7 +877,8 @@ cdef class ChunkedReader:
             if self.state == C_SIZE_START or self.state == C_SIZE:
                 d = _hex(c)
                 if d >= 0:
-                    if self.remaining > (1LL << 56):
+                    self.line_bytes += 1
+                    if self.remaining > (1LL << 56) or self.line_bytes > 20:
                         return self._fail("chunk size overflow")
                     self.remaining = self.remaining * 16 + d
                     self.state = C_SIZE
@@ -915,14 +921,20 @@ cdef class ChunkedReader:
                 if c == CR:
                     self.state = C_END_LF
                 elif TCHAR[<unsigned char>c]:
-                    self.state = C_TRAILER
+                    self.state = C_TRAILER_NAME
                 else:
                     return self._fail("invalid trailer field")
-            elif self.state == C_TRAILER:
+            elif self.state == C_TRAILER_NAME or self.state == C_TRAILER_VALUE:
+                # trailer lines are header fields: token ":" field-value
                 self.trailer_bytes += 1
                 if self.trailer_bytes > MAX_TRAILERS:
                     return self._fail("trailer section too large")
-                if c == CR:
+                if self.state == C_TRAILER_NAME:
+                    if c == 58:
+                        self.state = C_TRAILER_VALUE
+                    elif not TCHAR[<unsigned char>c]:
+                        return self._fail("invalid trailer field name")
+                elif c == CR:
                     self.state = C_TRAILER_LF
                 elif <unsigned char>c < 32 and c != HTAB or c == 127:
                     return self._fail("control character in trailer")
@@ -944,7 +956,10 @@ cdef class ChunkedReader:
     def feed_bytes(self, data, bint extract=False):
         """Python entry for tests: (consumed, [data chunks] or None); raises ParseError."""
         out = [] if extract else None
-        cdef Py_ssize_t r = self.feed(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), out)
+        cdef const char* p
+        cdef Py_ssize_t n
+        _buffer(data, &p, &n)
+        cdef Py_ssize_t r = self.feed(p, n, out)
         if r < 0:
             raise ParseError(400, self.error)
         return r, out

@@ -342,7 +342,6 @@ cdef class Cluster:
 cdef class Worker:
     """All state of one worker process's event loop."""
     cdef readonly object loop
-    cdef object _time
     cdef readonly dict listeners     # name -> ListenerState
     cdef readonly dict clusters      # name -> Cluster
     cdef readonly set connections    # open Downstream
@@ -356,7 +355,6 @@ cdef class Worker:
 
     def __init__(self, loop):
         self.loop = loop
-        self._time = loop.time
         self.listeners = {}
         self.clusters = {}
         self.connections = set()
@@ -499,6 +497,8 @@ cdef class Downstream:
     cdef int paused
     cdef bint writing_paused
     cdef int requests
+    cdef bint processing         # inside feed(): a finished request must not recurse
+    cdef bint client_eof         # the client half-closed: close once its requests are answered
     cdef double deadline
     cdef object timer
     cdef double timer_at
@@ -545,13 +545,19 @@ cdef class Downstream:
         elif st == S_IDLE or st == S_HEAD:
             if self.pending is not None:
                 self.pending += data
-                self.process(self.pending)
-            else:
-                self.process(data)
+                data = self.pending
+                self.pending = None
+            self.feed(data)
 
     def eof_received(self):
         if self.state == S_TUNNEL and self.ex is not None:
             self.ex.tunnel_half_close()
+            return True
+        if self.state == S_EXCHANGE and not self.ex.request_body_open() \
+                and not self.ex.resp_started:
+            # a client may half-close after its last request: answer what it sent. One
+            # that leaves while its response streams is gone (the upstream is closed).
+            self.client_eof = True
             return True
         return False
 
@@ -610,6 +616,25 @@ cdef class Downstream:
         if len(self.pending) > PIPELINE_LIMIT:
             self.pause(P_PIPELINE)
 
+    cdef void feed(self, object buf):
+        """Start the requests in buf, one after another while each finishes at once.
+
+        A request can end synchronously (404, a refused body...), and the next pipelined
+        one starts from here, in a loop rather than by recursion, so a client cannot
+        deepen the C stack with thousands of tiny pipelined requests.
+        """
+        self.processing = True
+        try:
+            self.process(buf)
+            while self.state == S_IDLE and self.pending is not None:
+                buf = self.pending
+                self.pending = None
+                self.process(buf)
+        finally:
+            self.processing = False
+        if self.client_eof and (self.state == S_IDLE or self.state == S_HEAD):
+            self.close()
+
     cdef void process(self, object buf):
         """Parse the next request head from buf and start proxying it."""
         cdef ListenerState ls = self.ls
@@ -642,12 +667,15 @@ cdef class Downstream:
         cdef Py_ssize_t used
         ex.init(self, h, route)
         self.ex = ex
+        if off < len(buf):
+            self.pending = buf[off:]   # the body, then maybe the next pipelined request
         if route is None:
             ex.reject(404, "no_route", "no route matches " + h.authority.decode("latin-1")
                       + h.path.decode("latin-1"))
             return
         self.set_deadline(self.w.now() + route.timeout)
         ex.up_head = ex.build_upstream_head()
+        self.pending = None
         used = ex.request_body(buf, off)
         if used < 0:
             return
@@ -668,10 +696,12 @@ cdef class Downstream:
         self.head.reset()
         self.set_deadline(self.w.now() + self.ls.idle_timeout)
         self.resume(P_PIPELINE | P_UPSTREAM | P_QUEUE)
-        if self.pending is not None:
+        if self.pending is not None and not self.processing:
             buf = self.pending
             self.pending = None
-            self.process(buf)
+            self.feed(buf)
+        if self.client_eof and self.state == S_IDLE and not self.processing:
+            self.close()
 
     cdef void send_error(self, int status, str reason, str detail, bytes rid_line, bint close):
         """A response the proxy makes itself (SPEC §4)."""
