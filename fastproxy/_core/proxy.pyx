@@ -551,8 +551,7 @@ cdef class Downstream:
 
     def eof_received(self):
         if self.state == S_TUNNEL and self.ex is not None:
-            self.ex.tunnel_half_close()
-            return True
+            return self.ex.tunnel_eof(True)
         if self.state == S_EXCHANGE and not self.ex.request_body_open() \
                 and not self.ex.resp_started:
             # a client may half-close after its last request: answer what it sent. One
@@ -809,6 +808,7 @@ cdef class Exchange:
     cdef set tried
     cdef bint up_reading_paused
     cdef bint head_request
+    cdef int tunnel_eofs
 
     cdef void init(self, Downstream down, RequestHead head, Route route):
         self.down = down
@@ -1250,9 +1250,20 @@ cdef class Exchange:
             self.up.transport.write(data)
             self.down.touch()
 
-    cdef void tunnel_half_close(self):
-        if self.up is not None and self.up.transport.can_write_eof():
-            self.up.transport.write_eof()
+    cdef bint tunnel_eof(self, bint from_client):
+        """One side of the tunnel finished sending: pass the half-close on; when both
+        sides have finished, close both connections. True keeps the transport open."""
+        self.tunnel_eofs += 1
+        if self.tunnel_eofs >= 2:
+            self.tunnel_close()
+            return False
+        transport = (self.up.transport if from_client else self.down.transport) \
+            if self.up is not None and self.down is not None else None
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+            return True
+        self.tunnel_close()
+        return False
 
     cdef void tunnel_close(self):
         cdef Downstream down = self.down
@@ -1299,9 +1310,7 @@ cdef class Upstream:
 
     def eof_received(self):
         if self.ex is not None and self.ex.down is not None and self.ex.down.state == S_TUNNEL:
-            if self.ex.down.transport.can_write_eof():
-                self.ex.down.transport.write_eof()
-            return True
+            return self.ex.tunnel_eof(False)
         self.lost("closed the connection")
         return False
 
