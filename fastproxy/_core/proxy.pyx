@@ -962,6 +962,8 @@ cdef class Exchange:
         self.up = up
         self.reused = reused
         up.ex = self
+        self.resp = up.resp   # each connection parses its responses into one reused head
+        self.resp.reset()
         self.endpoint.active += 1
         q = self.queued
         self.queued = None
@@ -1005,8 +1007,6 @@ cdef class Exchange:
         if self.rstate != R_HEAD:
             return
         self.got_response_bytes = True
-        if self.resp is None:
-            self.resp = ResponseHead()
         if self.resp_pending is not None:
             self.resp_pending += data
             data = self.resp_pending
@@ -1283,6 +1283,7 @@ cdef class Upstream:
     cdef Exchange ex
     cdef object transport
     cdef object _write
+    cdef ResponseHead resp
     cdef bint closed
     cdef bint pooled
     cdef bint reusable
@@ -1293,6 +1294,7 @@ cdef class Upstream:
         self.w = w
         self.ep = ep
         self.reusable = True
+        self.resp = ResponseHead()
 
     def connection_made(self, transport):
         self.transport = transport

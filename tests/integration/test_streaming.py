@@ -1,7 +1,7 @@
 """SPEC §3: bodies stream in both directions with backpressure; memory per connection
 stays bounded whatever the body size and however slow either peer is.
 
-The issue asks for a 1 GiB body; the default here is 256 MiB to keep the suite fast.
+The body is 1 GiB, as the issue asks (about 3 s through loopback).
 Set FASTPROXY_TEST_BIG_BODY (bytes, or with a suffix: 1GiB, 512MiB) for the full size.
 RSS is the sum of VmRSS over all fastproxy processes, read from /proc while the body
 flows; growth is measured against the value after a warm-up request.
@@ -39,7 +39,7 @@ def _size(text: str) -> int:
     return int(text)
 
 
-BIG = _size(os.environ.get("FASTPROXY_TEST_BIG_BODY", "256MiB"))
+BIG = _size(os.environ.get("FASTPROXY_TEST_BIG_BODY", "1GiB"))
 
 
 def expected_sha(n: int) -> str:
