@@ -2,7 +2,7 @@
 stays bounded whatever the body size and however slow either peer is.
 
 The body is 1 GiB, as the issue asks (about 3 s through loopback).
-Set FASTPROXY_TEST_BIG_BODY (bytes, or with a suffix: 1GiB, 512MiB) for the full size.
+Set FASTPROXY_TEST_BIG_BODY (bytes, or with a suffix: 1GiB, 512MiB) for another size.
 RSS is the sum of VmRSS over all fastproxy processes, read from /proc while the body
 flows; growth is measured against the value after a warm-up request.
 """
