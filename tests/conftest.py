@@ -4,13 +4,15 @@ End-to-end fixtures (real processes, loopback only, every wait bounded):
 
   free_port()                      -> int, a free 127.0.0.1 port (never handed out twice)
   fastproxy(config, *, workers=None, args=(), wait=True, name=None, **values)
-                                   -> ProxyProcess: config is TOML text with placeholders
+                                   -> ProxyProcess: config is TOML text (or a dict, written
+                                      by support.configs.to_toml) with placeholders
                                       (${listen:NAME}, ${port:NAME}, ${KEY}=values[KEY]);
                                       .port(listener) .url(path) .proc .pids() .workers()
                                       .rss() .stdout() .stderr() .config_path .check_exit
                                       Teardown: SIGTERM, bounded wait, SIGKILL if needed;
                                       asserts exit code 0 (unless .check_exit = False) and
                                       that no process of its group is left.
+  module_fastproxy                 the same launcher, shared by a test module
   raw_upstream(script=None)        -> RawUpstream: records every byte (.connections(),
                                       .requests(), .snapshot()/.bytes_since(), .addr, .port)
   app_upstream(names=("app",))     -> AppUpstream: the aiohttp app (.addr(name), .port,
@@ -29,6 +31,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from support.configs import to_toml  # noqa: E402
 from support.fastproxy import ProxyProcess, render  # noqa: E402
 from support.procs import free_port as _free_port  # noqa: E402
 from support.upstreams import AppUpstream, RawUpstream  # noqa: E402
@@ -46,8 +49,10 @@ class ProxyLauncher:
         self.workdir = workdir
         self.started: list[ProxyProcess] = []
 
-    def __call__(self, config: str, *, workers: int | None = None, args: tuple = (),
+    def __call__(self, config: str | dict, *, workers: int | None = None, args: tuple = (),
                  wait: bool = True, name: str | None = None, **values) -> ProxyProcess:
+        if isinstance(config, dict):
+            config = to_toml(config)
         text, _ = render(config, **values)
         proxy = ProxyProcess(self.workdir, text, name=name or f"fastproxy{len(self.started)}",
                              workers=workers, extra_args=tuple(args), wait=False)

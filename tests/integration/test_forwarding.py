@@ -334,3 +334,17 @@ def test_upstream_response_framings(fastproxy, raw_upstream, path):
         wait_until(lambda: up.closed_by_peer(0), deadline_s=10,
                    what="proxy closes an upstream connection that is not keep-alive")
         assert up.connection_count() >= 2
+
+
+def test_config_given_as_a_dict(fastproxy, shared_app):
+    """The fixture also takes a dict (written as TOML): same proxy, same behaviour."""
+    proxy = fastproxy({
+        "proxy": {"admin": "", "drain_timeout": "2s"},
+        "listener": [{"name": "dict", "bind": "${listen:dict}",
+                      "route": [{"prefix": "/", "cluster": "app"}]}],
+        "cluster": {"app": {"endpoints": [shared_app.addr()]}},
+    })
+    r = http.client.HTTPConnection(LOOPBACK, proxy.port("dict"), timeout=10)
+    r.request("GET", "/echo")
+    assert r.getresponse().status == 200
+    r.close()

@@ -3,6 +3,8 @@ fastproxy.py). Keep configs in tests readable: a test passes only what it cares 
 
 from __future__ import annotations
 
+import re
+
 
 def toml_list(items) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
@@ -51,6 +53,10 @@ def _value(v) -> str:
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
+def _key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _value(k)
+
+
 def _is_table_array(v) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(i, dict) for i in v)
 
@@ -65,11 +71,10 @@ def to_toml(data: dict, _prefix: str = "") -> str:
         elif _is_table_array(v):
             tables.append((key, v, True))
         else:
-            lines.append(f"{_value(key) if not key.replace('-', '').replace('_', '').isalnum() else key}"
-                         f" = {_value(v)}")
+            lines.append(f"{_key(key)} = {_value(v)}")
     out = "\n".join(lines) + ("\n" if lines else "")
     for key, v, is_array in tables:
-        name = f"{_prefix}{key}"
+        name = f"{_prefix}{_key(key)}"
         for item in (v if is_array else [v]):
             out += f"\n[[{name}]]\n" if is_array else f"\n[{name}]\n"
             out += to_toml(item, name + ".")
