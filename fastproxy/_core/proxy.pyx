@@ -176,6 +176,12 @@ cdef inline const char* _ptr(object data):
     return PyByteArray_AS_STRING(data)
 
 
+cdef inline Py_ssize_t _len(object data):
+    if type(data) is bytes:
+        return PyBytes_GET_SIZE(data)
+    return len(data)
+
+
 cdef inline bytes _slice(object data, Py_ssize_t a, Py_ssize_t b):
     """data[a:b] as bytes; no copy when that is all of a bytes object."""
     if a == 0 and type(data) is bytes and b == PyBytes_GET_SIZE(data):
@@ -536,7 +542,7 @@ cdef class Downstream:
         if st == S_EXCHANGE:
             if self.ex.request_body_open():
                 used = self.ex.request_body(data, 0)
-                if 0 <= used < len(data) and self.state == S_EXCHANGE:
+                if 0 <= used < _len(data) and self.state == S_EXCHANGE:
                     self.hold(data[used:])  # the next pipelined request
             else:
                 self.hold(data)
@@ -666,7 +672,7 @@ cdef class Downstream:
         cdef Py_ssize_t used
         ex.init(self, h, route)
         self.ex = ex
-        if off < len(buf):
+        if off < _len(buf):
             self.pending = buf[off:]   # the body, then maybe the next pipelined request
         if route is None:
             ex.reject(404, "no_route", "no route matches " + h.authority.decode("latin-1")
@@ -678,7 +684,7 @@ cdef class Downstream:
         used = ex.request_body(buf, off)
         if used < 0:
             return
-        if off + used < len(buf):
+        if off + used < _len(buf):
             self.pending = buf[off + used:]
         if h.expect_continue and not ex.req_done:
             self.transport.write(CONTINUE_100)
@@ -786,8 +792,9 @@ cdef class Exchange:
     cdef bytes rid_line          # b"x-request-id: ...\r\n" for the response
     cdef list queued            # bytes for an upstream that is connecting
     cdef Py_ssize_t queued_bytes
-    cdef list replay            # everything sent upstream, while it is small enough to resend
+    cdef list replay            # the body sent upstream, while it is small enough to resend
     cdef Py_ssize_t replay_bytes
+    cdef bint replay_lost       # more was sent than is kept: no resend possible
     cdef int req_framing
     cdef long long req_remaining
     cdef ChunkedReader req_chunks
@@ -820,7 +827,6 @@ cdef class Exchange:
         self.req_framing = head.framing
         self.req_remaining = head.content_length
         self.req_done = head.framing == BODY_NONE
-        self.replay = []
         self.head_request = head.method_end - head.start == 4 and \
             memcmp(PyBytes_AS_STRING(head.raw) + head.start, b"HEAD", 4) == 0
 
@@ -893,7 +899,7 @@ cdef class Exchange:
 
     cdef Py_ssize_t request_body(self, object data, Py_ssize_t off) except -2:
         """Forward request body bytes from data[off:]; returns how many were body, -1 refused."""
-        cdef Py_ssize_t n = len(data) - off, k
+        cdef Py_ssize_t n = _len(data) - off, k
         cdef const char* p
         if self.req_done or n <= 0:
             return 0
@@ -919,12 +925,15 @@ cdef class Exchange:
         return self.req_chunks.feed(p, n, None)
 
     cdef void send_upstream(self, bytes data):
-        if self.replay is not None:
+        if not self.replay_lost:
             self.replay_bytes += PyBytes_GET_SIZE(data)
             if self.replay_bytes <= REPLAY_LIMIT:
+                if self.replay is None:
+                    self.replay = []
                 self.replay.append(data)
             else:
                 self.replay = None
+                self.replay_lost = True
         if self.up is not None:
             self.up._write(data)
         else:
@@ -968,10 +977,10 @@ cdef class Exchange:
         q = self.queued
         self.queued = None
         self.queued_bytes = 0
-        if self.resent and self.replay is not None:
-            q = list(self.replay)   # everything again, on a fresh connection
-            if self.up_head is not None:
-                q.insert(0, self.up_head)
+        if self.resent:
+            q = [self.up_head]      # everything again, on a fresh connection
+            if self.replay is not None:
+                q.extend(self.replay)
         elif q is None:
             q = [self.up_head]
         else:
@@ -1028,7 +1037,7 @@ cdef class Exchange:
             if self.head.version == 11:
                 self.down.write(self.resp.raw[self.resp.start:r])
             self.resp.reset()
-            if r == len(data):
+            if r == _len(data):
                 return
             data = data[r:]
         if self.resp.status == 101:
@@ -1042,7 +1051,7 @@ cdef class Exchange:
         cdef Field* f
         cdef int i, kind
         cdef bytes raw = rh.raw
-        cdef Py_ssize_t n = len(data) - off, body_len = 0
+        cdef Py_ssize_t n = _len(data) - off, body_len = 0
         cdef bint client_11 = self.head.version == 11
         cdef bint keep
         self.resp_framing = rh.framing
@@ -1098,7 +1107,7 @@ cdef class Exchange:
             self.response_body(data, off)
 
     cdef void response_body(self, object data, Py_ssize_t off):
-        cdef Py_ssize_t n = len(data) - off, k
+        cdef Py_ssize_t n = _len(data) - off, k
         cdef list out
         if self.resp_framing == BODY_LENGTH:
             k = n if n < self.resp_remaining else <Py_ssize_t>self.resp_remaining
@@ -1193,7 +1202,7 @@ cdef class Exchange:
             self.finish()
             return
         if self.rstate == R_HEAD and not self.got_response_bytes and self.reused \
-                and not self.resent and self.replay is not None:
+                and not self.resent and not self.replay_lost:
             # the keep-alive race: the upstream closed an idle connection just as we sent
             # on it. Send again, once, on a fresh connection (SPEC §3).
             self.drop_upstream()
@@ -1239,7 +1248,7 @@ cdef class Exchange:
         self.resp_framing = BODY_UNTIL_CLOSE
         self.up.reusable = False
         down.state = S_TUNNEL
-        down.write(_slice(data, 0, len(data)))
+        down.write(_slice(data, 0, _len(data)))
         down.touch()
         if down.pending is not None:  # bytes the client sent after its request head
             self.up.transport.write(bytes(down.pending))
