@@ -539,6 +539,11 @@ cdef class Downstream:
     def data_received(self, data):
         cdef int st = self.state
         cdef Py_ssize_t used
+        if self.paused & P_ADMISSION:
+            # uvloop starts reading after connection_made: keep what came, read no more
+            self.hold(data)
+            self.transport.pause_reading()
+            return
         if st == S_EXCHANGE:
             if self.ex.request_body_open():
                 used = self.ex.request_body(data, 0)
@@ -599,6 +604,10 @@ cdef class Downstream:
     cdef void admit(self):
         self.resume(P_ADMISSION)
         self.set_deadline(self.w.now() + self.ls.header_timeout)
+        if self.pending is not None:
+            buf = self.pending
+            self.pending = None
+            self.feed(buf)
 
     cdef void pause(self, int why):
         if self.paused == 0 and self.state != S_CLOSED:
