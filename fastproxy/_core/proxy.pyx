@@ -242,6 +242,11 @@ cdef class ListenerState:
     cdef double idle_timeout
     cdef bytes proto_line       # b"x-forwarded-proto: http\r\n"
 
+    def match(self, RequestHead h):
+        """The name of the route a parsed request takes, or None (tests, benchmarks)."""
+        cdef Route r = self.route_for(h)
+        return None if r is None else r.name
+
     cdef Route route_for(self, RequestHead h):
         cdef const char* p = PyBytes_AS_STRING(h.raw)
         cdef Route r
