@@ -1,4 +1,4 @@
-"""The `fastproxy` command: run, check, demo (SPEC §1).
+"""The `fastproxy` command: run, check, demo, ca init|issue|serve (SPEC §1).
 
 Exit codes: 0 after a clean shutdown, 2 for a configuration or usage error, 1 for a
 runtime failure. Expected errors are one clear line each, never a traceback.
@@ -66,6 +66,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    from fastproxy.identity.cli import cmd_ca_init as run_init
+
+    return run_init(args)
+
+
+def cmd_ca_issue(args: argparse.Namespace) -> int:
+    from fastproxy.identity.cli import cmd_ca_issue as run_issue
+
+    return run_issue(args)
+
+
+def cmd_ca_serve(args: argparse.Namespace) -> int:
+    from fastproxy.identity.ca_server import main as serve_main
+
+    return serve_main(args)
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -94,6 +112,22 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=15001, help="the proxy's port (default 15001)")
     demo.add_argument("--app-port", type=int, default=18080, help="the demo app's port (default 18080)")
     demo.set_defaults(func=cmd_demo)
+
+    ca = sub.add_parser("ca", help="the mesh certificate authority: init, issue, serve")
+    ca_sub = ca.add_subparsers(dest="ca_command", metavar="CA_COMMAND", required=True)
+    ca_init = ca_sub.add_parser("init", help="create a mesh root CA (DIR/ca.pem, DIR/ca-key.pem)")
+    ca_init.add_argument("dir", metavar="DIR", help="directory for ca.pem and ca-key.pem (created if needed)")
+    ca_init.add_argument("--trust-domain", default="mesh.local", metavar="TD", help="trust domain (default mesh.local)")
+    ca_init.set_defaults(func=cmd_ca_init)
+    ca_issue = ca_sub.add_parser("issue", help="issue a workload certificate (X509-SVID) from the CA in DIR")
+    ca_issue.add_argument("dir", metavar="DIR", help="the CA directory (made by `ca init`)")
+    ca_issue.add_argument("--id", required=True, metavar="SPIFFE_ID", help="the workload's id, spiffe://TD/path")
+    ca_issue.add_argument("--out", required=True, metavar="OUTDIR", help="writes OUTDIR/cert.pem, key.pem, trust.pem")
+    ca_issue.add_argument("--ttl", default="24h", help="lifetime, e.g. 1h or 24h (default 24h)")
+    ca_issue.set_defaults(func=cmd_ca_issue)
+    ca_serve = ca_sub.add_parser("serve", help="run the identity service that signs workload CSRs")
+    ca_serve.add_argument("-c", "--config", default="config/ca.toml", help="TOML file (default config/ca.toml)")
+    ca_serve.set_defaults(func=cmd_ca_serve)
     return p
 
 
