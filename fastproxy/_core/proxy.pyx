@@ -21,8 +21,9 @@ An `Exchange` is one request/response; it talks to its client connection only th
 few methods (write, send_error, exchange_done), so HTTP/2 streams can drive it later.
 """
 import asyncio
+import logging
 import os
-import socket
+import ssl
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -69,6 +70,15 @@ cdef dict REASONS = {
     431: b"Request Header Fields Too Large", 501: b"Not Implemented", 502: b"Bad Gateway",
     503: b"Service Unavailable", 504: b"Gateway Timeout",
 }
+
+log = logging.getLogger("fastproxy")
+
+cdef enum:
+    TLS_OFF = 0
+    TLS_SERVER = 1   # "tls": server-authenticated TLS
+    TLS_MUTUAL = 2   # "mtls": both sides present SPIFFE certificates
+
+cdef dict TLS_MODES = {"off": TLS_OFF, "tls": TLS_SERVER, "mtls": TLS_MUTUAL}
 
 cdef dict PARSE_REASONS = {400: "bad_request", 431: "header_too_large", 501: "not_implemented"}
 
@@ -202,6 +212,7 @@ cdef class Route:
     cdef tuple headers         # ((lowercase name, value), ...)
     cdef readonly Cluster cluster
     cdef readonly double timeout
+    cdef tuple allow           # SPIFFE id patterns that may use this route, or None
 
     cdef bint matches(self, RequestHead h, const char* p):
         cdef Py_ssize_t n
@@ -241,6 +252,10 @@ cdef class ListenerState:
     cdef double header_timeout
     cdef double idle_timeout
     cdef bytes proto_line       # b"x-forwarded-proto: http\r\n"
+    cdef readonly int tls_mode
+    cdef tuple allow            # SPIFFE id patterns of peers that may connect (mtls)
+    cdef bint allow_all
+    cdef bytes xfcc_prefix      # b"x-forwarded-client-cert: By=<own id>;URI="
 
     def match(self, RequestHead h):
         """The name of the route a parsed request takes, or None (tests, benchmarks)."""
@@ -315,6 +330,9 @@ cdef class Cluster:
     cdef readonly double idle_timeout
     cdef readonly tuple addresses    # as configured: ((host, port, is_ip), ...)
     cdef readonly bytes default_host
+    cdef readonly int tls_mode
+    cdef readonly str peer           # the SPIFFE id pattern an mtls server must present
+    cdef readonly str sni            # server name for tls clusters (a configured DNS name)
 
     def __init__(self, str name):
         self.name = name
@@ -363,6 +381,9 @@ cdef class Worker:
     cdef unsigned long long rid_counter
     cdef readonly object drained     # a Future set when draining and no connection is left
     cdef HeadWriter hw               # reused by every head built on this loop
+    cdef public object identity      # fastproxy.identity.tls.IdentityState, or None
+    cdef public object id_allowed    # (patterns, spiffe id) -> bool
+    cdef object default_tls          # a system-trust client context, made on first use
 
     def __init__(self, loop):
         self.loop = loop
@@ -388,6 +409,9 @@ cdef class Worker:
             cl.idle_timeout = c.idle_timeout
             cl.addresses = tuple((e.host, e.port, e.is_ip) for e in c.endpoints)
             cl.default_host = str(c.endpoints[0]).encode()
+            cl.tls_mode = TLS_MODES[c.tls]
+            cl.peer = c.peer
+            cl.sni = next((e.host for e in c.endpoints if not e.is_ip), None)
             cl.set_endpoints([(e.host, e.port) for e in c.endpoints if e.is_ip])
             clusters[name] = cl
         listeners = {}
@@ -400,6 +424,11 @@ cdef class Worker:
             ls.idle_timeout = lc.limits.idle_timeout
             ls.proto_line = b"x-forwarded-proto: " + (b"http" if lc.tls == "off" else b"https") + b"\r\n"
             ls.routes = [self._route(rc, clusters) for rc in lc.routes]
+            ls.tls_mode = TLS_MODES[lc.tls]
+            ls.allow = tuple(lc.allow)
+            ls.allow_all = "*" in lc.allow
+            if config.identity is not None:
+                ls.xfcc_prefix = b"x-forwarded-client-cert: By=" + config.identity.id.encode() + b";URI="
             listeners[lc.name] = ls
         for name, cl in self.clusters.items():
             if name not in clusters:
@@ -426,7 +455,18 @@ cdef class Worker:
         else:  # splits arrive with issue 5; until then the heaviest member takes all
             r.cluster = clusters[max(rc.split, key=lambda m: m.weight).cluster]
         r.timeout = rc.timeout
+        r.allow = tuple(rc.allow) if rc.allow is not None else None
         return r
+
+    cdef object client_ssl(self, Cluster cl):
+        """The client context for a new connection of a tls/mtls cluster (newest material)."""
+        if cl.tls_mode == TLS_MUTUAL:
+            return self.identity.client_mtls
+        if self.identity is not None and self.identity.material is not None:
+            return self.identity.client_tls
+        if self.default_tls is None:
+            self.default_tls = ssl.create_default_context()
+        return self.default_tls
 
     def protocol_factory(self, str listener):
         """The factory for asyncio's create_server on the named listener."""
@@ -513,7 +553,11 @@ cdef class Downstream:
     cdef double deadline
     cdef object timer
     cdef double timer_at
-    cdef bytes forwarded_lines   # x-forwarded-for and x-forwarded-proto, for requests without XFF
+    cdef bytes forwarded_lines   # x-forwarded-for, -proto and -client-cert, for requests without XFF
+    cdef bytes proto_lines       # x-forwarded-proto and -client-cert, for requests with XFF
+    cdef readonly str peer_id    # the verified SPIFFE id of an mtls client
+    cdef bint denied             # the peer is not in the listener's allow
+    cdef dict route_allowed      # per-route allow decisions for this peer
     cdef object _write           # transport.write, looked up once
 
     def __init__(self, Worker w, str listener_name):
@@ -528,8 +572,11 @@ cdef class Downstream:
         peer = transport.get_extra_info("peername")
         self.client_ip = (peer[0] if peer else "unknown").encode()
         self.ls = w.listeners[self.listener_name]
-        self.forwarded_lines = b"x-forwarded-for: " + self.client_ip + CRLF + self.ls.proto_line
         self._write = transport.write
+        self.proto_lines = self.ls.proto_line
+        if self.ls.tls_mode == TLS_MUTUAL and not self.identify(transport):
+            return
+        self.forwarded_lines = b"x-forwarded-for: " + self.client_ip + CRLF + self.proto_lines
         self.state = S_IDLE
         w.connections.add(self)
         if w.draining:
@@ -606,6 +653,33 @@ cdef class Downstream:
             self.ex.resume_upstream_reading()
 
     # internals --------------------------------------------------------------------------
+    cdef bint identify(self, transport):
+        """An mtls client: its SPIFFE id, once per connection. False: refused and closed."""
+        cdef ListenerState ls = self.ls
+        peer, why = self.w.identity.peer_id(transport, "client")
+        if peer is None:
+            log.warning("listener %s: refused %s: %s", ls.name, self.client_ip.decode(), why)
+            self.state = S_CLOSED
+            transport.close()
+            return False
+        self.peer_id = peer
+        self.denied = not ls.allow_all and not self.w.id_allowed(ls.allow, peer)
+        self.proto_lines = ls.proto_line + ls.xfcc_prefix + peer.encode() + CRLF
+        return True
+
+    cdef bint forbidden(self, Route route):
+        """Whether this mtls peer may not use the route (listener and route allow)."""
+        if self.denied:
+            return True
+        if route is None or route.allow is None:
+            return False
+        if self.route_allowed is None:
+            self.route_allowed = {}
+        ok = self.route_allowed.get(route)
+        if ok is None:
+            ok = self.route_allowed[route] = bool(self.w.id_allowed(route.allow, self.peer_id))
+        return not ok
+
     cdef void admit(self):
         self.resume(P_ADMISSION)
         self.set_deadline(self.w.now() + self.ls.header_timeout)
@@ -688,6 +762,11 @@ cdef class Downstream:
         self.ex = ex
         if off < _len(buf):
             self.pending = buf[off:]   # the body, then maybe the next pipelined request
+        if self.peer_id is not None and self.forbidden(route):
+            log.info("listener %s: peer %s forbidden (route %s)", ls.name, self.peer_id,
+                     route.name if route is not None else "-")
+            ex.reject(403, "forbidden", f"peer {self.peer_id} is not allowed here")
+            return
         if route is None:
             ex.reject(404, "no_route", "no route matches " + h.authority.decode("latin-1")
                       + h.path.decode("latin-1"))
@@ -889,7 +968,7 @@ cdef class Exchange:
         if h.host_field < 0:
             hw.extra(b"host: " + (h.authority if h.absolute_form else self.cluster.default_host)
                      + b"\r\n")
-        hw.extra(down.forwarded_lines if h.xff_field < 0 else down.ls.proto_line)
+        hw.extra(down.forwarded_lines if h.xff_field < 0 else down.proto_lines)
         if self.rid_line is None:
             self.rid_line = self.w.new_request_id_line()
             hw.extra(self.rid_line)
@@ -1006,6 +1085,14 @@ cdef class Exchange:
         self.down.resume(P_QUEUE)
         if self.down.writing_paused:
             self.pause_upstream_reading()
+
+    cdef void tls_failed(self, Endpoint ep, str why):
+        """The upstream TLS handshake or the server's identity check failed (SPEC §6)."""
+        self.connecting = False
+        if self.down is None or self.rstate == R_DONE:
+            return
+        log.warning("cluster %s: TLS with %s:%d failed: %s", self.cluster.name, ep.host, ep.port, why)
+        self.reject(503, "upstream_tls", f"TLS with {ep.host}:{ep.port} failed: {why}")
 
     cdef void connect_failed(self, Endpoint ep, str why):
         """A new connection could not be made: try another endpoint, then give up."""
@@ -1306,6 +1393,8 @@ cdef class Upstream:
     cdef Exchange ex
     cdef object transport
     cdef object _write
+    cdef Cluster cl
+    cdef str tls_error           # why the server's identity was refused
     cdef ResponseHead resp
     cdef bint closed
     cdef bint pooled
@@ -1313,8 +1402,9 @@ cdef class Upstream:
     cdef double deadline
     cdef object timer
 
-    def __init__(self, Worker w, Endpoint ep):
+    def __init__(self, Worker w, Cluster cl, Endpoint ep):
         self.w = w
+        self.cl = cl
         self.ep = ep
         self.reusable = True
         self.resp = ResponseHead()
@@ -1322,6 +1412,14 @@ cdef class Upstream:
     def connection_made(self, transport):
         self.transport = transport
         self._write = transport.write
+        if self.cl.tls_mode == TLS_MUTUAL:
+            peer, why = self.w.identity.peer_id(transport, "server")
+            if peer is None:
+                self.tls_error = f"server certificate refused: {why}"
+            elif not self.w.id_allowed((self.cl.peer,), peer):
+                self.tls_error = f"server identity {peer} does not match peer {self.cl.peer}"
+            if self.tls_error is not None:
+                self.close()
 
     def data_received(self, data):
         if self.ex is not None:
@@ -1405,11 +1503,17 @@ cdef class _Connect:
             ex.connect_failed(self.ep, "connect timeout")
             return
         exc = fut.exception()
+        if isinstance(exc, ssl.SSLError):
+            ex.tls_failed(self.ep, exc.reason or str(exc))
+            return
         if exc is not None:
             ex.connect_failed(self.ep, exc.strerror if isinstance(exc, OSError) and exc.strerror
                               else str(exc) or type(exc).__name__)
             return
         up = fut.result()[1]
+        if up.tls_error is not None:
+            ex.tls_failed(self.ep, up.tls_error)
+            return
         if ex.down is None or ex.rstate == R_DONE or not ex.connecting:
             # the exchange ended meanwhile (timeout, client gone): keep the connection
             self.ep.release(up, self.w.now())
@@ -1422,7 +1526,10 @@ cdef void open_upstream(Worker w, Cluster cl, Endpoint ep, Exchange ex):
     c.w = w
     c.ep = ep
     c.ex = ex
+    ssl_ctx = w.client_ssl(cl) if cl.tls_mode != TLS_OFF else None
     fut = asyncio.ensure_future(
-        w.loop.create_connection(lambda: Upstream(w, ep), ep.host, ep.port), loop=w.loop)
+        w.loop.create_connection(lambda: Upstream(w, cl, ep), ep.host, ep.port, ssl=ssl_ctx,
+                                 server_hostname=(cl.sni or ep.host) if ssl_ctx is not None else None),
+        loop=w.loop)
     c.timer = w.loop.call_later(cl.connect_timeout, fut.cancel)
     fut.add_done_callback(c.done)

@@ -17,10 +17,26 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def check_identity(config: Config) -> None:
+    """Refuse to start with unusable identity files (each worker loads them again)."""
+    ident = config.identity
+    if ident is None or ident.automatic:
+        return
+    from fastproxy.identity.svid import SVIDError
+    from fastproxy.identity.tls import load_files
+    from fastproxy.runtime.worker import IdentityError
+
+    try:
+        load_files(ident.cert, ident.key, ident.trust, ident.id)
+    except SVIDError as exc:
+        raise IdentityError(f"identity {ident.id}: {exc}") from None
+
+
 def run(config: Config, workers: int | None = None) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean drain. Raises BindError."""
     count = workers or config.proxy.workers
     raise_fd_limit()
+    check_identity(config)
     per_worker = bind_listeners(config, count)
     try:
         if count == 1:

@@ -44,6 +44,10 @@ async def resolve_endpoints(loop: asyncio.AbstractEventLoop, core: Worker) -> No
             cluster.set_endpoints(resolved)
 
 
+class IdentityError(Exception):
+    """This workload's identity material is unusable at start; the message says why."""
+
+
 class WorkerProcess:
     """Runs the core on one event loop until told to stop."""
 
@@ -55,6 +59,9 @@ class WorkerProcess:
         self.core = Worker(self.loop)
         self.core.configure(config)
         self.stopping = asyncio.Event()
+        self.identity = None
+        self.watcher = None
+        self.background: list[asyncio.Task] = []
 
     def run(self) -> int:
         try:
@@ -64,12 +71,17 @@ class WorkerProcess:
 
     async def _main(self) -> int:
         loop = self.loop
+        await self._start_identity()
         await resolve_endpoints(loop, self.core)
         servers = []
         for listener in self.config.listeners:
+            tls = None
+            if listener.tls != "off":
+                tls = self.identity.front_context(listener.tls == "mtls")
             server = await loop.create_server(
                 self.core.protocol_factory(listener.name), sock=self.sockets[listener.name],
-                backlog=4096)
+                backlog=4096, ssl=tls,
+                ssl_handshake_timeout=listener.limits.header_timeout if tls else None)
             servers.append(server)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -90,7 +102,46 @@ class WorkerProcess:
                         self.core.open_connection_count())
         self.core.close_all()
         dns.cancel()
+        for task in self.background:
+            task.cancel()
         return 0
+
+    async def _start_identity(self) -> None:
+        """Load (or obtain) this workload's certificate before any listener serves."""
+        ident = self.config.identity
+        if ident is None:
+            return
+        from fastproxy.identity.spiffe import id_allowed
+        from fastproxy.identity.tls import FileWatcher, IdentityState, load_files
+        from fastproxy.identity.svid import SVIDError
+
+        state = IdentityState(own_id=ident.id)
+        if ident.automatic:
+            from fastproxy.identity.issuer import AutoIssuer
+
+            first = asyncio.Event()
+
+            def installed(material) -> None:
+                state.install(material)
+                first.set()
+
+            issuer = AutoIssuer(ident.id, ident.ca_url, ident.token_file, ident.ca_trust,
+                                ident.renew_at)
+            self.background.append(self.loop.create_task(issuer.run(installed)))
+            log.info("identity: waiting for a certificate from %s", ident.ca_url)
+            await first.wait()
+        else:
+            try:
+                state.install(load_files(ident.cert, ident.key, ident.trust, ident.id))
+            except SVIDError as exc:
+                raise IdentityError(f"identity {ident.id}: {exc}") from None
+            self.watcher = FileWatcher(state, ident.cert, ident.key, ident.trust)
+            self.background.append(self.loop.create_task(self.watcher.run()))
+        log.info("identity: %s, serial %x, valid until %s", ident.id, state.material.serial,
+                 state.material.not_after.isoformat())
+        self.identity = state
+        self.core.identity = state
+        self.core.id_allowed = id_allowed
 
     async def _refresh_dns(self) -> None:
         if not any(not is_ip for c in self.core.clusters.values() for _, _, is_ip in c.addresses):
@@ -100,7 +151,9 @@ class WorkerProcess:
             await resolve_endpoints(self.loop, self.core)
 
     def reload(self) -> None:
-        """SIGHUP: apply the configuration file again if it is valid."""
+        """SIGHUP: apply the configuration file again if it is valid; re-read identity files."""
+        if self.watcher is not None:
+            self.watcher.reload(force=True)
         try:
             config = load(self.config.path)
         except ConfigError as exc:

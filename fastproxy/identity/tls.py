@@ -1,0 +1,206 @@
+"""TLS for listeners and clusters, built from this workload's identity and rotated in place.
+
+Owns: the SSLContexts of tls/mtls listeners and clusters, the SPIFFE identity of each
+peer (read once per connection from the certificate OpenSSL verified), and the watcher
+that reloads the cert, key and trust files. Handshakes are OpenSSL's; nothing here runs
+per request.
+
+Rotation without disturbing anyone: a listener is created once with a front context whose
+SNI callback hands every new handshake the newest context, so established connections
+keep the session they have and new ones get the new material. Clusters take their client
+context at each new connection. Invalid new material is refused and the old stays.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+
+from fastproxy.identity.spiffe import id_allowed
+from fastproxy.identity.svid import Material, SVIDError, load_material, svid_id, trust_domains
+
+log = logging.getLogger("fastproxy")
+
+WATCH_INTERVAL = 1.0          # seconds between looks at the identity files
+PEER_CACHE_SIZE = 4096        # verified peer certificates remembered (DER -> id)
+
+
+def _load_chain(ctx: ssl.SSLContext, material: Material) -> None:
+    """SSLContext only loads a chain from files: write them where only we can read."""
+    with tempfile.TemporaryDirectory(prefix="fastproxy-tls-") as tmp:
+        cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
+        cert.write_bytes(material.cert_pem)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(material.key_pem)
+        ctx.load_cert_chain(cert, key)
+
+
+def server_context(material: Material, require_client_cert: bool) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_chain(ctx, material)
+    ctx.set_alpn_protocols(["http/1.1"])
+    if require_client_cert:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cadata=material.trust_pem.decode())
+    return ctx
+
+
+def mtls_client_context(material: Material) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # the server is identified by the SPIFFE id in its certificate, checked after the
+    # handshake against the cluster's `peer`, not by a host name
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=material.trust_pem.decode())
+    _load_chain(ctx, material)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def tls_client_context(material: Material | None) -> ssl.SSLContext:
+    """Plain server-authenticated TLS: the mesh trust bundle if there is one, else the system's."""
+    if material is not None:
+        ctx = ssl.create_default_context(cadata=material.trust_pem.decode())
+    else:
+        ctx = ssl.create_default_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+@dataclass
+class IdentityState:
+    """This workload's current identity material and everything built from it."""
+
+    own_id: str
+    material: Material | None = None
+    server_contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict)
+    front_contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict)
+    client_mtls: ssl.SSLContext | None = None
+    client_tls: ssl.SSLContext | None = None
+    trust_domains: frozenset[str] = frozenset()
+    rotations: int = 0
+    rotation_failures: int = 0
+    _peers: dict[tuple[bytes, str], tuple[str | None, str | None]] = field(default_factory=dict)
+
+    def install(self, material: Material) -> None:
+        """Use new material for every handshake from now on."""
+        self.server_contexts = {m: server_context(material, m) for m in (False, True)}
+        self.client_mtls = mtls_client_context(material)
+        self.client_tls = tls_client_context(material)
+        self.trust_domains = frozenset(trust_domains(material.trust))
+        self._peers.clear()
+        if self.material is not None:
+            self.rotations += 1
+        self.material = material
+
+    def front_context(self, mtls: bool) -> ssl.SSLContext:
+        """The context a listener is created with; it hands each handshake the newest one."""
+        front = self.front_contexts.get(mtls)
+        if front is None:
+            front = server_context(self.material, mtls)
+
+            def newest(sslobj, server_name, ctx, mtls=mtls):
+                current = self.server_contexts[mtls]
+                if sslobj.context is not current:
+                    sslobj.context = current
+                return None
+
+            front.sni_callback = newest
+            self.front_contexts[mtls] = front
+        return front
+
+    def peer_id(self, transport, usage: str) -> tuple[str | None, str | None]:
+        """(SPIFFE id, None) for a verified peer that is a valid X509-SVID, else (None, why)."""
+        sslobj = transport.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        if not der:
+            return None, "no peer certificate"
+        key = (der, usage)
+        found = self._peers.get(key)
+        if found is None:
+            try:
+                found = (svid_id(x509.load_der_x509_certificate(der), self.trust_domains, usage), None)
+            except (SVIDError, ValueError) as exc:
+                found = (None, str(exc))
+            if len(self._peers) >= PEER_CACHE_SIZE:
+                self._peers.clear()
+            self._peers[key] = found
+        return found
+
+
+def load_files(cert: str, key: str, trust: str, expected_id: str) -> Material:
+    """Read and validate identity files; raises SVIDError naming the problem."""
+    try:
+        data = [Path(p).read_bytes() for p in (cert, key, trust)]
+    except OSError as exc:
+        raise SVIDError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    return load_material(*data, expected_id=expected_id)
+
+
+class FileWatcher:
+    """Reloads the identity files when they change (plain rewrites and symlink swaps)."""
+
+    def __init__(self, state: IdentityState, cert: str, key: str, trust: str,
+                 on_change=None):
+        self.state = state
+        self.paths = (cert, key, trust)
+        self.on_change = on_change
+        self.seen = self._signature()
+        self.refused: tuple | None = None
+
+    def _signature(self) -> tuple:
+        out = []
+        for p in self.paths:
+            try:
+                st = os.stat(p)  # follows symlinks: a Kubernetes ..data swap changes the inode
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def reload(self, force: bool = False) -> bool:
+        """Load the files if they changed (or when forced, on SIGHUP). True if rotated."""
+        signature = self._signature()
+        if not force and (signature == self.seen or signature == self.refused):
+            return False
+        try:
+            material = load_files(*self.paths, expected_id=self.state.own_id)
+        except SVIDError as exc:
+            if signature != self.refused:
+                self.state.rotation_failures += 1
+                log.error("identity: new material refused, the current certificate stays: %s", exc)
+            self.refused = signature
+            return False
+        self.seen = signature
+        self.refused = None
+        if self.state.material is not None and material.cert_pem == self.state.material.cert_pem \
+                and material.trust_pem == self.state.material.trust_pem:
+            return False
+        self.state.install(material)
+        log.info("identity: rotated to serial %x, valid until %s", material.serial,
+                 material.not_after.isoformat())
+        if self.on_change is not None:
+            self.on_change()
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                self.reload()
+            except Exception:  # never let the watcher die: the old material stays in use
+                log.exception("identity: reload failed")
+
+
+def peer_allowed(patterns, spiffe_id: str) -> bool:
+    return id_allowed(patterns, spiffe_id)
