@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from fastproxy.identity.spiffe import id_allowed
+from fastproxy.identity.spiffe import id_allowed, parse_spiffe_id
 from fastproxy.identity.svid import Material, SVIDError, load_material, svid_id, trust_domains
 
 log = logging.getLogger("fastproxy")
@@ -97,7 +97,9 @@ class IdentityState:
         self.server_contexts = {m: server_context(material, m) for m in (False, True)}
         self.client_mtls = mtls_client_context(material)
         self.client_tls = tls_client_context(material)
-        self.trust_domains = frozenset(trust_domains(material.trust))
+        # a bundle whose CA certificates name no SPIFFE trust domain trusts our own
+        self.trust_domains = frozenset(trust_domains(material.trust)
+                                       or {parse_spiffe_id(self.own_id).trust_domain})
         self._peers.clear()
         if self.material is not None:
             self.rotations += 1
