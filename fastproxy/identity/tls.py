@@ -18,6 +18,7 @@ import os
 import ssl
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from cryptography import x509
@@ -91,6 +92,20 @@ class IdentityState:
     rotations: int = 0
     rotation_failures: int = 0
     _peers: dict[tuple[bytes, str], tuple[str | None, str | None]] = field(default_factory=dict)
+    _warned_serial: int | None = None
+
+    def check_expiry(self, now: datetime | None = None) -> None:
+        """Warn (once per certificate) when less than a tenth of its lifetime is left."""
+        m = self.material
+        if m is None or self._warned_serial == m.serial:
+            return
+        now = now or datetime.now(timezone.utc)
+        left = m.not_after - now
+        if left <= (m.not_after - m.not_before) / 10:
+            self._warned_serial = m.serial
+            log.warning("identity: certificate %x %s at %s", m.serial,
+                        "expired" if left.total_seconds() <= 0 else "expires soon,",
+                        m.not_after.isoformat())
 
     def install(self, material: Material) -> None:
         """Use new material for every handshake from now on."""
@@ -200,6 +215,7 @@ class FileWatcher:
             await asyncio.sleep(WATCH_INTERVAL)
             try:
                 self.reload()
+                self.state.check_expiry()
             except Exception:  # never let the watcher die: the old material stays in use
                 log.exception("identity: reload failed")
 

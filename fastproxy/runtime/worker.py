@@ -130,6 +130,7 @@ class WorkerProcess:
             self.background.append(self.loop.create_task(issuer.run(installed)))
             log.info("identity: waiting for a certificate from %s", ident.ca_url)
             await first.wait()
+            self.background.append(self.loop.create_task(self._watch_expiry(state)))
         else:
             try:
                 state.install(load_files(ident.cert, ident.key, ident.trust, ident.id))
@@ -149,6 +150,11 @@ class WorkerProcess:
         while True:
             await asyncio.sleep(DNS_REFRESH)
             await resolve_endpoints(self.loop, self.core)
+
+    async def _watch_expiry(self, state) -> None:
+        while True:
+            await asyncio.sleep(30)
+            state.check_expiry()
 
     def reload(self) -> None:
         """SIGHUP: apply the configuration file again if it is valid; re-read identity files."""
