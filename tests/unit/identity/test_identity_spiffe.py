@@ -149,3 +149,50 @@ OPS = "spiffe://mesh.local/ns/ops/sa/backup"
 def test_id_allowed(patterns, spiffe_id, allowed):
     assert id_allowed(patterns, spiffe_id) is allowed
     assert id_allowed(iter(patterns), spiffe_id) is allowed
+
+
+# --- the configuration's validator and the runtime parser agree (hypothesis) -------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fastproxy.config import InvalidValue  # noqa: E402
+from fastproxy.config.values import check_spiffe_id  # noqa: E402
+
+_PIECES = st.sampled_from(
+    ["spiffe://", "SPIFFE://", "https://", "/", "//", ".", "..", "mesh", "local", "A", "z", "9",
+     "-", "_", ":", ":80", "@", "?", "#", "%", "%2F", " ", "é", "*", "[", "]", ""]
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(_PIECES, max_size=10).map("".join))
+def test_parser_agrees_with_the_config_validator(text):
+    try:
+        check_spiffe_id(text, path_required=False)
+        config_ok = True
+    except InvalidValue:
+        config_ok = False
+    try:
+        parsed = parse_spiffe_id(text)
+        ok = True
+    except InvalidSpiffeId:
+        ok = False
+    assert ok == config_ok, text
+    if ok:
+        assert str(parsed) == text
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(_PIECES, max_size=10).map(lambda parts: "spiffe://mesh.local/" + "".join(parts)))
+def test_parser_agrees_with_the_config_validator_on_paths(text):
+    try:
+        check_spiffe_id(text)
+        config_ok = True
+    except InvalidValue:
+        config_ok = False
+    try:
+        ok = not parse_spiffe_id(text).is_trust_domain
+    except InvalidSpiffeId:
+        ok = False
+    assert ok == config_ok, text
