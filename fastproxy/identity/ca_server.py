@@ -40,8 +40,9 @@ API (HTTP/1.1 over TLS, h11):
     403  forbidden: the id is not a valid SPIFFE id, is outside the CA's trust domain, or
          is not allowed for the token
     404  not_found (any other path), 405 method_not_allowed (not POST), 413
-         payload_too_large (body over 64 KiB), 408 request_timeout (request not complete
-         within 10 s)
+         payload_too_large (body over 64 KiB), 431 header_too_large (head over 8 KiB),
+         408 request_timeout (request not complete within 10 s), 400/501 for malformed
+         HTTP
 
 Errors carry `fastproxy-error: REASON` and a one-line body `fastproxy: REASON: DETAIL`;
 any response other than 200 closes the connection. Every decision is one log line:
@@ -85,6 +86,7 @@ log = logging.getLogger("fastproxy.ca")
 
 SIGN_PATH = "/v1/sign"
 MAX_BODY = 64 * 1024
+MAX_HEAD = 8 * 1024           # request line and headers (431 over it)
 REQUEST_TIMEOUT = 10.0        # a whole request (head and body), and the TLS handshake
 IDLE_TIMEOUT = 30.0           # between keep-alive requests
 SERVER_CERT_TTL = 7 * 86400.0  # the server's own certificate ...
@@ -337,7 +339,7 @@ class CAService:
         peer = writer.get_extra_info("peername")
         peer_text = f"[{peer[0]}]:{peer[1]}" if peer and ":" in str(peer[0]) else (
             f"{peer[0]}:{peer[1]}" if peer else "-")
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         try:
             while True:
                 try:
@@ -443,7 +445,9 @@ class CAService:
         try:
             event = await self._event(conn, reader)
         except h11.RemoteProtocolError as exc:
-            await self._error(conn, writer, peer, Decision(exc.error_status_hint or 400, "bad_request", _detail(exc)))
+            status = exc.error_status_hint or 400
+            reason = {431: "header_too_large", 501: "not_implemented"}.get(status, "bad_request")
+            await self._error(conn, writer, peer, Decision(status, reason, _detail(exc)))
         if isinstance(event, h11.ConnectionClosed):
             raise _Closed
         if not isinstance(event, h11.Request):
