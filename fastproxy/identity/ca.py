@@ -14,7 +14,6 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Iterable
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm

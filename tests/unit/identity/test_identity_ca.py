@@ -8,7 +8,7 @@ import stat
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fastproxy.identity.ca import CA, CAError, init_ca, issue_files
 from fastproxy.identity.svid import load_material, svid_id

@@ -6,7 +6,6 @@ broken by a certificate nobody's CA code would make."""
 import datetime as dt
 
 import pytest
-from cryptography import x509
 
 from fastproxy.identity.svid import Material, SVIDError, load_material, svid_id, trust_domains
 from support.certs import DEFAULT_ID, ec_key, key_pem, make_ca, make_leaf, pem, rsa_key
