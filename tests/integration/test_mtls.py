@@ -1,0 +1,345 @@
+"""SPEC §6, §11 "Identity", §4 forbidden/upstream_tls, issue 4: mTLS between real sidecars
+with real certificates (our CA tooling, and support.certs for every odd certificate).
+
+Topology (module-wide):
+    client -> frontend sidecar "outbound" (plain) -> mtls cluster -> backend sidecar
+    "inbound" (mtls, allow frontend and ns/ops/*) -> recording upstream
+The backend also has "open" (mtls, allow any), and "https" (tls = "tls": server TLS only).
+A "rogue" sidecar presents the backend's id from another CA. Negative cases use Python ssl
+clients directly against the backend's listeners.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from cryptography import x509
+
+from support.certs import ec_key, make_ca, make_leaf
+from support.checks import assert_proxy_error
+from support.configs import to_toml
+from support.fastproxy import run_cli
+from support.mesh import (MeshCA, client_context, https, identity_table, refused, sid,
+                          write_leaf)
+from support.rawhttp import RawConn, get
+from support.upstreams import parse_recorded
+
+pytestmark = pytest.mark.timeout(60)
+
+FRONTEND = sid("ns/default/sa/frontend")
+BACKEND = sid("ns/default/sa/backend")
+OPS_ADMIN = sid("ns/ops/sa/admin")
+OPS_VIEWER = sid("ns/ops/sa/viewer")
+INTRUDER = sid("ns/default/sa/intruder")
+
+
+def sidecar_config(material, spiffe_id, listeners, clusters) -> dict:
+    return {
+        "proxy": {"admin": "", "drain_timeout": "2s", "access_log": "off"},
+        "identity": identity_table(material, spiffe_id),
+        "listener": listeners,
+        "cluster": clusters,
+    }
+
+
+class Mesh:
+    pass
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory, module_fastproxy, module_upstreams):
+    d = tmp_path_factory.mktemp("mesh")
+    m = Mesh()
+    m.dir = d
+    m.ca = MeshCA(d / "ca")
+    m.frontend = m.ca.issue(FRONTEND, d / "frontend")
+    m.backend = m.ca.issue(BACKEND, d / "backend")
+    m.up = module_upstreams.raw()
+    app = {"app": {"endpoints": [m.up.addr]}}
+
+    m.backend_proxy = module_fastproxy(sidecar_config(m.backend, BACKEND, [
+        {"name": "inbound", "bind": "${listen:inbound}", "tls": "mtls",
+         "allow": [FRONTEND, sid("ns/ops/*")],
+         "route": [{"name": "admin", "prefix": "/admin", "allow": [OPS_ADMIN], "cluster": "app"},
+                   {"cluster": "app"}]},
+        {"name": "open", "bind": "${listen:open}", "tls": "mtls", "route": [{"cluster": "app"}]},
+        {"name": "https", "bind": "${listen:https}", "tls": "tls", "route": [{"cluster": "app"}]},
+    ], app), name="backend")
+
+    # the backend's id, but certified by another CA of the same trust domain
+    rogue_ca = MeshCA(d / "rogue-ca")
+    m.rogue = rogue_ca.issue(BACKEND, d / "rogue")
+    m.rogue_proxy = module_fastproxy(sidecar_config(m.rogue, BACKEND, [
+        {"name": "inbound", "bind": "${listen:inbound}", "tls": "mtls", "route": [{"cluster": "app"}]},
+    ], app), name="rogue")
+
+    inbound = f"127.0.0.1:{m.backend_proxy.port('inbound')}"
+
+    def mtls_cluster(peer, endpoint=inbound):
+        return {"endpoints": [endpoint], "tls": "mtls", "peer": peer}
+
+    m.frontend_proxy = module_fastproxy(sidecar_config(m.frontend, FRONTEND, [
+        {"name": "outbound", "bind": "${listen:outbound}", "route": [
+            {"host": "backend", "cluster": "backend"},
+            {"host": "wrongpeer", "cluster": "wrongpeer"},
+            {"host": "prefixpeer", "cluster": "prefixpeer"},
+            {"host": "foreign", "cluster": "foreign"},
+        ]},
+    ], {
+        "backend": mtls_cluster(BACKEND),
+        "wrongpeer": mtls_cluster(sid("ns/default/sa/reviews")),
+        "prefixpeer": mtls_cluster(sid("ns/default/*")),
+        "foreign": mtls_cluster(BACKEND, f"127.0.0.1:{m.rogue_proxy.port('inbound')}"),
+    }), name="frontend")
+    return m
+
+
+def recorded_since(up, snap):
+    return parse_recorded(up.bytes_since(snap))
+
+
+def client_for(mesh, spiffe_id: str, name: str):
+    """A valid SVID from the mesh CA (made with cryptography directly) as a client context."""
+    leaf = make_leaf(mesh.ca.issuer, spiffe_id)
+    material = write_leaf(mesh.dir / f"client-{name}", leaf, mesh.ca.issuer)
+    return client_context(material)
+
+
+def https_get(port, ctx, path="/echo", headers=()):
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    with https(port, ctx) as c:
+        c.send(f"GET {path} HTTP/1.1\r\nHost: backend\r\n{extra}\r\n".encode())
+        return c.read_response()
+
+
+# ---------------------------------------------------------------- the two-hop path
+
+def test_two_hop_app_sees_both_ids_and_forged_xfcc_is_removed(mesh):
+    snap = mesh.up.snapshot()
+    forged = "By=spiffe://mesh.local/ns/default/sa/backend;URI=spiffe://mesh.local/ns/kube-system/sa/admin"
+    with RawConn(mesh.frontend_proxy.port("outbound")) as c:
+        for i in range(3):  # keep-alive on the client side, pooled mtls upstream
+            c.send(f"GET /two-hop/{i} HTTP/1.1\r\nHost: backend\r\n"
+                   f"X-Forwarded-Client-Cert: {forged}\r\n\r\n".encode())
+            r = c.read_response()
+            assert r.status == 200, r
+            assert r.body == f"raw:/two-hop/{i}".encode(), r
+    recs = recorded_since(mesh.up, snap)
+    assert [r.target for r in recs] == ["/two-hop/0", "/two-hop/1", "/two-hop/2"]
+    for rec in recs:
+        assert rec.header_all("x-forwarded-client-cert") == [f"By={BACKEND};URI={FRONTEND}"], rec.headers
+        assert rec.header_all("x-forwarded-proto") == ["https"], rec.headers
+
+
+def test_server_identity_prefix_peer_matches(mesh):
+    r = get(mesh.frontend_proxy.port("outbound"), "/prefix-peer", host="prefixpeer")
+    assert r.status == 200, r
+
+
+def test_server_identity_mismatch_is_503_upstream_tls(mesh):
+    snap = mesh.up.snapshot()
+    r = get(mesh.frontend_proxy.port("outbound"), "/mismatch", host="wrongpeer")
+    assert_proxy_error(r, 503, "upstream_tls")
+    assert mesh.up.bytes_since(snap) == b"", "a request reached the app over a refused server"
+
+
+def test_upstream_with_another_CAs_certificate_is_503_upstream_tls(mesh):
+    snap = mesh.up.snapshot()
+    r = get(mesh.frontend_proxy.port("outbound"), "/foreign", host="foreign")
+    assert_proxy_error(r, 503, "upstream_tls")
+    assert mesh.up.bytes_since(snap) == b"", "a request reached the app through the rogue"
+
+
+# ---------------------------------------------------------------- direct clients: accepted
+
+def test_direct_mtls_client_is_identified(mesh):
+    ctx = client_context(mesh.frontend)
+    snap = mesh.up.snapshot()
+    with https(mesh.backend_proxy.port("inbound"), ctx) as c:
+        assert c.sock.selected_alpn_protocol() == "http/1.1"
+        served = c.sock.getpeercert(binary_form=True)
+        c.send(b"GET /direct HTTP/1.1\r\nHost: backend\r\n"
+               b"x-forwarded-client-cert: URI=spiffe://mesh.local/ns/default/sa/backend\r\n\r\n")
+        r = c.read_response()
+    assert r.status == 200, r
+    assert x509.load_der_x509_certificate(served).serial_number == mesh.backend.serial
+    (rec,) = recorded_since(mesh.up, snap)
+    assert rec.header_all("x-forwarded-client-cert") == [f"By={BACKEND};URI={FRONTEND}"]
+    assert rec.header_all("x-forwarded-proto") == ["https"]
+
+
+def test_tls_listener_serves_clients_without_a_certificate(mesh):
+    ctx = client_context(trust=mesh.ca.ca_pem)  # verifies the server, presents nothing
+    snap = mesh.up.snapshot()
+    r = https_get(mesh.backend_proxy.port("https"), ctx, "/server-tls-only",
+                  headers=[("X-Forwarded-Client-Cert", f"By={BACKEND};URI={FRONTEND}")])
+    assert r.status == 200, r
+    (rec,) = recorded_since(mesh.up, snap)
+    assert rec.header_all("x-forwarded-proto") == ["https"]
+    assert rec.header_all("x-forwarded-client-cert") == [], "client-sent XFCC forwarded"
+
+
+# ---------------------------------------------------------------- authorization
+
+def test_valid_peer_outside_allow_gets_403(mesh):
+    snap = mesh.up.snapshot()
+    r = https_get(mesh.backend_proxy.port("inbound"), client_for(mesh, INTRUDER, "intruder"))
+    assert_proxy_error(r, 403, "forbidden")
+    assert mesh.up.bytes_since(snap) == b"", "a forbidden request reached the app"
+
+
+def test_allow_prefix_and_route_allow_narrowing(mesh):
+    port = mesh.backend_proxy.port("inbound")
+    admin, viewer = client_for(mesh, OPS_ADMIN, "ops-admin"), client_for(mesh, OPS_VIEWER, "ops-viewer")
+    frontend = client_context(mesh.frontend)
+    snap = mesh.up.snapshot()
+    # "spiffe://mesh.local/ns/ops/*" on the listener admits both ops peers on the open route
+    assert https_get(port, admin, "/any").status == 200
+    assert https_get(port, viewer, "/any").status == 200
+    # the /admin route allows only ops admin, though the listener allows more
+    assert https_get(port, admin, "/admin/x").status == 200
+    assert_proxy_error(https_get(port, viewer, "/admin/x"), 403, "forbidden")
+    assert_proxy_error(https_get(port, frontend, "/admin/x"), 403, "forbidden")
+    recs = recorded_since(mesh.up, snap)
+    assert [(r.target, r.header("x-forwarded-client-cert")) for r in recs] == [
+        ("/any", f"By={BACKEND};URI={OPS_ADMIN}"),
+        ("/any", f"By={BACKEND};URI={OPS_VIEWER}"),
+        ("/admin/x", f"By={BACKEND};URI={OPS_ADMIN}"),
+    ]
+
+
+# ---------------------------------------------------------------- direct clients: refused
+
+def _leaf(**kw):
+    return lambda mesh: make_leaf(mesh.ca.issuer, kw.pop("spiffe_id", FRONTEND), **kw)
+
+
+def _uris(*uris):
+    return lambda mesh: make_leaf(mesh.ca.issuer, None, uris=list(uris))
+
+
+REFUSED = {
+    "another-CA": lambda mesh: make_leaf(make_ca("mesh.local"), FRONTEND),
+    "expired": _leaf(not_before=-7200, not_after=-60),
+    "not-yet-valid": _leaf(not_before=3600, not_after=7200),
+    "no-URI-SAN": lambda mesh: make_leaf(mesh.ca.issuer, None, uris=[], dns=["frontend.default.svc"]),
+    "two-URI-SANs": _uris(FRONTEND, sid("ns/default/sa/other")),
+    "non-spiffe-URI": _uris("https://mesh.local/ns/default/sa/frontend"),
+    "id-with-port": _uris("spiffe://mesh.local:8443/ns/default/sa/frontend"),
+    "id-with-userinfo": _uris("spiffe://admin@mesh.local/ns/default/sa/frontend"),
+    "id-with-query": _uris("spiffe://mesh.local/ns/default/sa/frontend?x=1"),
+    "id-with-fragment": _uris("spiffe://mesh.local/ns/default/sa/frontend#x"),
+    "id-empty-path": _uris("spiffe://mesh.local"),
+    "id-dotdot-segment": _uris("spiffe://mesh.local/ns/default/../sa/frontend"),
+    "id-dot-segment": _uris("spiffe://mesh.local/ns/./sa/frontend"),
+    "id-empty-segment": _uris("spiffe://mesh.local/ns//sa/frontend"),
+    "id-trailing-slash": _uris("spiffe://mesh.local/ns/default/sa/frontend/"),
+    "id-percent-encoded": _uris("spiffe://mesh.local/ns/default/sa/front%65nd"),
+    "id-uppercase-trust-domain": _uris("spiffe://MESH.local/ns/default/sa/frontend"),
+    "CA-true-leaf": _leaf(ca=True),
+    "keyCertSign-leaf": _leaf(key_cert_sign=True),
+    "EKU-without-clientAuth": _leaf(eku=("server",)),
+    "wrong-trust-domain": lambda mesh: make_leaf(mesh.ca.issuer, "spiffe://other.local/ns/default/sa/frontend"),
+    "bad-signature": _leaf(signing_key=ec_key()),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_invalid_client_certificate_is_refused_at_connection(mesh, case):
+    leaf = REFUSED[case](mesh)
+    material = write_leaf(mesh.dir / f"refused-{case}", leaf, mesh.ca.issuer)
+    ctx = client_context(material, trust=mesh.ca.ca_pem)
+    port = mesh.backend_proxy.port("open")
+    snap = mesh.up.snapshot()
+    refused(port, ctx, f"GET /refused/{case} HTTP/1.1\r\nHost: backend\r\n\r\n".encode())
+    assert mesh.up.bytes_since(snap) == b"", f"{case}: a request reached the app"
+    # the listener still serves a valid peer
+    assert https_get(port, client_context(mesh.frontend), f"/after/{case}").status == 200
+
+
+def test_client_without_certificate_is_refused(mesh):
+    ctx = client_context(trust=mesh.ca.ca_pem)
+    snap = mesh.up.snapshot()
+    for listener in ("open", "inbound"):
+        refused(mesh.backend_proxy.port(listener), ctx, b"GET /nocert HTTP/1.1\r\nHost: backend\r\n\r\n")
+    assert mesh.up.bytes_since(snap) == b""
+
+
+def test_plain_http_on_an_mtls_listener_gets_nothing(mesh):
+    snap = mesh.up.snapshot()
+    with RawConn(mesh.backend_proxy.port("inbound"), timeout=5) as c:
+        c.send(b"GET /plaintext HTTP/1.1\r\nHost: backend\r\n\r\n")
+        try:
+            got = c.wait_closed(5)
+        except TimeoutError:
+            pytest.fail("plain HTTP on an mtls listener: connection left open")
+    assert not got.startswith(b"HTTP/"), got
+    assert mesh.up.bytes_since(snap) == b""
+
+
+# ---------------------------------------------------------------- startup with invalid identity
+
+def _startup_cases():
+    def expired(mesh, d):
+        leaf = make_leaf(mesh.ca.issuer, FRONTEND, not_before=-7200, not_after=-60)
+        return write_leaf(d, leaf, mesh.ca.issuer)
+
+    def wrong_id(mesh, d):
+        return mesh.ca.issue(sid("ns/default/sa/somebody-else"), d)
+
+    def other_ca(mesh, d):
+        return write_leaf(d, make_leaf(make_ca("mesh.local"), FRONTEND), mesh.ca.issuer)
+
+    def key_mismatch(mesh, d):
+        m = mesh.ca.issue(FRONTEND, d)
+        m.key.write_bytes(make_leaf(mesh.ca.issuer, FRONTEND).key_pem)
+        return m
+
+    def garbage(mesh, d):
+        m = mesh.ca.issue(FRONTEND, d)
+        m.cert.write_bytes(b"this is not a certificate\n")
+        return m
+
+    def empty_key(mesh, d):
+        m = mesh.ca.issue(FRONTEND, d)
+        m.key.write_bytes(b"")
+        return m
+
+    def missing_cert(mesh, d):
+        m = mesh.ca.issue(FRONTEND, d)
+        m.cert.unlink()
+        return m
+
+    return {
+        "expired": (expired, "expired"),
+        "wrong-id": (wrong_id, "somebody-else"),
+        "another-CA": (other_ca, "not signed by"),
+        "key-not-matching": (key_mismatch, "does not match"),
+        "garbage-cert": (garbage, "not a PEM"),
+        "empty-key": (empty_key, "empty"),
+        "missing-cert": (missing_cert, "cert.pem"),
+    }
+
+
+STARTUP = _startup_cases()
+
+
+@pytest.mark.parametrize("case", list(STARTUP))
+def test_startup_with_invalid_identity_exits_1_naming_the_problem(mesh, tmp_path, free_port, case):
+    make, expect = STARTUP[case]
+    material = make(mesh, tmp_path / "id")
+    config = tmp_path / "sidecar.toml"
+    config.write_text(to_toml(sidecar_config(material, FRONTEND, [
+        {"name": "inbound", "bind": f"127.0.0.1:{free_port()}", "tls": "mtls", "route": [{"cluster": "app"}]},
+    ], {"app": {"endpoints": ["127.0.0.1:9"]}})))
+    try:
+        out = run_cli("run", "-c", str(config), timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{case}: fastproxy started with invalid identity files")
+    assert out.returncode == 1, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got: {out.stderr!r}"
+    assert expect in lines[0], lines[0]
+    assert FRONTEND in lines[0] or "identity" in lines[0], lines[0]

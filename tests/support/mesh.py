@@ -1,0 +1,201 @@
+"""Mesh identity for end-to-end tests: a real CA made by `fastproxy ca init`, SVIDs issued
+by `fastproxy ca issue`, odd certificates from support.certs signed by that same CA, and
+TLS clients (Python ssl) that present a client certificate and report what happened.
+
+  MeshCA(directory, trust_domain="mesh.local")   -> .dir .ca_pem .issuer (support.certs.Issuer)
+      .issue(spiffe_id, out_dir, ttl="24h")       -> Material (files written by `ca issue`)
+  Material(dir)                                   -> .cert .key .trust (paths) .serial .id
+  write_leaf(dir, leaf, trust)                    -> Material (cert.pem/key.pem/trust.pem)
+  replace_file(path, data)                        atomic rewrite (write + rename), as tools do
+  client_context(material=None, trust=...)        -> ssl.SSLContext presenting `material`
+  https(port, ctx)                                -> RawConn over a TLS connection
+  server_serial(port, ctx)                        -> serial of the certificate the server
+                                                     presented on a new handshake
+  refused(port, ctx, request)                     -> str: how the connection ended (asserts
+                                                     that no HTTP response came back)
+  sidecar_identity(material, spiffe_id)           -> TOML [identity] table text
+"""
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .certs import Issuer, Leaf, pem, write_material
+from .fastproxy import run_cli
+from .procs import LOOPBACK
+from .rawhttp import RawConn
+
+TD = "mesh.local"
+
+
+def sid(path: str, trust_domain: str = TD) -> str:
+    """spiffe://mesh.local/<path>"""
+    return f"spiffe://{trust_domain}/{path}"
+
+
+@dataclass
+class Material:
+    """Identity files of one workload (cert.pem, key.pem, trust.pem in `dir`)."""
+    dir: Path
+
+    @property
+    def cert(self) -> Path:
+        return self.dir / "cert.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.dir / "key.pem"
+
+    @property
+    def trust(self) -> Path:
+        return self.dir / "trust.pem"
+
+    def leaf(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert.read_bytes())
+
+    @property
+    def serial(self) -> int:
+        return self.leaf().serial_number
+
+    @property
+    def id(self) -> str:
+        san = self.leaf().extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return san.get_values_for_type(x509.UniformResourceIdentifier)[0]
+
+
+class MeshCA:
+    """A mesh root CA created by `fastproxy ca init` (the product's own tooling)."""
+
+    def __init__(self, directory: Path, trust_domain: str = TD):
+        self.dir = Path(directory)
+        self.trust_domain = trust_domain
+        out = run_cli("ca", "init", str(self.dir), "--trust-domain", trust_domain)
+        assert out.returncode == 0, f"ca init failed: {out.stdout}{out.stderr}"
+        self.ca_pem = self.dir / "ca.pem"
+        cert = x509.load_pem_x509_certificate(self.ca_pem.read_bytes())
+        key = serialization.load_pem_private_key((self.dir / "ca-key.pem").read_bytes(), None)
+        self.issuer = Issuer(cert, key, trust_domain)
+
+    def issue(self, spiffe_id: str, out_dir: Path, ttl: str = "24h") -> Material:
+        out = run_cli("ca", "issue", str(self.dir), "--id", spiffe_id, "--out", str(out_dir),
+                      "--ttl", ttl)
+        assert out.returncode == 0, f"ca issue {spiffe_id} failed: {out.stdout}{out.stderr}"
+        return Material(Path(out_dir))
+
+
+def write_leaf(directory: Path, leaf: Leaf, trust) -> Material:
+    """support.certs material (any odd certificate) as identity files."""
+    write_material(directory, leaf, trust)
+    return Material(Path(directory))
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Rewrite a file the way tools do it: a new file renamed over the old one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def client_context(material: Material | None = None, *, trust: Path | bytes | None = None,
+                   cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """A TLS client context: verifies the server against `trust` (default: the material's
+    trust.pem) without host name checks (mesh servers are identified by SPIFFE id), and
+    presents the material's (or cert/key's) certificate, if any."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if trust is None and material is not None:
+        trust = material.trust
+    if isinstance(trust, bytes):
+        ctx.load_verify_locations(cadata=trust.decode())
+    elif trust is not None:
+        ctx.load_verify_locations(cafile=str(trust))
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    if material is not None:
+        cert, key = material.cert, material.key
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key))
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def tls_socket(port: int, ctx: ssl.SSLContext, timeout: float = 5.0) -> ssl.SSLSocket:
+    raw = socket.create_connection((LOOPBACK, port), timeout=timeout)
+    try:
+        return ctx.wrap_socket(raw)  # no SNI: what a sidecar sends to an IP endpoint
+    except BaseException:
+        raw.close()
+        raise
+
+
+def https(port: int, ctx: ssl.SSLContext, timeout: float = 10.0) -> RawConn:
+    """A RawConn over a new TLS connection (handshake done)."""
+    return RawConn.wrap(tls_socket(port, ctx, timeout), timeout=timeout)
+
+
+def server_serial(port: int, ctx: ssl.SSLContext) -> int:
+    """The serial of the certificate the server presents on a new handshake."""
+    with tls_socket(port, ctx) as s:
+        der = s.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def refused(port: int, ctx: ssl.SSLContext, request: bytes, timeout: float = 5.0) -> str:
+    """Connect, send `request`, read until the connection ends. Returns how it ended
+    ("handshake: ..." / "after handshake: ..." / "closed"); raises AssertionError if any
+    response byte arrives and TimeoutError if the connection stays open."""
+    try:
+        s = tls_socket(port, ctx, timeout)
+    except ssl.SSLError as exc:
+        return f"handshake: {exc.reason or exc}"
+    except (ConnectionError, OSError) as exc:
+        return f"handshake: {type(exc).__name__}"
+    got = b""
+    deadline = time.monotonic() + timeout
+    try:
+        with s:
+            try:
+                s.sendall(request)
+            except (ssl.SSLError, OSError):
+                pass  # already closed by the server: reading shows how
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"connection still open after {timeout}s; got {got[:200]!r}")
+                s.settimeout(left)
+                try:
+                    chunk = s.recv(65536)
+                except socket.timeout:
+                    raise TimeoutError(f"connection still open after {timeout}s; got {got[:200]!r}") from None
+                if not chunk:
+                    how = "closed"
+                    break
+                got += chunk
+    except ssl.SSLError as exc:
+        how = f"after handshake: {exc.reason or exc}"
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        how = f"after handshake: {type(exc).__name__}"
+    assert got == b"", f"the server answered a refused peer: {got[:300]!r}"
+    return how
+
+
+def identity_table(material: Material, spiffe_id: str) -> dict:
+    return {"id": spiffe_id, "cert": str(material.cert), "key": str(material.key),
+            "trust": str(material.trust)}
+
+
+def pem_of(material: Material) -> tuple[bytes, bytes, bytes]:
+    return material.cert.read_bytes(), material.key.read_bytes(), material.trust.read_bytes()
+
+
+__all__ = ["TD", "sid", "Material", "MeshCA", "write_leaf", "replace_file", "client_context",
+           "tls_socket", "https", "server_serial", "refused", "identity_table", "pem_of", "pem"]
