@@ -472,6 +472,8 @@ class CAService:
         found = self.signer.authorize(headers.get("authorization"))
         if isinstance(found, Decision):
             await self._error(conn, writer, peer, found)
+        if conn.they_are_waiting_for_100_continue:
+            writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")))
         body = bytearray()
         while True:
             try:

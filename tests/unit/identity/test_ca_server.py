@@ -258,6 +258,17 @@ def test_paths_methods_and_size(server):
     assert request(server, csr, path="/v1/sign?x=1")[0] == 200   # the query is ignored
 
 
+def test_expect_100_continue(server):
+    _, csr = csr_for(WEB)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+        with context(server).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(f"POST /v1/sign HTTP/1.1\r\nHost: ca\r\nAuthorization: Bearer {WEB_SECRET}\r\n"
+                        f"Expect: 100-continue\r\nContent-Length: {len(csr)}\r\n\r\n".encode())
+            assert tls.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n")
+            tls.sendall(csr)
+            assert tls.recv(100).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
 def test_chunked_body_over_the_cap_is_413(server):
     conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context(server), timeout=10)
     try:
