@@ -163,11 +163,13 @@ class AutoIssuer:
     async def _post(self, context: ssl.SSLContext, token: str, body: bytes) -> tuple[int, bytes]:
         """POST `body` to the CA; (status, response body). Network trouble: IssueError."""
         where = f"{self.ca_url}{SIGN_PATH}"
+        connected = False
         try:
             async with asyncio.timeout(self.timeout):
                 reader, writer = await asyncio.open_connection(
                     self.host, self.port, ssl=context, server_hostname=self.host,
                     ssl_handshake_timeout=self.timeout)
+                connected = True
                 try:
                     return await self._exchange(reader, writer, token, body)
                 finally:
@@ -187,7 +189,8 @@ class AutoIssuer:
         except h11.ProtocolError as exc:
             raise IssueError(f"{where}: malformed HTTP response: {exc}") from None
         except OSError as exc:
-            raise IssueError(f"{where}: cannot connect: {exc.strerror or exc}") from None
+            what = "connection failed" if connected else "cannot connect"
+            raise IssueError(f"{where}: {what}: {exc.strerror or exc}") from None
 
     async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str,
                         body: bytes) -> tuple[int, bytes]:
@@ -311,7 +314,7 @@ class AutoIssuer:
                 self.renewals += 1
                 delay = self.renew_delay(material, received)
                 log.info("identity: %s certificate for %s: serial %s, valid until %s; renewing in %.1fs",
-                         "renewed" if previous is not None else "got the", material.spiffe_id,
+                         "renewed the" if previous is not None else "got the", material.spiffe_id,
                          material.serial_hex, _iso(material.not_after), delay)
                 await asyncio.sleep(delay)
                 log.info("identity: renewing the certificate for %s (serial %s)", self.spiffe_id,

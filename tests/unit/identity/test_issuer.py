@@ -228,7 +228,7 @@ def test_run_renews_at_renew_at(work, ca_server, caplog):
     assert 0.8 <= t2 - t1 <= 2.6, t2 - t1   # half of the 3 s lifetime (notAfter has 1 s granularity)
     assert issuer.failures == 0
     text = caplog.text
-    assert "got the certificate for" in text and "renewed certificate for" in text
+    assert "got the certificate for" in text and "renewed the certificate for" in text
 
 
 def test_run_ca_down_at_start_then_up(work, ca_server, caplog):
