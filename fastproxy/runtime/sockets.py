@@ -11,6 +11,9 @@ import socket
 from fastproxy.config import Config
 
 
+ADMIN = ""   # the admin socket's key (listener names are never empty)
+
+
 class BindError(Exception):
     """A listener could not bind; the message names the listener and the address."""
 
@@ -30,29 +33,41 @@ def _open(family: int, sockaddr: tuple, reuse_port: bool) -> socket.socket:
     return sock
 
 
+def _bind(address, where: str, count: int) -> list[socket.socket]:
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise BindError(f"cannot resolve {where}: {exc.strerror or exc}") from None
+    family, _, _, _, sockaddr = infos[0]
+    socks: list[socket.socket] = []
+    try:
+        # A probe without SO_REUSEPORT: fails if anyone (even another proxy that set
+        # SO_REUSEPORT) already listens here.
+        _open(family, sockaddr, reuse_port=False).close()
+        for _ in range(count):
+            sock = _open(family, sockaddr, reuse_port=True)
+            socks.append(sock)
+            sock.listen(4096)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in socks:
+            sock.close()
+        raise BindError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    return socks
+
+
 def bind_listeners(config: Config, workers: int) -> list[dict[str, socket.socket]]:
-    """For each worker, {listener name: listening socket}. Raises BindError."""
+    """For each worker, {listener name: listening socket}; the admin socket goes to the
+    first worker under ADMIN. Raises BindError."""
     per_worker: list[dict[str, socket.socket]] = [{} for _ in range(workers)]
     try:
         for listener in config.listeners:
-            where = f"{listener.bind} (listener {listener.name!r})"
-            try:
-                infos = socket.getaddrinfo(listener.bind.host, listener.bind.port,
-                                           type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-            except OSError as exc:
-                raise BindError(f"cannot resolve {where}: {exc.strerror or exc}") from None
-            family, _, _, _, sockaddr = infos[0]
-            try:
-                # A probe without SO_REUSEPORT: fails if anyone (even another proxy that
-                # set SO_REUSEPORT) already listens here.
-                _open(family, sockaddr, reuse_port=False).close()
-                for sockets in per_worker:
-                    sock = _open(family, sockaddr, reuse_port=True)
-                    sockets[listener.name] = sock
-                    sock.listen(4096)
-                    sock.setblocking(False)
-            except OSError as exc:
-                raise BindError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+            socks = _bind(listener.bind, f"{listener.bind} (listener {listener.name!r})", workers)
+            for sockets, sock in zip(per_worker, socks):
+                sockets[listener.name] = sock
+        if config.proxy.admin is not None:
+            per_worker[0][ADMIN] = _bind(config.proxy.admin, f"{config.proxy.admin} (admin)", 1)[0]
     except BindError:
         close_all(per_worker)
         raise

@@ -15,6 +15,7 @@ import uvloop
 
 from fastproxy._core.proxy import Worker
 from fastproxy.config import Config, ConfigError, load
+from fastproxy.runtime.sockets import ADMIN
 
 log = logging.getLogger("fastproxy")
 
@@ -61,6 +62,8 @@ class WorkerProcess:
         self.stopping = asyncio.Event()
         self.identity = None
         self.watcher = None
+        self.ready = False
+        self.not_ready_reason = "starting"
         self.background: list[asyncio.Task] = []
 
     def run(self) -> int:
@@ -71,7 +74,14 @@ class WorkerProcess:
 
     async def _main(self) -> int:
         loop = self.loop
+        admin_sock = self.sockets.get(ADMIN)
+        if admin_sock is not None:
+            from fastproxy.admin import AdminServer
+
+            admin = await AdminServer(self).serve(admin_sock)
+        self.not_ready_reason = "waiting for this workload's certificate"
         await self._start_identity()
+        self.not_ready_reason = "starting listeners"
         await resolve_endpoints(loop, self.core)
         servers = []
         for listener in self.config.listeners:
@@ -88,7 +98,10 @@ class WorkerProcess:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         dns = loop.create_task(self._refresh_dns())
         log.info("serving %s", ", ".join(f"{l.name} on {l.bind}" for l in self.config.listeners))
+        self.ready = True
         await self.stopping.wait()
+        self.ready = False
+        self.not_ready_reason = "draining"
 
         log.info("draining (at most %gs)", self.config.proxy.drain_timeout)
         for server in servers:
@@ -104,6 +117,8 @@ class WorkerProcess:
         dns.cancel()
         for task in self.background:
             task.cancel()
+        if admin_sock is not None:
+            admin.close()
         return 0
 
     async def _start_identity(self) -> None:

@@ -1,0 +1,100 @@
+"""The admin API on `[proxy] admin` (SPEC §8): HTTP/1.1 with h11, JSON answers.
+
+Owns the operator's view of one worker: `/ready` and `/certs` so far (metrics, config,
+clusters, failed requests and reload come with the observability work). It is meant for
+loopback, never shares a port with traffic, and nothing here runs per proxied request.
+With several workers, the first one serves it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+
+import h11
+import orjson
+
+log = logging.getLogger("fastproxy")
+
+MAX_REQUEST = 65536
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class AdminServer:
+    """Serves the admin endpoints for a running worker (see runtime.worker)."""
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.routes = {
+            ("GET", "/ready"): self.ready,
+            ("GET", "/certs"): self.certs,
+        }
+
+    async def serve(self, sock) -> asyncio.AbstractServer:
+        return await asyncio.start_server(self.handle, sock=sock)
+
+    # -- endpoints -----------------------------------------------------------------------
+    def ready(self) -> tuple[int, dict]:
+        if self.worker.ready:
+            return 200, {"ready": True}
+        return 503, {"ready": False, "reason": self.worker.not_ready_reason}
+
+    def certs(self) -> tuple[int, dict]:
+        state = self.worker.identity
+        if state is None or state.material is None:
+            return 404, {"error": "no identity is configured" if state is None
+                         else "no certificate yet"}
+        m = state.material
+        return 200, {
+            "identity": {"id": m.spiffe_id, "serial": format(m.serial, "x"),
+                         "not_before": _rfc3339(m.not_before), "not_after": _rfc3339(m.not_after)},
+            "trust": [{"subject": c.subject.rfc4514_string(),
+                       "not_after": _rfc3339(c.not_valid_after_utc)} for c in m.trust],
+            "rotations": state.rotations,
+            "rotation_failures": state.rotation_failures,
+        }
+
+    # -- HTTP/1.1 ------------------------------------------------------------------------
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await reader.read(65536)
+                    conn.receive_data(data)
+                    continue
+                if isinstance(event, h11.Request):
+                    status, body = self.dispatch(event.method.decode(), event.target.decode())
+                    await self.respond(conn, writer, status, body)
+                elif isinstance(event, h11.ConnectionClosed) or conn.our_state is h11.MUST_CLOSE:
+                    break
+                elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                    conn.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                await self.respond(conn, writer, exc.error_status_hint, {"error": str(exc)})
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    def dispatch(self, method: str, target: str) -> tuple[int, dict]:
+        path = target.split("?", 1)[0]
+        handler = self.routes.get((method, path))
+        if handler is not None:
+            return handler()
+        if any(p == path for _, p in self.routes):
+            return 405, {"error": f"{method} is not allowed on {path}"}
+        return 404, {"error": f"no such endpoint: {path}"}
+
+    async def respond(self, conn: h11.Connection, writer, status: int, body: dict) -> None:
+        data = orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
+        headers = [("content-type", "application/json"), ("content-length", str(len(data)))]
+        writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
+        writer.write(conn.send(h11.Data(data=data)))
+        writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
