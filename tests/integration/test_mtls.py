@@ -20,8 +20,7 @@ from support.certs import ec_key, make_ca, make_leaf
 from support.checks import assert_proxy_error
 from support.configs import to_toml
 from support.fastproxy import run_cli
-from support.mesh import (MeshCA, client_context, https, identity_table, refused, sid,
-                          write_leaf)
+from support.mesh import MeshCA, client_context, https, refused, sid, sidecar_config, write_leaf
 from support.rawhttp import RawConn, get
 from support.upstreams import parse_recorded
 
@@ -32,15 +31,6 @@ BACKEND = sid("ns/default/sa/backend")
 OPS_ADMIN = sid("ns/ops/sa/admin")
 OPS_VIEWER = sid("ns/ops/sa/viewer")
 INTRUDER = sid("ns/default/sa/intruder")
-
-
-def sidecar_config(material, spiffe_id, listeners, clusters) -> dict:
-    return {
-        "proxy": {"admin": "", "drain_timeout": "2s", "access_log": "off"},
-        "identity": identity_table(material, spiffe_id),
-        "listener": listeners,
-        "cluster": clusters,
-    }
 
 
 class Mesh:

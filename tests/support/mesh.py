@@ -13,7 +13,8 @@ TLS clients (Python ssl) that present a client certificate and report what happe
                                                      presented on a new handshake
   refused(port, ctx, request)                     -> str: how the connection ended (asserts
                                                      that no HTTP response came back)
-  sidecar_identity(material, spiffe_id)           -> TOML [identity] table text
+  identity_table(material, spiffe_id)             -> the [identity] table (dict)
+  sidecar_config(material, id, listeners, clusters) -> a whole sidecar config (dict)
 """
 from __future__ import annotations
 
@@ -193,9 +194,21 @@ def identity_table(material: Material, spiffe_id: str) -> dict:
             "trust": str(material.trust)}
 
 
+def sidecar_config(material: Material | None, spiffe_id: str, listeners: list, clusters: dict,
+                   identity: dict | None = None) -> dict:
+    """A sidecar config dict (for the fastproxy fixture): [identity] from `material` (or the
+    given `identity` table), the listeners and clusters as given, no admin, no access log."""
+    return {
+        "proxy": {"admin": "", "drain_timeout": "2s", "access_log": "off"},
+        "identity": identity or identity_table(material, spiffe_id),
+        "listener": listeners,
+        "cluster": clusters,
+    }
+
+
 def pem_of(material: Material) -> tuple[bytes, bytes, bytes]:
     return material.cert.read_bytes(), material.key.read_bytes(), material.trust.read_bytes()
 
 
 __all__ = ["TD", "sid", "Material", "MeshCA", "write_leaf", "replace_file", "client_context",
-           "tls_socket", "https", "server_serial", "refused", "identity_table", "pem_of", "pem"]
+           "tls_socket", "https", "server_serial", "refused", "identity_table", "sidecar_config", "pem_of", "pem"]
