@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -63,11 +64,19 @@ def serve_app(port: int) -> None:
     import uvloop
 
     async def main():
-        server = await asyncio.get_running_loop().create_server(DemoApp, "127.0.0.1", port)
+        try:
+            server = await asyncio.get_running_loop().create_server(DemoApp, "127.0.0.1", port)
+        except OSError as exc:
+            print(f"fastproxy demo: the app cannot listen on 127.0.0.1:{port}: {exc.strerror}",
+                  file=sys.stderr)
+            raise SystemExit(1) from None
         async with server:
             await server.serve_forever()
 
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    except KeyboardInterrupt:
+        pass
 
 
 def main(args) -> int:
@@ -75,7 +84,12 @@ def main(args) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write(DEMO_CONFIG.format(port=args.port, app_port=args.app_port))
     proxy = subprocess.Popen([sys.executable, "-m", "fastproxy", "run", "-c", f.name])
-    time.sleep(0.5)
+    if not _wait_listening((args.app_port, args.port), (app, proxy)):
+        _stop((proxy, app))
+        os.unlink(f.name)
+        print("fastproxy demo: could not start (see above); free the ports or pass "
+              "--port / --app-port", file=sys.stderr)
+        return 1
     print(f"""
 fastproxy demo: an app on 127.0.0.1:{args.app_port}, fastproxy in front of it.
 
@@ -84,19 +98,42 @@ fastproxy demo: an app on 127.0.0.1:{args.app_port}, fastproxy in front of it.
 
 Ctrl-C stops both.
 """, flush=True)
+    interrupted = False
     try:
         while proxy.poll() is None and app.poll() is None:
             time.sleep(0.2)
     except KeyboardInterrupt:
-        pass
+        interrupted = True
     finally:
-        for p in (proxy, app):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in (proxy, app):
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop((proxy, app))
         os.unlink(f.name)
+    if not interrupted:
+        print("fastproxy demo: a demo process ended unexpectedly (see above)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _wait_listening(ports, procs, timeout: float = 10.0) -> bool:
+    """True once every port accepts; False as soon as a process has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            return False
+        try:
+            for port in ports:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def _stop(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
