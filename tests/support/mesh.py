@@ -15,12 +15,21 @@ TLS clients (Python ssl) that present a client certificate and report what happe
                                                      that no HTTP response came back)
   identity_table(material, spiffe_id)             -> the [identity] table (dict)
   sidecar_config(material, id, listeners, clusters) -> a whole sidecar config (dict)
+  CAService(workdir, ca, tokens={token: [ids]}, ttl="1h")
+                                                  `fastproxy ca serve` on a fixed port: .start()
+                                                  .stop() (restartable: a CA outage) .url
+                                                  .output() .token_file(token) (a 0600 file)
+  admin_get(proxy, path)                          -> (status, JSON) from the sidecar's admin API
 """
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import signal
 import socket
 import ssl
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +38,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .certs import Issuer, Leaf, pem, write_material
-from .fastproxy import run_cli
-from .procs import LOOPBACK
+from .fastproxy import fastproxy_cmd, run_cli
+from .procs import LOOPBACK, free_port, stop_group, wait_for_ports
 from .rawhttp import RawConn
 
 TD = "mesh.local"
@@ -206,9 +215,75 @@ def sidecar_config(material: Material | None, spiffe_id: str, listeners: list, c
     }
 
 
+class CAService:
+    """`fastproxy ca serve -c FILE` as a user runs it, on a port fixed at creation so that it
+    can be stopped (an outage) and started again at the same address."""
+
+    def __init__(self, workdir: Path, ca: MeshCA, tokens: dict[str, list[str]], ttl: str = "1h"):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.ca = ca
+        entries = []
+        self.token_files: dict[str, Path] = {}
+        for i, (token, ids) in enumerate(tokens.items()):
+            path = self.token_files[token] = self.workdir / f"token-{i}"
+            path.write_text(token + "\n")
+            os.chmod(path, 0o600)
+            entries.append(f'[[ca.token]]\ntoken_file = "{path}"\n'
+                           f'ids = [{", ".join(json.dumps(i) for i in ids)}]\n')
+        self.config = self.workdir / "ca.toml"
+        self.config.write_text(f'[ca]\ndir = "{ca.dir}"\nbind = "{LOOPBACK}:{self.port}"\n'
+                               f'ttl = "{ttl}"\n\n' + "\n".join(entries))
+        self.log = self.workdir / "ca-serve.log"
+        self.proc: subprocess.Popen | None = None
+        self.exit_codes: list[int | None] = []
+
+    @property
+    def url(self) -> str:
+        return f"https://{LOOPBACK}:{self.port}"
+
+    def token_file(self, token: str) -> Path:
+        return self.token_files[token]
+
+    def start(self) -> "CAService":
+        assert self.proc is None, "already running"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                fastproxy_cmd("ca", "serve", "-c", str(self.config)), cwd=self.workdir,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        wait_for_ports([self.port], proc=self.proc, deadline_s=15, what="ca serve", logs=(self.log,))
+        return self
+
+    def stop(self) -> int | None:
+        """SIGTERM (bounded); returns the exit code (None if it had to be killed)."""
+        if self.proc is None:
+            return None
+        rc = stop_group(self.proc, sig=signal.SIGTERM, grace_s=10)
+        self.exit_codes.append(rc)
+        self.proc = None
+        return rc
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def admin_get(proxy, path: str, timeout: float = 5.0) -> tuple[int, dict]:
+    """GET an admin endpoint of a sidecar ([proxy] admin); (status, parsed JSON)."""
+    host, _, port = proxy.config["proxy"]["admin"].rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
+
+
 def pem_of(material: Material) -> tuple[bytes, bytes, bytes]:
     return material.cert.read_bytes(), material.key.read_bytes(), material.trust.read_bytes()
 
 
 __all__ = ["TD", "sid", "Material", "MeshCA", "write_leaf", "replace_file", "client_context",
-           "tls_socket", "https", "server_serial", "refused", "identity_table", "sidecar_config", "pem_of", "pem"]
+           "tls_socket", "https", "server_serial", "refused", "identity_table", "sidecar_config", "CAService", "admin_get", "pem_of", "pem"]
