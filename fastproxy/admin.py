@@ -1,7 +1,7 @@
 """The admin API on `[proxy] admin` (SPEC §8): HTTP/1.1 with h11, JSON answers.
 
-Owns the operator's view of one worker: `/ready` and `/certs` so far (metrics, config,
-clusters, failed requests and reload come with the observability work). It is meant for
+Owns the operator's view of one worker: `/ready`, `/certs` and `/clusters` so far
+(metrics, config, failed requests and reload come with the observability work). It is meant for
 loopback, never shares a port with traffic, and nothing here runs per proxied request.
 With several workers, the first one serves it.
 """
@@ -31,6 +31,7 @@ class AdminServer:
         self.routes = {
             ("GET", "/ready"): self.ready,
             ("GET", "/certs"): self.certs,
+            ("GET", "/clusters"): self.clusters,
         }
 
     async def serve(self, sock) -> asyncio.AbstractServer:
@@ -41,6 +42,18 @@ class AdminServer:
         if self.worker.ready:
             return 200, {"ready": True}
         return 503, {"ready": False, "reason": self.worker.not_ready_reason}
+
+    def clusters(self) -> tuple[int, dict]:
+        out = []
+        for name, cluster in self.worker.core.clusters.items():
+            breaker = cluster.breaker
+            out.append({
+                "name": name,
+                "circuit": breaker.snapshot() if breaker is not None
+                else {"state": "closed", "failures": 0, "trips": 0},
+                "endpoints": [endpoint.status() for endpoint in cluster.endpoints],
+            })
+        return 200, {"clusters": out}
 
     def certs(self) -> tuple[int, dict]:
         state = self.worker.identity

@@ -28,7 +28,7 @@ import ssl
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memcmp
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
@@ -199,6 +199,9 @@ cdef inline bytes _slice(object data, Py_ssize_t a, Py_ssize_t b):
     return PyBytes_FromStringAndSize(_ptr(data) + a, b - a)
 
 
+include "resilience.pxi"
+
+
 # -- compiled configuration ---------------------------------------------------------------
 
 cdef class Route:
@@ -210,7 +213,8 @@ cdef class Route:
     cdef bytes path
     cdef bytes method
     cdef tuple headers         # ((lowercase name, value), ...)
-    cdef readonly Cluster cluster
+    cdef readonly Cluster cluster   # the one cluster, or None with a split
+    cdef Split split
     cdef readonly double timeout
     cdef tuple allow           # SPIFFE id patterns that may use this route, or None
 
@@ -289,6 +293,12 @@ cdef class Endpoint:
     def idle_count(self):
         return len(self.idle)
 
+    def status(self):
+        """This endpoint for the admin API's /clusters."""
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return {"address": address, "healthy": True, "ejected_until": None,
+                "active": self.active, "idle": len(self.idle)}
+
     cdef Upstream take_idle(self):
         cdef Upstream up
         while self.idle:
@@ -333,6 +343,7 @@ cdef class Cluster:
     cdef readonly int tls_mode
     cdef readonly str peer           # the SPIFFE id pattern an mtls server must present
     cdef readonly str sni            # server name for tls clusters (a configured DNS name)
+    cdef readonly Breaker breaker    # None unless [cluster.X.circuit_breaker]
 
     def __init__(self, str name):
         self.name = name
@@ -384,6 +395,7 @@ cdef class Worker:
     cdef public object identity      # fastproxy.identity.tls.IdentityState, or None
     cdef public object id_allowed    # (patterns, spiffe id) -> bool
     cdef object default_tls          # a system-trust client context, made on first use
+    cdef SharedCounters shared       # breaker slots, shared with the other workers
 
     def __init__(self, loop):
         self.loop = loop
@@ -397,6 +409,11 @@ cdef class Worker:
         self.rid_counter = int.from_bytes(seed[8:], "little") >> 16  # ids unique per worker
         self.drained = None
         self.hw = HeadWriter()
+        self.shared = SharedCounters()
+
+    def attach_shared(self, buffer):
+        """Use a mapping shared with the other workers for breaker state (before configure)."""
+        self.shared = SharedCounters(buffer)
 
     def configure(self, config):
         """Compile a validated fastproxy.config.Config; clusters keep their pools by name."""
@@ -412,6 +429,9 @@ cdef class Worker:
             cl.tls_mode = TLS_MODES[c.tls]
             cl.peer = c.peer
             cl.sni = next((e.host for e in c.endpoints if not e.is_ip), None)
+            # every worker numbers the clusters the same way: the slot is the sorted index
+            cl.breaker = make_breaker(self.shared, sorted(config.clusters).index(name) % BREAKER_SLOTS,
+                                      name, c.circuit_breaker) if c.circuit_breaker else None
             cl.set_endpoints([(e.host, e.port) for e in c.endpoints if e.is_ip])
             clusters[name] = cl
         listeners = {}
@@ -452,8 +472,8 @@ cdef class Worker:
         r.headers = tuple((n.lower().encode(), v.encode()) for n, v in rc.headers)
         if rc.cluster is not None:
             r.cluster = clusters[rc.cluster]
-        else:  # splits arrive with issue 5; until then the heaviest member takes all
-            r.cluster = clusters[max(rc.split, key=lambda m: m.weight).cluster]
+        else:
+            r.split = make_split([clusters[m.cluster] for m in rc.split], [m.weight for m in rc.split])
         r.timeout = rc.timeout
         r.allow = tuple(rc.allow) if rc.allow is not None else None
         return r
@@ -772,6 +792,8 @@ cdef class Downstream:
                       + h.path.decode("latin-1"))
             return
         self.set_deadline(self.w.now() + route.timeout)
+        if not ex.choose_cluster():
+            return
         ex.up_head = ex.build_upstream_head()
         self.pending = None
         used = ex.request_body(buf, off)
@@ -909,6 +931,8 @@ cdef class Exchange:
     cdef bint up_reading_paused
     cdef bint head_request
     cdef int tunnel_eofs
+    cdef int gate                # the breaker's answer: PASS or PROBE (REJECT never gets here)
+    cdef bint judged             # the outcome went to the breaker
 
     cdef void init(self, Downstream down, RequestHead head, Route route):
         self.down = down
@@ -922,6 +946,44 @@ cdef class Exchange:
         self.req_done = head.framing == BODY_NONE
         self.head_request = head.method_end - head.start == 4 and \
             memcmp(PyBytes_AS_STRING(head.raw) + head.start, b"HEAD", 4) == 0
+
+    # -- the cluster ----------------------------------------------------------------------
+    cdef bint choose_cluster(self):
+        """Pick the cluster (splits) and pass its circuit breaker; False: answered already."""
+        cdef Route route = self.route
+        cdef int64_t now = monotonic_ms()
+        cdef int why = 0
+        cdef Cluster cl = route.cluster
+        if route.split is not None:
+            cl = route.split.pick(now, &why)
+            if cl is None:
+                if why:
+                    self.reject(503, "circuit_open", f"every cluster of route {route.name} has its circuit open")
+                else:
+                    self.reject(503, "no_healthy_upstream", f"no cluster of route {route.name} has a healthy endpoint")
+                return False
+            self.cluster = cl
+        if cl.breaker is not None:
+            self.gate = cl.breaker.gate(now)
+            if self.gate == GATE_REJECT:
+                self.judged = True
+                self.reject(503, "circuit_open", f"the circuit of cluster {cl.name} is open")
+                return False
+        return True
+
+    cdef void judge(self, bint failure):
+        """Tell the cluster's breaker how the request went (once; SPEC §2's failures only)."""
+        if self.judged or self.cluster is None:
+            return
+        self.judged = True
+        if self.cluster.breaker is not None:
+            self.cluster.breaker.record(failure, self.gate, monotonic_ms())
+
+    cdef void abandon(self):
+        """The request ended without an outcome (client gone): give a probe back."""
+        if not self.judged and self.gate == GATE_PROBE and self.cluster.breaker is not None:
+            self.judged = True
+            fp_add(&self.cluster.breaker.slot.probes, -1)
 
     # -- the request --------------------------------------------------------------------
     cdef bytes build_upstream_head(self):
@@ -1092,6 +1154,7 @@ cdef class Exchange:
         if self.down is None or self.rstate == R_DONE:
             return
         log.warning("cluster %s: TLS with %s:%d failed: %s", self.cluster.name, ep.host, ep.port, why)
+        self.judge(True)
         self.reject(503, "upstream_tls", f"TLS with {ep.host}:{ep.port} failed: {why}")
 
     cdef void connect_failed(self, Endpoint ep, str why):
@@ -1105,6 +1168,7 @@ cdef class Exchange:
         if len(self.tried) < len(self.cluster.endpoints):
             self.connect()
         else:
+            self.judge(True)
             self.reject(503, "connect_failed",
                         f"no connection to any endpoint of cluster {self.cluster.name}: {why}")
 
@@ -1155,6 +1219,7 @@ cdef class Exchange:
         cdef Py_ssize_t n = _len(data) - off, body_len = 0
         cdef bint client_11 = self.head.version == 11
         cdef bint keep
+        self.judge(rh.status >= 500)
         self.resp_framing = rh.framing
         self.resp_remaining = rh.content_length
         keep = self.head.keep_alive and self.req_done and not self.w.draining \
@@ -1278,6 +1343,7 @@ cdef class Exchange:
     cdef void upstream_failed(self, int status, str reason, str detail):
         """The upstream failed: an error response, or a truncated one once the head went out."""
         cdef Downstream down = self.down
+        self.judge(True)
         if self.resp_started:
             self.rstate = R_DONE
             self.drop_upstream()
@@ -1323,6 +1389,7 @@ cdef class Exchange:
 
     cdef void client_gone(self):
         """The client connection closed: abandon the upstream side too."""
+        self.abandon()
         self.down = None
         self.rstate = R_DONE
         self.drop_upstream()
@@ -1344,6 +1411,7 @@ cdef class Exchange:
         if not self.head.upgrade:
             self.upstream_failed(502, "bad_gateway", "101 response to a request without Upgrade")
             return
+        self.judge(False)
         self.resp_started = True
         self.rstate = R_BODY
         self.resp_framing = BODY_UNTIL_CLOSE

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import logging
+import mmap
 import resource
+
+from fastproxy._core.proxy import SHARED_BYTES
 
 from fastproxy.config import Config
 from fastproxy.runtime.sockets import BindError, bind_listeners, close_all
@@ -38,15 +41,17 @@ def run(config: Config, workers: int | None = None) -> int:
     raise_fd_limit()
     check_identity(config)
     per_worker = bind_listeners(config, count)
+    # breaker state every worker shares: an anonymous MAP_SHARED mapping, made before fork
+    shared = mmap.mmap(-1, SHARED_BYTES)
     try:
         if count == 1:
             # one worker: this process is it (no supervisor to pay for)
             from fastproxy.runtime.worker import WorkerProcess
 
-            return WorkerProcess(config, per_worker[0]).run()
+            return WorkerProcess(config, per_worker[0], shared).run()
         from fastproxy.runtime.supervisor import supervise
 
-        return supervise(config, per_worker)
+        return supervise(config, per_worker, shared)
     finally:
         close_all(per_worker)
 

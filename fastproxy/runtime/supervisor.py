@@ -19,7 +19,7 @@ log = logging.getLogger("fastproxy")
 SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 
 
-def _start(config: Config, sockets: dict[str, socket.socket], index: int) -> int:
+def _start(config: Config, sockets: dict[str, socket.socket], index: int, shared) -> int:
     pid = os.fork()
     if pid:
         return pid
@@ -29,7 +29,7 @@ def _start(config: Config, sockets: dict[str, socket.socket], index: int) -> int
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         from fastproxy.runtime.worker import WorkerProcess
 
-        code = WorkerProcess(config, sockets).run()
+        code = WorkerProcess(config, sockets, shared).run()
     except BaseException:
         log.exception("worker %d failed", index)
     finally:
@@ -37,12 +37,12 @@ def _start(config: Config, sockets: dict[str, socket.socket], index: int) -> int
         os._exit(code)
 
 
-def supervise(config: Config, per_worker: list[dict[str, socket.socket]]) -> int:
+def supervise(config: Config, per_worker: list[dict[str, socket.socket]], shared) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     workers: dict[int, int] = {}      # pid -> worker index
     started: dict[int, float] = {}    # index -> when it last started
     for index, sockets in enumerate(per_worker):
-        workers[_start(config, sockets, index)] = index
+        workers[_start(config, sockets, index, shared)] = index
         started[index] = time.monotonic()
     log.info("supervising %d workers (pids %s)", len(workers), " ".join(map(str, workers)))
     stopping_since = None
@@ -78,7 +78,7 @@ def supervise(config: Config, per_worker: list[dict[str, socket.socket]]) -> int
                       _describe(status))
             if time.monotonic() - started[index] < 1.0:
                 time.sleep(1.0)  # a worker that cannot stay up must not spin the CPU
-            workers[_start(config, per_worker[index], index)] = index
+            workers[_start(config, per_worker[index], index, shared)] = index
             started[index] = time.monotonic()
     return 0
 

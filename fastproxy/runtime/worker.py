@@ -52,12 +52,14 @@ class IdentityError(Exception):
 class WorkerProcess:
     """Runs the core on one event loop until told to stop."""
 
-    def __init__(self, config: Config, sockets: dict[str, socket.socket]):
+    def __init__(self, config: Config, sockets: dict[str, socket.socket], shared=None):
         self.config = config
         self.sockets = sockets
         self.loop = uvloop.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.core = Worker(self.loop)
+        if shared is not None:
+            self.core.attach_shared(shared)
         self.core.configure(config)
         self.stopping = asyncio.Event()
         self.identity = None
