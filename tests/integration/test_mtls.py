@@ -16,11 +16,11 @@ import subprocess
 import pytest
 from cryptography import x509
 
-from support.certs import ec_key, make_ca, make_leaf
+from support.certs import ec_key, make_ca, make_leaf, pem, write_material
 from support.checks import assert_proxy_error
 from support.configs import to_toml
 from support.fastproxy import run_cli
-from support.mesh import MeshCA, client_context, https, refused, sid, sidecar_config, write_leaf
+from support.mesh import Material, MeshCA, TLSUpstream, client_context, https, refused, sid, sidecar_config, write_leaf
 from support.rawhttp import RawConn, get
 from support.upstreams import parse_recorded
 
@@ -45,6 +45,10 @@ def mesh(tmp_path_factory, module_fastproxy, module_upstreams):
     m.ca = MeshCA(d / "ca")
     m.frontend = m.ca.issue(FRONTEND, d / "frontend")
     m.backend = m.ca.issue(BACKEND, d / "backend")
+    # a second root in the backend's bundle, allowed one intermediate below it
+    m.root2 = make_ca("mesh.local", path_length=1)
+    m.intermediate = make_ca("mesh.local", parent=m.root2)
+    m.backend.trust.write_bytes(m.backend.trust.read_bytes() + pem(m.root2))
     m.up = module_upstreams.raw()
     app = {"app": {"endpoints": [m.up.addr]}}
 
@@ -65,6 +69,7 @@ def mesh(tmp_path_factory, module_fastproxy, module_upstreams):
     ], app), name="rogue")
 
     inbound = f"127.0.0.1:{m.backend_proxy.port('inbound')}"
+    m.odd = TLSUpstream(d / "odd-upstream")  # presents certificates no sidecar would load
 
     def mtls_cluster(peer, endpoint=inbound):
         return {"endpoints": [endpoint], "tls": "mtls", "peer": peer}
@@ -75,14 +80,19 @@ def mesh(tmp_path_factory, module_fastproxy, module_upstreams):
             {"host": "wrongpeer", "cluster": "wrongpeer"},
             {"host": "prefixpeer", "cluster": "prefixpeer"},
             {"host": "foreign", "cluster": "foreign"},
+            {"host": "odd", "cluster": "odd"},
+            {"host": "byname", "cluster": "byname"},
         ]},
     ], {
         "backend": mtls_cluster(BACKEND),
         "wrongpeer": mtls_cluster(sid("ns/default/sa/reviews")),
         "prefixpeer": mtls_cluster(sid("ns/default/*")),
         "foreign": mtls_cluster(BACKEND, f"127.0.0.1:{m.rogue_proxy.port('inbound')}"),
+        "odd": mtls_cluster(BACKEND, m.odd.addr),
+        "byname": mtls_cluster(BACKEND, f"localhost:{m.backend_proxy.port('inbound')}"),  # sends SNI
     }), name="frontend")
-    return m
+    yield m
+    m.odd.stop()
 
 
 def recorded_since(up, snap):
@@ -122,6 +132,15 @@ def test_two_hop_app_sees_both_ids_and_forged_xfcc_is_removed(mesh):
         assert rec.header_all("x-forwarded-proto") == ["https"], rec.headers
 
 
+def test_mtls_cluster_with_a_dns_name_endpoint(mesh):
+    """A named endpoint sends SNI; the server is still identified by its SPIFFE id."""
+    snap = mesh.up.snapshot()
+    r = get(mesh.frontend_proxy.port("outbound"), "/by-name", host="byname")
+    assert r.status == 200, r
+    (rec,) = recorded_since(mesh.up, snap)
+    assert rec.header_all("x-forwarded-client-cert") == [f"By={BACKEND};URI={FRONTEND}"]
+
+
 def test_server_identity_prefix_peer_matches(mesh):
     r = get(mesh.frontend_proxy.port("outbound"), "/prefix-peer", host="prefixpeer")
     assert r.status == 200, r
@@ -139,6 +158,50 @@ def test_upstream_with_another_CAs_certificate_is_503_upstream_tls(mesh):
     r = get(mesh.frontend_proxy.port("outbound"), "/foreign", host="foreign")
     assert_proxy_error(r, 503, "upstream_tls")
     assert mesh.up.bytes_since(snap) == b"", "a request reached the app through the rogue"
+
+
+def _server(**kw):
+    return lambda mesh: make_leaf(mesh.ca.issuer, kw.pop("spiffe_id", BACKEND), **kw)
+
+
+ODD_SERVERS = {
+    "valid-SVID": _server(),
+    "no-URI-SAN": _server(spiffe_id=None, uris=[], dns=["backend.default.svc"], ips=["127.0.0.1"]),
+    "two-URI-SANs": _server(spiffe_id=None, uris=[BACKEND, sid("ns/default/sa/other")]),
+    "non-spiffe-URI": _server(spiffe_id=None, uris=["https://backend.default.svc/"]),
+    "malformed-id": _server(spiffe_id="spiffe://mesh.local/ns/default/sa/backend?x=1"),
+    "CA-true-leaf": _server(ca=True),
+    "expired": _server(not_before=-7200, not_after=-60),
+    "EKU-without-serverAuth": _server(eku=("client",)),
+    "wrong-trust-domain": _server(spiffe_id="spiffe://other.local/ns/default/sa/backend"),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_SERVERS))
+def test_upstream_server_certificate_is_checked(mesh, case):
+    """An mtls cluster refuses a server that is not a valid SVID of the bundle's trust
+    domain, before sending it anything."""
+    leaf = ODD_SERVERS[case](mesh)
+    mesh.odd.use(leaf.cert_pem, leaf.key_pem, client_trust=mesh.ca.ca_pem.read_bytes())
+    before = mesh.odd.requests
+    r = get(mesh.frontend_proxy.port("outbound"), f"/odd/{case}", host="odd")
+    if case == "valid-SVID":
+        assert r.status == 200 and r.body == b"ok", r
+        assert mesh.odd.requests == before + 1
+    else:
+        assert_proxy_error(r, 503, "upstream_tls")
+        assert mesh.odd.requests == before, f"{case}: the request was sent to a refused server"
+
+
+def test_upstream_that_refuses_our_certificate_is_503_upstream_tls(mesh):
+    """The server (a valid SVID) does not trust this sidecar's CA: with TLS 1.3 the client
+    only learns it after its handshake is done, when the server's alert arrives."""
+    leaf = make_leaf(mesh.ca.issuer, BACKEND)
+    mesh.odd.use(leaf.cert_pem, leaf.key_pem, client_trust=make_ca("mesh.local").pem)
+    before = mesh.odd.requests
+    r = get(mesh.frontend_proxy.port("outbound"), "/odd/refuses-us", host="odd")
+    assert_proxy_error(r, 503, "upstream_tls")
+    assert mesh.odd.requests == before
 
 
 # ---------------------------------------------------------------- direct clients: accepted
@@ -177,6 +240,20 @@ def test_valid_peer_outside_allow_gets_403(mesh):
     r = https_get(mesh.backend_proxy.port("inbound"), client_for(mesh, INTRUDER, "intruder"))
     assert_proxy_error(r, 403, "forbidden")
     assert mesh.up.bytes_since(snap) == b"", "a forbidden request reached the app"
+    assert INTRUDER in mesh.backend_proxy.stderr(), "the denial does not name the peer in the log"
+
+
+def test_route_allow_decisions_per_request_on_one_connection(mesh):
+    """The same peer, one keep-alive connection: forbidden on /admin, served elsewhere."""
+    snap = mesh.up.snapshot()
+    with https(mesh.backend_proxy.port("inbound"), client_for(mesh, OPS_VIEWER, "ops-viewer-ka")) as c:
+        for path, status in (("/admin/a", 403), ("/ok/1", 200), ("/admin/b", 403), ("/ok/2", 200)):
+            c.send(f"GET {path} HTTP/1.1\r\nHost: backend\r\n\r\n".encode())
+            r = c.read_response()
+            assert r.status == status, (path, r)
+            if status == 403:
+                assert_proxy_error(r, 403, "forbidden")
+    assert [r.target for r in recorded_since(mesh.up, snap)] == ["/ok/1", "/ok/2"]
 
 
 def test_allow_prefix_and_route_allow_narrowing(mesh):
@@ -246,6 +323,34 @@ def test_invalid_client_certificate_is_refused_at_connection(mesh, case):
     assert mesh.up.bytes_since(snap) == b"", f"{case}: a request reached the app"
     # the listener still serves a valid peer
     assert https_get(port, client_context(mesh.frontend), f"/after/{case}").status == 200
+
+
+def _chain_client(mesh, name, issuer, chain):
+    d = mesh.dir / f"chain-{name}"
+    write_material(d, make_leaf(issuer, FRONTEND), mesh.ca.issuer, chain=chain)
+    return client_context(Material(d))
+
+
+def test_client_svid_from_an_intermediate_ca_is_accepted(mesh):
+    """Leaf -> intermediate (sent by the client) -> a root of the bundle."""
+    ctx = _chain_client(mesh, "ok", mesh.intermediate, [mesh.intermediate.cert])
+    snap = mesh.up.snapshot()
+    r = https_get(mesh.backend_proxy.port("open"), ctx, "/via-intermediate")
+    assert r.status == 200, r
+    (rec,) = recorded_since(mesh.up, snap)
+    assert rec.header_all("x-forwarded-client-cert") == [f"By={BACKEND};URI={FRONTEND}"]
+
+
+@pytest.mark.parametrize("case", ["intermediate-not-sent", "root-allows-no-intermediate"])
+def test_client_svid_with_a_broken_chain_is_refused(mesh, case):
+    if case == "intermediate-not-sent":
+        ctx = _chain_client(mesh, case, mesh.intermediate, [])
+    else:  # `fastproxy ca init` makes a root with pathlen 0
+        inter = make_ca("mesh.local", parent=mesh.ca.issuer)
+        ctx = _chain_client(mesh, case, inter, [inter.cert])
+    snap = mesh.up.snapshot()
+    refused(mesh.backend_proxy.port("open"), ctx, b"GET /broken-chain HTTP/1.1\r\nHost: backend\r\n\r\n")
+    assert mesh.up.bytes_since(snap) == b""
 
 
 def test_client_without_certificate_is_refused(mesh):

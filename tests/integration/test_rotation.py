@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import ssl
 import threading
 import time
 
@@ -115,6 +116,23 @@ def test_plain_rewrite_rotates_new_handshakes_and_keepalive_continues(
         assert kept.sock.getpeercert(binary_form=True) is not None
     with https(port, ctx) as fresh:
         assert get_on(fresh, "/echo/fresh") == 200
+
+
+def test_rotation_reaches_every_worker(fastproxy, shared_app, ca, frontend, tmp_path):
+    """workers = 2: whichever worker takes a new connection presents the new certificate."""
+    material = ca.issue(BACKEND, tmp_path / "backend")
+    backend = fastproxy(sidecar_config(material, BACKEND, [
+        {"name": "inbound", "bind": "${listen:inbound}", "tls": "mtls", "route": [{"cluster": "app"}]},
+    ], {"app": {"endpoints": [shared_app.addr()]}}), workers=2, name="backend")
+    port = backend.port("inbound")
+    ctx = client_context(frontend)
+    wait_until(lambda: len(backend.workers()) == 2, deadline_s=10, what="two workers")
+    assert {server_serial(port, ctx) for _ in range(10)} == {material.serial}
+    new = ca.issue(BACKEND, tmp_path / "next")
+    write_pair(material, new)
+    wait_log(backend, rotated_log(new.serial), count=2)  # one line per worker
+    seen = [server_serial(port, ctx) for _ in range(40)]
+    assert set(seen) == {new.serial}, f"{seen.count(material.serial)} of 40 handshakes got the old one"
 
 
 def test_sighup_forces_a_reload(fastproxy, shared_app, ca, frontend, tmp_path):
@@ -283,6 +301,44 @@ def test_trust_bundle_rotation_to_a_new_ca(fastproxy, shared_app, ca, frontend, 
     wait_log(backend, rotated_log(leaf.serial), count=2)
     refused(port, old_client, request)
     assert _status(port, new_client) == 200
+
+
+def test_session_resumed_after_its_ca_left_the_bundle_is_refused(
+        fastproxy, shared_app, ca, frontend, tmp_path):
+    """A client of a CA that the new trust bundle dropped must not come back by resuming a
+    TLS session (ticket or session id) from before the rotation."""
+    material = ca.issue(BACKEND, tmp_path / "backend")
+    backend = inbound_sidecar(fastproxy, material, shared_app.addr())
+    port = backend.port("inbound")
+    new_ca = make_ca("mesh.local")
+    old_client = client_context(frontend, trust=pem([ca.issuer, new_ca]))
+    request = b"GET /echo/resumed HTTP/1.1\r\nHost: backend\r\n\r\n"
+    sessions = {}
+    for version in ("TLSv1_3", "TLSv1_2"):
+        ctx = client_context(frontend, trust=pem([ca.issuer, new_ca]))
+        ctx.maximum_version = ctx.minimum_version = getattr(ssl.TLSVersion, version)
+        with https(port, ctx) as c:
+            assert get_on(c, f"/echo/{version}") == 200  # the response carries the tickets
+            sessions[version] = (ctx, c.sock.session)
+        with https(port, ctx, session=sessions[version][1]) as c:  # resumption works at all
+            assert c.sock.session_reused, f"{version}: no resumption to test"
+            assert get_on(c, f"/echo/{version}/resumed") == 200
+
+    leaf = make_leaf(new_ca, BACKEND)  # move to the new CA; trust only the new CA
+    replace_file(material.key, leaf.key_pem)
+    replace_file(material.cert, leaf.cert_pem)
+    replace_file(material.trust, pem(new_ca))
+    wait_serial(port, old_client, leaf.serial, "certificate from the new CA")
+    wait_log(backend, rotated_log(leaf.serial))
+    refused(port, old_client, request)  # a full handshake is refused
+    answered = []
+    for version, (ctx, session) in sessions.items():
+        try:
+            refused(port, ctx, request, session=session)
+        except AssertionError:
+            answered.append(version)
+    assert not answered, (f"a client of the dropped CA was served by resuming a {answered} "
+                          f"session from before the trust rotation")
 
 
 def _status(port, ctx) -> int | None:

@@ -19,6 +19,8 @@ TLS clients (Python ssl) that present a client certificate and report what happe
                                                   `fastproxy ca serve` on a fixed port: .start()
                                                   .stop() (restartable: a CA outage) .url
                                                   .output() .token_file(token) (a 0600 file)
+  TLSUpstream(workdir)                            an HTTPS upstream (thread) presenting any
+                                                  certificate: .use(cert_pem, key_pem, client_trust)
   admin_get(proxy, path)                          -> (status, JSON) from the sidecar's admin API
 """
 from __future__ import annotations
@@ -138,18 +140,21 @@ def client_context(material: Material | None = None, *, trust: Path | bytes | No
     return ctx
 
 
-def tls_socket(port: int, ctx: ssl.SSLContext, timeout: float = 5.0) -> ssl.SSLSocket:
+def tls_socket(port: int, ctx: ssl.SSLContext, timeout: float = 5.0,
+               session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+    """A TLS connection (handshake done); `session` offers to resume that session."""
     raw = socket.create_connection((LOOPBACK, port), timeout=timeout)
     try:
-        return ctx.wrap_socket(raw)  # no SNI: what a sidecar sends to an IP endpoint
+        return ctx.wrap_socket(raw, session=session)  # no SNI, as a sidecar to an IP endpoint
     except BaseException:
         raw.close()
         raise
 
 
-def https(port: int, ctx: ssl.SSLContext, timeout: float = 10.0) -> RawConn:
-    """A RawConn over a new TLS connection (handshake done)."""
-    return RawConn.wrap(tls_socket(port, ctx, timeout), timeout=timeout)
+def https(port: int, ctx: ssl.SSLContext, timeout: float = 10.0,
+          session: ssl.SSLSession | None = None) -> RawConn:
+    """A RawConn over a new TLS connection (handshake done); .sock is the SSLSocket."""
+    return RawConn.wrap(tls_socket(port, ctx, timeout, session), timeout=timeout)
 
 
 def server_serial(port: int, ctx: ssl.SSLContext) -> int:
@@ -159,12 +164,13 @@ def server_serial(port: int, ctx: ssl.SSLContext) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
-def refused(port: int, ctx: ssl.SSLContext, request: bytes, timeout: float = 5.0) -> str:
+def refused(port: int, ctx: ssl.SSLContext, request: bytes, timeout: float = 5.0,
+            session: ssl.SSLSession | None = None) -> str:
     """Connect, send `request`, read until the connection ends. Returns how it ended
     ("handshake: ..." / "after handshake: ..." / "closed"); raises AssertionError if any
     response byte arrives and TimeoutError if the connection stays open."""
     try:
-        s = tls_socket(port, ctx, timeout)
+        s = tls_socket(port, ctx, timeout, session)
     except ssl.SSLError as exc:
         return f"handshake: {exc.reason or exc}"
     except (ConnectionError, OSError) as exc:
@@ -190,11 +196,15 @@ def refused(port: int, ctx: ssl.SSLContext, request: bytes, timeout: float = 5.0
                     how = "closed"
                     break
                 got += chunk
+                if b"\r\n\r\n" in got:  # a whole response head: no need to wait longer
+                    how = "answered"
+                    break
     except ssl.SSLError as exc:
         how = f"after handshake: {exc.reason or exc}"
     except (ConnectionResetError, BrokenPipeError) as exc:
         how = f"after handshake: {type(exc).__name__}"
-    assert got == b"", f"the server answered a refused peer: {got[:300]!r}"
+    assert got == b"", (f"the server answered a peer it should refuse"
+                        f"{' (on a resumed TLS session)' if session is not None else ''}: {got[:300]!r}")
     return how
 
 
@@ -269,6 +279,79 @@ class CAService:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+class TLSUpstream:
+    """A small HTTPS upstream in this process (threads, loopback) presenting whatever
+    certificate `use()` set last: for server certificates our CA tooling would never
+    issue. Answers every request with `200 ok` and closes the connection (so a proxy never
+    pools it). `.requests` counts requests received, `.handshakes` completed handshakes."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.sock = socket.create_server((LOOPBACK, 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.ctx: ssl.SSLContext | None = None
+        self.requests = 0
+        self.handshakes = 0
+        self.errors: list[str] = []
+        self._stop = False
+        import threading
+        self._threading = threading
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    @property
+    def addr(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def use(self, cert_pem: bytes, key_pem: bytes, client_trust: bytes | None) -> None:
+        """Present cert/key from now on; require a client certificate chaining to
+        `client_trust` (PEM) when given."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        cert, key = self.workdir / "cert.pem", self.workdir / "key.pem"
+        cert.write_bytes(cert_pem)
+        key.write_bytes(key_pem)
+        ctx.load_cert_chain(str(cert), str(key))
+        if client_trust is not None:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cadata=client_trust.decode())
+        self.ctx = ctx
+
+    def _accept_loop(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self._threading.Thread(target=self._serve, args=(conn, self.ctx), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, ctx: ssl.SSLContext) -> None:
+        conn.settimeout(10)
+        try:
+            with ctx.wrap_socket(conn, server_side=True) as s:
+                with self._lock:
+                    self.handshakes += 1
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                with self._lock:
+                    self.requests += 1
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        except (ssl.SSLError, OSError) as exc:
+            self.errors.append(repr(exc))
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
 def admin_get(proxy, path: str, timeout: float = 5.0) -> tuple[int, dict]:
     """GET an admin endpoint of a sidecar ([proxy] admin); (status, parsed JSON)."""
     host, _, port = proxy.config["proxy"]["admin"].rpartition(":")
@@ -286,4 +369,4 @@ def pem_of(material: Material) -> tuple[bytes, bytes, bytes]:
 
 
 __all__ = ["TD", "sid", "Material", "MeshCA", "write_leaf", "replace_file", "client_context",
-           "tls_socket", "https", "server_serial", "refused", "identity_table", "sidecar_config", "CAService", "admin_get", "pem_of", "pem"]
+           "tls_socket", "https", "server_serial", "refused", "identity_table", "sidecar_config", "CAService", "TLSUpstream", "admin_get", "pem_of", "pem"]
