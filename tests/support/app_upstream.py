@@ -21,6 +21,15 @@ Endpoints (any method unless noted):
   /ws                  WebSocket echo (text and binary)
   /upgrade-refused     answers an Upgrade request with a plain 200 "no upgrade"
 Control, used by the tests directly (never through the proxy):
+  POST /_ctl/mode/NAME/MODE  switches how listen address NAME answers every request
+                       outside /_ctl (the switch applies to requests arriving after it):
+                         ok     as described above (the initial mode)
+                         fail   reads the body, answers ?status=S (default 500) "failing NAME"
+                         hang   reads the body, never answers (until the peer goes)
+                         reset  reads the body, aborts the connection (RST), no response byte
+                         close  reads the body, closes the connection (FIN), no response byte
+  GET /_ctl/hits        {"NAME": requests that arrived on NAME outside /_ctl, ...}
+  GET /_ctl/log         {"log": [[NAME, method, path_qs], ...]} in arrival order
   GET /_ctl/progress/T  {"sent": bytes written by /bytes, "done": bool}
   GET /_ctl/received/T  {"received": bytes read by /stream-upload}
   GET /_ctl/seen/T      {"seen": bool}
@@ -33,6 +42,8 @@ import argparse
 import asyncio
 import hashlib
 import json
+import socket
+import struct
 
 from aiohttp import WSMsgType, web
 
@@ -51,9 +62,36 @@ class State:
         self.received: dict[str, int] = {}
         self.seen: set[str] = set()
         self.release: dict[str, asyncio.Event] = {}
+        self.modes: dict[str, tuple[str, int]] = {}   # name -> (mode, status); absent: ok
+        self.hits: dict[str, int] = {}
+        self.log: list[list[str]] = []
 
     def event(self, tag: str) -> asyncio.Event:
         return self.release.setdefault(tag, asyncio.Event())
+
+
+MODES = ("ok", "fail", "hang", "reset", "close")
+
+
+async def misbehave(request: web.Request, name: str, mode: str, code: int):
+    """The non-ok modes (see the module docstring)."""
+    await request.read()
+    if mode == "fail":
+        return web.Response(status=code, text=f"failing {name}", headers={"x-served-by": name})
+    transport = request.transport
+    if transport is None:
+        raise asyncio.CancelledError
+    if mode == "hang":
+        while not transport.is_closing():
+            await asyncio.sleep(0.05)
+        raise asyncio.CancelledError
+    if mode == "reset":
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    else:
+        transport.close()
+    raise asyncio.CancelledError  # nothing more to send on this connection
 
 
 def served_by_middleware(names: dict[int, str]):
@@ -62,6 +100,13 @@ def served_by_middleware(names: dict[int, str]):
         sock = request.transport.get_extra_info("sockname") if request.transport else None
         name = names.get(sock[1], "?") if sock else "?"
         request["served_by"] = name
+        if not request.path.startswith("/_ctl/"):
+            st: State = request.app["state"]
+            st.hits[name] = st.hits.get(name, 0) + 1
+            st.log.append([name, request.method, request.path_qs])
+            mode, code = st.modes.get(name, ("ok", 500))
+            if mode != "ok":
+                return await misbehave(request, name, mode, code)
         resp = await handler(request)
         if not isinstance(resp, web.WebSocketResponse) and not resp.prepared:
             resp.headers["x-served-by"] = name
@@ -219,6 +264,25 @@ async def ctl_release(request):
     return web.json_response({"released": True})
 
 
+async def ctl_mode(request):
+    st: State = request.app["state"]
+    mode = request.match_info["mode"]
+    if mode not in MODES:
+        return web.json_response({"error": f"unknown mode {mode}"}, status=400)
+    st.modes[request.match_info["name"]] = (mode, int(request.query.get("status", "500")))
+    return web.json_response({"mode": mode})
+
+
+async def ctl_hits(request):
+    st: State = request.app["state"]
+    return web.json_response(st.hits)
+
+
+async def ctl_log(request):
+    st: State = request.app["state"]
+    return web.json_response({"log": st.log})
+
+
 def make_app(names: dict[int, str]) -> web.Application:
     app = web.Application(client_max_size=256 * 1024 * 1024,
                           middlewares=[served_by_middleware(names)])
@@ -238,6 +302,9 @@ def make_app(names: dict[int, str]) -> web.Application:
     r.add_get("/_ctl/received/{tag}", ctl_received)
     r.add_get("/_ctl/seen/{tag}", ctl_seen)
     r.add_post("/_ctl/release/{tag}", ctl_release)
+    r.add_post("/_ctl/mode/{name}/{mode}", ctl_mode)
+    r.add_get("/_ctl/hits", ctl_hits)
+    r.add_get("/_ctl/log", ctl_log)
     r.add_route("*", "/{tail:.*}", echo)  # anything else: echo (routing tests use any path)
     return app
 

@@ -204,5 +204,20 @@ class AppUpstream:
     def release(self, tag: str) -> None:
         self.control(f"/_ctl/release/{tag}", method="POST")
 
+    def set_mode(self, name: str, mode: str, status: int | None = None) -> None:
+        """How listen address `name` answers from now on: ok, fail (status, default 500),
+        hang, reset or close (see app_upstream.py)."""
+        query = f"?status={status}" if status is not None else ""
+        self.control(f"/_ctl/mode/{name}/{mode}{query}", method="POST")
+
+    def hits(self) -> dict[str, int]:
+        """Requests each listen name received (outside /_ctl), every name present."""
+        got = self.control("/_ctl/hits")
+        return {name: got.get(name, 0) for name in self.ports}
+
+    def log(self) -> list[tuple[str, str, str]]:
+        """(name, method, path?query) of every request outside /_ctl, in arrival order."""
+        return [tuple(item) for item in self.control("/_ctl/log")["log"]]
+
     def stop(self) -> None:
         stop_group(self.proc, grace_s=3)
