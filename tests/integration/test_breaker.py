@@ -12,7 +12,6 @@ ever wait at least as long as a configured duration, they assert no timing."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 

@@ -19,7 +19,7 @@ import pytest
 from support.checks import assert_proxy_error
 from support.procs import LOOPBACK, free_port
 from support.rawhttp import ConnectionClosed, RawConn
-from support.traffic import Conns, ask, served_by, settle
+from support.traffic import Conns, served_by, settle
 
 pytestmark = pytest.mark.timeout(60)
 
