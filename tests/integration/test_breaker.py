@@ -270,6 +270,56 @@ def test_two_workers_share_one_circuit(fastproxy, app_upstream):
         c2.close()
 
 
+def test_two_workers_share_the_half_open_probes(fastproxy, app_upstream):
+    """half_open_requests = 1 across both workers: while worker 1's probe is held at the
+    upstream, worker 2 gets circuit_open; the probe's success closes it for both."""
+    app = app_upstream(names=("a",))
+    proxy = start(fastproxy, breaker_config([app.addr("a")], window="30s", open_for="2s"),
+                  workers=2)
+    wait_until(lambda: len(proxy.workers()) == 2, deadline_s=10, what="two workers")
+    conns = connection_per_worker(proxy, 2)
+    (_, c1), (_, c2) = conns.items()
+    try:
+        app.set_mode("a", "fail")
+        for c in (c1, c2, c1, c2):
+            assert ask(c, "/status/200").status == 500
+        for c in (c1, c2):
+            assert_proxy_error(ask(c, "/status/200"), 503, "circuit_open")
+        app.set_mode("a", "ok")
+        settle(2.2)
+        c1.send(b"GET /slow?hold=probe HTTP/1.1\r\nHost: app\r\n\r\n")
+        wait_until(lambda: app.seen("probe"), deadline_s=10, what="the probe arrives")
+        before = app.hits()["a"]
+        for _ in range(3):
+            assert_proxy_error(ask(c2, "/status/200"), 503, "circuit_open")
+        assert app.hits()["a"] == before
+        app.release("probe")
+        assert c1.read_response().status == 200
+        for c in (c2, c1, c2):
+            assert ask(c, "/status/200").status == 200
+        assert circuit(proxy, "up")["state"] == "closed"
+    finally:
+        app.release("probe")
+        c1.close()
+        c2.close()
+
+
+def test_transitions_are_logged(fastproxy, app_upstream):
+    app = app_upstream(names=("a",))
+    proxy = start(fastproxy, breaker_config([app.addr("a")], open_for="1s"))
+    app.set_mode("a", "fail")
+    trip(app, proxy)
+
+    def lines(word):
+        return [ln for ln in proxy.stderr().splitlines()
+                if "circuit" in ln and " up" in ln and word in ln]
+    wait_until(lambda: lines("open"), deadline_s=5, what="a log line: the circuit of up opened")
+    app.set_mode("a", "ok")
+    settle(1.2)
+    assert get(proxy.port(), "/status/200").status == 200
+    wait_until(lambda: lines("closed"), deadline_s=5, what="a log line: the circuit of up closed")
+
+
 def test_clusters_shape(fastproxy, app_upstream):
     """SPEC §11 Admin: /clusters lists each cluster with its circuit and endpoints."""
     app = app_upstream(names=("a", "b"))

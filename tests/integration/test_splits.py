@@ -38,8 +38,9 @@ def split_config(app, weights: dict[str, int], *, routes_before=(), routes_after
     }
 
 
-@pytest.mark.parametrize("weights", [{"v1": 90, "v2": 10}, {"v1": 99, "v2": 1}],
-                         ids=["90-10", "99-1"])
+@pytest.mark.parametrize("weights", [{"v1": 90, "v2": 10}, {"v1": 99, "v2": 1},
+                                     {"v1": 999, "v2": 1}, {"v1": 5, "v2": 3, "v3": 2}],
+                         ids=["90-10", "99-1", "999-1", "5-3-2"])
 def test_split_shares_over_any_1000_consecutive_requests(fastproxy, app_upstream, weights):
     app = app_upstream(names=tuple(weights))
     proxy = fastproxy(split_config(app, weights))
@@ -56,9 +57,10 @@ def test_split_shares_over_any_1000_consecutive_requests(fastproxy, app_upstream
             f"{name}: share over 1,000 consecutive requests ranged "
             f"{lo.get(name, 0.0):.3f}..{hi.get(name, 0.0):.3f}, weight share {want:.3f}; "
             f"totals {Counter(seq)}")
-    # decided per request, not per connection: every connection saw both clusters
-    per_conn = [set(seq[i::7]) for i in range(7)]
-    assert all(s == set(weights) for s in per_conn), per_conn
+    if min(weights.values()) / total >= 0.01:
+        # decided per request, not per connection: every connection saw every cluster
+        per_conn = [set(seq[i::7]) for i in range(7)]
+        assert all(s == set(weights) for s in per_conn), per_conn
 
 
 def test_weight_zero_member_gets_nothing(fastproxy, app_upstream):
