@@ -80,6 +80,14 @@ cdef enum:
 
 cdef dict TLS_MODES = {"off": TLS_OFF, "tls": TLS_SERVER, "mtls": TLS_MUTUAL}
 
+cdef enum:
+    BALANCE_ROUND_ROBIN = 0
+    BALANCE_LEAST_REQUEST = 1
+    BALANCE_RANDOM = 2
+
+cdef dict BALANCES = {"round_robin": BALANCE_ROUND_ROBIN, "least_request": BALANCE_LEAST_REQUEST,
+                      "random": BALANCE_RANDOM}
+
 cdef dict PARSE_REASONS = {400: "bad_request", 431: "header_too_large", 501: "not_implemented"}
 
 cdef bytes CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -282,6 +290,9 @@ cdef class Endpoint:
     cdef list idle
     cdef readonly int active
     cdef public double idle_timeout
+    cdef readonly int consecutive_failures
+    cdef readonly int ejections
+    cdef int64_t ejected_until       # monotonic ms; 0 when not ejected
 
     def __init__(self, str host, int port):
         self.host = host
@@ -295,9 +306,15 @@ cdef class Endpoint:
 
     def status(self):
         """This endpoint for the admin API's /clusters."""
+        import datetime, time
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        return {"address": address, "healthy": True, "ejected_until": None,
-                "active": self.active, "idle": len(self.idle)}
+        left = (self.ejected_until - monotonic_ms()) / 1000.0
+        until = None
+        if left > 0:
+            until = datetime.datetime.fromtimestamp(time.time() + left, datetime.timezone.utc) \
+                .isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {"address": address, "healthy": until is None, "ejected_until": until,
+                "ejections": self.ejections, "active": self.active, "idle": len(self.idle)}
 
     cdef Upstream take_idle(self):
         cdef Upstream up
@@ -344,6 +361,11 @@ cdef class Cluster:
     cdef readonly str peer           # the SPIFFE id pattern an mtls server must present
     cdef readonly str sni            # server name for tls clusters (a configured DNS name)
     cdef readonly Breaker breaker    # None unless [cluster.X.circuit_breaker]
+    cdef int balance                 # BALANCE_*
+    cdef uint64_t rng                # xorshift state for random and least_request
+    cdef int outlier_failures        # 0: no outlier detection
+    cdef int64_t eject_ms
+    cdef double max_ejected
 
     def __init__(self, str name):
         self.name = name
@@ -364,17 +386,81 @@ cdef class Cluster:
             ep.close_idle()
         self.endpoints = new
 
-    cdef Endpoint pick(self, set exclude):
-        cdef Py_ssize_t n = len(self.endpoints), i
+    cdef inline uint64_t next_random(self) noexcept:
+        cdef uint64_t x = self.rng
+        x ^= x << 13
+        x ^= x >> 7
+        x ^= x << 17
+        self.rng = x
+        return x
+
+    cdef inline bint usable(self, Endpoint ep, set exclude, int64_t now):
+        return ep.ejected_until <= now and (exclude is None or ep not in exclude)
+
+    cdef bint has_healthy(self, int64_t now):
         cdef Endpoint ep
+        for ep in self.endpoints:
+            if ep.ejected_until <= now:
+                return True
+        return False
+
+    cdef Endpoint pick(self, set exclude, int64_t now):
+        """The endpoint for a new request: balance policy, ejected and excluded ones skipped."""
+        cdef Py_ssize_t n = len(self.endpoints), i, start
+        cdef Endpoint ep, other
+        if n == 0:
+            return None
+        if self.balance == BALANCE_ROUND_ROBIN:
+            for i in range(n):
+                self.rr += 1
+                if self.rr >= n:
+                    self.rr = 0
+                ep = self.endpoints[self.rr]
+                if self.usable(ep, exclude, now):
+                    return ep
+            return None
+        start = self.next_random() % n
+        ep = None
         for i in range(n):
-            self.rr += 1
-            if self.rr >= n:
-                self.rr = 0
-            ep = self.endpoints[self.rr]
-            if exclude is None or ep not in exclude:
-                return ep
-        return None
+            other = self.endpoints[(start + i) % n]
+            if self.usable(other, exclude, now):
+                ep = other
+                break
+        if ep is None or self.balance == BALANCE_RANDOM or n == 1:
+            return ep
+        # least_request: the power of two choices on outstanding requests
+        start = self.next_random() % n
+        for i in range(n):
+            other = self.endpoints[(start + i) % n]
+            if other is not ep and self.usable(other, exclude, now):
+                return other if other.active < ep.active else ep
+        return ep
+
+    cdef void endpoint_outcome(self, Endpoint ep, bint failure, int64_t now):
+        """Outlier detection: eject an endpoint after consecutive failures (SPEC §2)."""
+        cdef Endpoint e
+        cdef int ejected = 0, allowed
+        if self.outlier_failures == 0 or ep is None:
+            return
+        if not failure:
+            ep.consecutive_failures = 0
+            return
+        ep.consecutive_failures += 1
+        if ep.consecutive_failures < self.outlier_failures or ep.ejected_until > now:
+            return
+        for e in self.endpoints:
+            if e.ejected_until > now:
+                ejected += 1
+        allowed = max(1, <int>(self.max_ejected * len(self.endpoints)))
+        if ejected >= allowed:
+            return
+        ep.ejections += 1
+        ep.consecutive_failures = 0
+        # each ejection lasts longer than the last, up to ten times eject_for
+        ep.ejected_until = now + self.eject_ms * min(ep.ejections, 10)
+        log.warning("cluster %s: endpoint %s:%d ejected for %gs after %d consecutive failures",
+                    self.name, ep.host, ep.port, self.eject_ms * min(ep.ejections, 10) / 1000.0,
+                    self.outlier_failures)
 
 
 # -- the worker: one event loop's connections and configuration ---------------------------
@@ -430,6 +516,15 @@ cdef class Worker:
             cl.peer = c.peer
             cl.sni = next((e.host for e in c.endpoints if not e.is_ip), None)
             # every worker numbers the clusters the same way: the slot is the sorted index
+            cl.balance = BALANCES[c.balance]
+            if cl.rng == 0:
+                cl.rng = int.from_bytes(os.urandom(8), "little") | 1
+            if c.outlier is not None:
+                cl.outlier_failures = c.outlier.consecutive_failures
+                cl.eject_ms = <int64_t>(c.outlier.eject_for * 1000)
+                cl.max_ejected = c.outlier.max_ejected
+            else:
+                cl.outlier_failures = 0
             cl.breaker = make_breaker(self.shared, sorted(config.clusters).index(name) % BREAKER_SLOTS,
                                       name, c.circuit_breaker) if c.circuit_breaker else None
             cl.set_endpoints([(e.host, e.port) for e in c.endpoints if e.is_ip])
@@ -932,6 +1027,7 @@ cdef class Exchange:
     cdef bint head_request
     cdef int tunnel_eofs
     cdef int gate                # the breaker's answer: PASS or PROBE (REJECT never gets here)
+    cdef str connect_error
     cdef bint judged             # the outcome went to the breaker
 
     cdef void init(self, Downstream down, RequestHead head, Route route):
@@ -976,6 +1072,7 @@ cdef class Exchange:
         if self.judged or self.cluster is None:
             return
         self.judged = True
+        self.cluster.endpoint_outcome(self.endpoint, failure, monotonic_ms())
         if self.cluster.breaker is not None:
             self.cluster.breaker.record(failure, self.gate, monotonic_ms())
 
@@ -1104,12 +1201,14 @@ cdef class Exchange:
         cdef Cluster cl = self.cluster
         cdef Endpoint ep
         cdef Upstream up
-        if not cl.endpoints:
-            self.reject(503, "no_healthy_upstream", f"cluster {cl.name} has no endpoint")
-            return
-        ep = cl.pick(self.tried)
+        ep = cl.pick(self.tried, monotonic_ms())
         if ep is None:
-            self.reject(503, "connect_failed", f"no connection to any endpoint of cluster {cl.name}")
+            if self.tried:
+                self.judge(True)
+                self.reject(503, "connect_failed", f"no connection to any endpoint of cluster "
+                            f"{cl.name}: {self.connect_error}")
+            else:
+                self.reject(503, "no_healthy_upstream", f"cluster {cl.name} has no healthy endpoint")
             return
         self.endpoint = ep
         if not self.resent:
@@ -1165,12 +1264,9 @@ cdef class Exchange:
         if self.tried is None:
             self.tried = set()
         self.tried.add(ep)
-        if len(self.tried) < len(self.cluster.endpoints):
-            self.connect()
-        else:
-            self.judge(True)
-            self.reject(503, "connect_failed",
-                        f"no connection to any endpoint of cluster {self.cluster.name}: {why}")
+        self.connect_error = why
+        self.cluster.endpoint_outcome(ep, True, monotonic_ms())
+        self.connect()   # another endpoint, or 503 connect_failed when none is left
 
     # -- the response ----------------------------------------------------------------------
     cdef void upstream_data(self, object data):
@@ -1506,6 +1602,16 @@ cdef class Upstream:
         return False
 
     def connection_lost(self, exc):
+        if isinstance(exc, ssl.SSLError) and self.ex is not None and not self.closed \
+                and self.ex.rstate == R_HEAD and not self.ex.got_response_bytes:
+            # a TLS alert before any response: the server refused our certificate (TLS 1.3
+            # finishes the client's handshake before the server has checked it)
+            self.closed = True
+            self.ep.forget(self)
+            ex = self.ex
+            ex.drop_upstream()
+            ex.tls_failed(self.ep, exc.reason or str(exc))
+            return
         self.lost("reset the connection" if exc is not None else "closed the connection")
 
     def pause_writing(self):

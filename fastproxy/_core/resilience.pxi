@@ -12,7 +12,7 @@
 # bits and its failure count in the low 24, updated by compare-and-swap, so a bucket is
 # claimed for a new period and counted in one step and no increment is ever lost.
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 
 cdef extern from *:
     """
@@ -211,7 +211,7 @@ cdef class Split:
             if cl.breaker is not None and cl.breaker.is_open(now):
                 open_members += 1
                 continue
-            if not cl.endpoints:
+            if not cl.has_healthy(now):
                 excluded += 1
                 continue
             self.current[i] += self.weights[i]
