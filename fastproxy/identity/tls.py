@@ -46,6 +46,11 @@ def _load_chain(ctx: ssl.SSLContext, material: Material) -> None:
 def server_context(material: Material, require_client_cert: bool) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # No session tickets: a ticket would let a client resume past a rotation that dropped
+    # its CA (tickets are decrypted with the front context's keys). Sidecar-to-sidecar
+    # connections are pooled, so full handshakes are rare anyway.
+    ctx.options |= ssl.OP_NO_TICKET
+    ctx.num_tickets = 0
     _load_chain(ctx, material)
     ctx.set_alpn_protocols(["http/1.1"])
     if require_client_cert:
@@ -136,12 +141,25 @@ class IdentityState:
             self.front_contexts[mtls] = front
         return front
 
+    def _issued_by_trust(self, der: bytes) -> bool:
+        cert = x509.load_der_x509_certificate(der)
+        for anchor in self.material.trust:
+            try:
+                cert.verify_directly_issued_by(anchor)
+                return True
+            except Exception:
+                continue
+        return False
+
     def peer_id(self, transport, usage: str) -> tuple[str | None, str | None]:
         """(SPIFFE id, None) for a verified peer that is a valid X509-SVID, else (None, why)."""
         sslobj = transport.get_extra_info("ssl_object")
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
         if not der:
             return None, "no peer certificate"
+        if sslobj.session_reused and not self._issued_by_trust(der):
+            # a TLS 1.2 session-id resumption skips verification: check the chain again
+            return None, "resumed session of a certificate the trust bundle no longer accepts"
         key = (der, usage)
         found = self._peers.get(key)
         if found is None:
@@ -156,12 +174,15 @@ class IdentityState:
 
 
 def load_files(cert: str, key: str, trust: str, expected_id: str) -> Material:
-    """Read and validate identity files; raises SVIDError naming the problem."""
+    """Read and validate identity files; raises SVIDError naming the problem and files."""
     try:
         data = [Path(p).read_bytes() for p in (cert, key, trust)]
     except OSError as exc:
         raise SVIDError(f"cannot read {exc.filename}: {exc.strerror}") from None
-    return load_material(*data, expected_id=expected_id)
+    try:
+        return load_material(*data, expected_id=expected_id)
+    except SVIDError as exc:
+        raise SVIDError(f"{exc} (cert {cert}, key {key}, trust {trust})") from None
 
 
 class FileWatcher:
