@@ -81,6 +81,20 @@ cdef enum:
 cdef dict TLS_MODES = {"off": TLS_OFF, "tls": TLS_SERVER, "mtls": TLS_MUTUAL}
 
 cdef enum:
+    RETRY_WINDOW = 10        # seconds
+    RETRY_FLOOR = 5          # retries always allowed per window, however few requests
+cdef double RETRY_RATIO = 0.2
+
+cdef enum:
+    RETRY_CONNECT = 1
+    RETRY_RESET = 2
+    RETRY_5XX = 4
+    RETRY_GATEWAY = 8
+
+cdef dict RETRY_ON = {"connect-failure": RETRY_CONNECT, "reset": RETRY_RESET, "5xx": RETRY_5XX,
+                      "gateway-error": RETRY_GATEWAY}
+
+cdef enum:
     BALANCE_ROUND_ROBIN = 0
     BALANCE_LEAST_REQUEST = 1
     BALANCE_RANDOM = 2
@@ -224,6 +238,8 @@ cdef class Route:
     cdef readonly Cluster cluster   # the one cluster, or None with a split
     cdef Split split
     cdef readonly double timeout
+    cdef int retries
+    cdef int retry_on          # RETRY_* bits
     cdef tuple allow           # SPIFFE id patterns that may use this route, or None
 
     cdef bint matches(self, RequestHead h, const char* p):
@@ -366,10 +382,18 @@ cdef class Cluster:
     cdef int outlier_failures        # 0: no outlier detection
     cdef int64_t eject_ms
     cdef double max_ejected
+    cdef int max_connections         # upstream connections in use at once (per worker)
+    cdef int max_pending             # requests waiting for one; beyond: 503 overloaded
+    cdef readonly int in_flight
+    cdef list waiting                # Exchange, first come first served
+    cdef int64_t budget_sec[RETRY_WINDOW]
+    cdef int budget_requests[RETRY_WINDOW]
+    cdef int budget_retries[RETRY_WINDOW]
 
     def __init__(self, str name):
         self.name = name
         self.endpoints = []
+        self.waiting = []
 
     def set_endpoints(self, list addresses):
         """Replace the resolved endpoint list, keeping pools of addresses that remain."""
@@ -435,6 +459,45 @@ cdef class Cluster:
             if other is not ep and self.usable(other, exclude, now):
                 return other if other.active < ep.active else ep
         return ep
+
+    # -- admission (SPEC §2 max_connections / max_pending, per worker) ----------------------
+    cdef void release_slot(self):
+        """An exchange stopped using its upstream connection: the first waiting one goes."""
+        cdef Exchange ex
+        self.in_flight -= 1
+        while self.waiting and self.in_flight < self.max_connections:
+            ex = self.waiting.pop(0)
+            if ex.waiting_slot:
+                ex.waiting_slot = False
+                ex.holds_slot = True
+                self.in_flight += 1
+                ex.connect_endpoint()
+
+    # -- retry budget: retries at most RETRY_RATIO of requests over RETRY_WINDOW seconds -----
+    cdef inline int _bucket(self, int64_t now):
+        cdef int64_t sec = now // 1000
+        cdef int i = sec % RETRY_WINDOW
+        if self.budget_sec[i] != sec:
+            self.budget_sec[i] = sec
+            self.budget_requests[i] = 0
+            self.budget_retries[i] = 0
+        return i
+
+    cdef void count_request(self, int64_t now):
+        self.budget_requests[self._bucket(now)] += 1
+
+    cdef bint take_retry(self, int64_t now):
+        cdef int64_t oldest = now // 1000 - RETRY_WINDOW
+        cdef int i, requests = 0, retries = 0
+        self._bucket(now)
+        for i in range(RETRY_WINDOW):
+            if self.budget_sec[i] > oldest:
+                requests += self.budget_requests[i]
+                retries += self.budget_retries[i]
+        if retries >= max(RETRY_FLOOR, <int>(requests * RETRY_RATIO)):
+            return False
+        self.budget_retries[self._bucket(now)] += 1
+        return True
 
     cdef void endpoint_outcome(self, Endpoint ep, bint failure, int64_t now):
         """Outlier detection: eject an endpoint after consecutive failures (SPEC §2)."""
@@ -517,6 +580,8 @@ cdef class Worker:
             cl.sni = next((e.host for e in c.endpoints if not e.is_ip), None)
             # every worker numbers the clusters the same way: the slot is the sorted index
             cl.balance = BALANCES[c.balance]
+            cl.max_connections = c.max_connections
+            cl.max_pending = c.max_pending
             if cl.rng == 0:
                 cl.rng = int.from_bytes(os.urandom(8), "little") | 1
             if c.outlier is not None:
@@ -570,6 +635,10 @@ cdef class Worker:
         else:
             r.split = make_split([clusters[m.cluster] for m in rc.split], [m.weight for m in rc.split])
         r.timeout = rc.timeout
+        r.retries = rc.retries
+        r.retry_on = 0
+        for name in rc.retry_on:
+            r.retry_on |= RETRY_ON[name]
         r.allow = tuple(rc.allow) if rc.allow is not None else None
         return r
 
@@ -1028,6 +1097,10 @@ cdef class Exchange:
     cdef int tunnel_eofs
     cdef int gate                # the breaker's answer: PASS or PROBE (REJECT never gets here)
     cdef str connect_error
+    cdef bint holds_slot         # counts in its cluster's in_flight
+    cdef bint waiting_slot       # waiting in its cluster's queue for a connection slot
+    cdef int retries_done
+    cdef bint replay_on_attach   # a retry: send the head and the kept body again
     cdef bint judged             # the outcome went to the breaker
 
     cdef void init(self, Downstream down, RequestHead head, Route route):
@@ -1059,6 +1132,7 @@ cdef class Exchange:
                     self.reject(503, "no_healthy_upstream", f"no cluster of route {route.name} has a healthy endpoint")
                 return False
             self.cluster = cl
+        cl.count_request(now)
         if cl.breaker is not None:
             self.gate = cl.breaker.gate(now)
             if self.gate == GATE_REJECT:
@@ -1075,6 +1149,34 @@ cdef class Exchange:
         self.cluster.endpoint_outcome(self.endpoint, failure, monotonic_ms())
         if self.cluster.breaker is not None:
             self.cluster.breaker.record(failure, self.gate, monotonic_ms())
+
+    cdef bint may_retry(self, int cause):
+        """A retry is allowed: the route asks for it, nothing went to the client, the body
+        is all kept, attempts remain, and the cluster's retry budget has room."""
+        return (self.route.retry_on & cause) and self.retries_done < self.route.retries \
+            and not self.resp_started and self.req_done and not self.replay_lost \
+            and self.cluster.take_retry(monotonic_ms())
+
+    cdef void retry(self, str why):
+        """Send the request again, preferably to another endpoint (SPEC §5)."""
+        cdef Endpoint failed = self.endpoint
+        self.judge(True)            # each failed attempt counts for breaker and outlier
+        self.judged = False
+        self.gate = GATE_PASS
+        self.retries_done += 1
+        self.drop_upstream()
+        self.rstate = R_HEAD
+        self.got_response_bytes = False
+        self.resp_pending = None
+        self.replay_on_attach = True
+        if self.tried is None:
+            self.tried = set()
+        self.tried.add(failed)
+        if len(self.tried) >= len(self.cluster.endpoints):
+            self.tried = None       # every endpoint was tried: any may take the retry
+        log.info("cluster %s: retry %d of %s %s: %s", self.cluster.name, self.retries_done,
+                 self.head.method.decode("latin-1"), self.head.path.decode("latin-1"), why)
+        self.connect_endpoint()
 
     cdef void abandon(self):
         """The request ended without an outcome (client gone): give a probe back."""
@@ -1198,6 +1300,33 @@ cdef class Exchange:
 
     # -- the upstream connection -----------------------------------------------------------
     cdef void connect(self):
+        """Take a connection slot of the cluster, or wait for one, or 503 overloaded."""
+        cdef Cluster cl = self.cluster
+        if not self.holds_slot:
+            if cl.in_flight >= cl.max_connections:
+                if len(cl.waiting) >= cl.max_pending:
+                    self.reject(503, "overloaded", f"cluster {cl.name}: {cl.in_flight} connections "
+                                f"in use and {len(cl.waiting)} requests waiting")
+                    return
+                self.waiting_slot = True
+                cl.waiting.append(self)
+                return
+            self.holds_slot = True
+            cl.in_flight += 1
+        self.connect_endpoint()
+
+    cdef void release_slot(self):
+        if self.waiting_slot:
+            self.waiting_slot = False
+            try:
+                self.cluster.waiting.remove(self)
+            except ValueError:
+                pass
+        if self.holds_slot:
+            self.holds_slot = False
+            self.cluster.release_slot()
+
+    cdef void connect_endpoint(self):
         cdef Cluster cl = self.cluster
         cdef Endpoint ep
         cdef Upstream up
@@ -1231,8 +1360,8 @@ cdef class Exchange:
         q = self.queued
         self.queued = None
         self.queued_bytes = 0
-        if self.resent:
-            q = [self.up_head]      # everything again, on a fresh connection
+        if self.replay_on_attach:
+            q = [self.up_head]      # everything again (a resend or a retry)
             if self.replay is not None:
                 q.extend(self.replay)
         elif q is None:
@@ -1266,7 +1395,7 @@ cdef class Exchange:
         self.tried.add(ep)
         self.connect_error = why
         self.cluster.endpoint_outcome(ep, True, monotonic_ms())
-        self.connect()   # another endpoint, or 503 connect_failed when none is left
+        self.connect_endpoint()   # another endpoint, or 503 connect_failed when none is left
 
     # -- the response ----------------------------------------------------------------------
     cdef void upstream_data(self, object data):
@@ -1303,6 +1432,9 @@ cdef class Exchange:
             data = data[r:]
         if self.resp.status == 101:
             self.start_tunnel(data, r)
+        elif self.resp.status >= 500 and (self.may_retry(RETRY_5XX) or (
+                self.resp.status in (502, 503, 504) and self.may_retry(RETRY_GATEWAY))):
+            self.retry(f"upstream answered {self.resp.status}")
         else:
             self.response_head(data, r)
 
@@ -1415,6 +1547,7 @@ cdef class Exchange:
                 self.endpoint.release(up, self.w.now())
             else:
                 up.close()
+        self.release_slot()   # after pooling: a waiting request takes this very connection
         if down is not None:
             self.down = None
             down.exchange_done(self.close_client)
@@ -1425,6 +1558,7 @@ cdef class Exchange:
         cdef Downstream down = self.down
         self.rstate = R_DONE
         self.drop_upstream()
+        self.release_slot()
         if down is None:
             return
         self.down = None
@@ -1443,6 +1577,7 @@ cdef class Exchange:
         if self.resp_started:
             self.rstate = R_DONE
             self.drop_upstream()
+            self.release_slot()
             if down is not None:
                 self.down = None
                 down.close()
@@ -1470,7 +1605,11 @@ cdef class Exchange:
             # on it. Send again, once, on a fresh connection (SPEC §3).
             self.drop_upstream()
             self.resent = True
-            self.connect()
+            self.replay_on_attach = True
+            self.connect_endpoint()
+            return
+        if self.rstate == R_HEAD and not self.got_response_bytes and self.may_retry(RETRY_RESET):
+            self.retry(f"upstream {why}")
             return
         if self.rstate == R_HEAD:
             self.upstream_failed(502, "upstream_reset",
@@ -1480,6 +1619,10 @@ cdef class Exchange:
             self.upstream_failed(502, "upstream_reset", "upstream closed mid-body")
 
     cdef void timed_out(self):
+        if self.waiting_slot:   # still waiting for a connection slot: the upstream never saw it
+            self.reject(504, "upstream_timeout", f"no connection of cluster {self.cluster.name} "
+                        f"became free within the route timeout ({self.route.timeout:g}s)")
+            return
         self.upstream_failed(504, "upstream_timeout",
                              f"no complete response within the route timeout ({self.route.timeout:g}s)")
 
@@ -1489,6 +1632,7 @@ cdef class Exchange:
         self.down = None
         self.rstate = R_DONE
         self.drop_upstream()
+        self.release_slot()
 
     # -- backpressure ------------------------------------------------------------------------
     cdef void pause_upstream_reading(self):
@@ -1542,6 +1686,7 @@ cdef class Exchange:
     cdef void tunnel_close(self):
         cdef Downstream down = self.down
         self.drop_upstream()
+        self.release_slot()
         if down is not None:
             self.down = None
             down.close()
