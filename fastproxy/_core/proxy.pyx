@@ -236,7 +236,7 @@ cdef class Route:
     cdef bytes method
     cdef tuple headers         # ((lowercase name, value), ...)
     cdef readonly Cluster cluster   # the one cluster, or None with a split
-    cdef Split split
+    cdef readonly Split split
     cdef readonly double timeout
     cdef int retries
     cdef int retry_on          # RETRY_* bits

@@ -116,6 +116,8 @@ cdef class Breaker:
         while True:
             word = fp_load(bucket)
             if (word >> COUNT_BITS) == index:
+                if (word & ((1 << COUNT_BITS) - 1)) == (1 << COUNT_BITS) - 1:
+                    return   # saturated: the count must never spill into the index bits
                 new = word + 1
             else:
                 new = (index << COUNT_BITS) | 1
@@ -147,6 +149,14 @@ cdef class Breaker:
                 log.warning("cluster %s: circuit opened for %gs: more than %d failures within %gs",
                             self.cluster, self.open_for_ms / 1000.0, self.max_failures,
                             self.window_ms / 1000.0)
+
+    def check(self):
+        """gate() from Python (benchmarks): 0 pass, 1 probe, -1 reject."""
+        return self.gate(monotonic_ms())
+
+    def outcome(self, bint failure, int probe=GATE_PASS):
+        """record() from Python (benchmarks and tests)."""
+        self.record(failure, probe, monotonic_ms())
 
     def snapshot(self):
         """{"state", "failures", "trips"} for the admin API."""
@@ -223,6 +233,13 @@ cdef class Split:
             return None
         self.current[best] -= total
         return self.members[best]
+
+
+    def next(self):
+        """The next cluster's name (benchmarks and tests)."""
+        cdef int why = 0
+        cdef Cluster cl = self.pick(monotonic_ms(), &why)
+        return None if cl is None else cl.name
 
 
 cdef Split make_split(list clusters, list weights):
