@@ -12,7 +12,7 @@ import pytest
 from support.checks import assert_proxy_error
 from support.procs import wait_until
 from support.rawhttp import RawConn, get
-from support.traffic import endpoint_status, settle, wait_admin
+from support.traffic import connection_per_worker, endpoint_status, settle, wait_admin
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -117,3 +117,28 @@ def test_queued_request_honours_the_route_timeout(fastproxy, app_upstream):
     assert [p for _, _, p in app.log()] == ["/slow?hold=t"], \
         "a request that timed out in the queue must not be sent later"
     assert get(proxy.port(), "/status/200").status == 200
+
+
+def test_limits_are_per_worker(fastproxy, app_upstream):
+    """SPEC §11: max_connections and max_pending are per worker. With two workers and
+    max_connections = 1, max_pending = 0, each worker holds one request upstream; a third
+    request, whichever worker takes it, is overloaded."""
+    app = app_upstream(names=("a",))
+    proxy = fastproxy(admission_config(app, max_connections=1, max_pending=0), workers=2)
+    wait_admin(proxy)
+    wait_until(lambda: len(proxy.workers()) == 2, deadline_s=10, what="two workers")
+    conns = connection_per_worker(proxy, 2)
+    try:
+        for i, c in enumerate(conns.values()):
+            c.send(f"GET /slow?hold=w{i} HTTP/1.1\r\nHost: app\r\n\r\n".encode())
+            wait_until(lambda: app.seen(f"w{i}"), deadline_s=10,
+                       what=f"worker {i + 1}'s request reaches the upstream")
+        for _ in range(4):
+            assert_proxy_error(get(proxy.port(), "/status/200", timeout=10), 503, "overloaded")
+        for i, c in enumerate(conns.values()):
+            app.release(f"w{i}")
+            assert c.read_response().status == 200
+    finally:
+        for i, c in enumerate(conns.values()):
+            app.release(f"w{i}")
+            c.close()
