@@ -1340,11 +1340,10 @@ cdef class Exchange:
                 self.reject(503, "no_healthy_upstream", f"cluster {cl.name} has no healthy endpoint")
             return
         self.endpoint = ep
-        if not self.resent:
-            up = ep.take_idle()
-            if up is not None:
-                self.attach(up, True)
-                return
+        up = ep.take_idle()
+        if up is not None:
+            self.attach(up, True)
+            return
         self.connecting = True
         open_upstream(self.w, cl, ep, self)
 
@@ -1606,7 +1605,8 @@ cdef class Exchange:
             self.drop_upstream()
             self.resent = True
             self.replay_on_attach = True
-            self.connect_endpoint()
+            self.connecting = True
+            open_upstream(self.w, self.cluster, self.endpoint, self)   # same endpoint, fresh
             return
         if self.rstate == R_HEAD and not self.got_response_bytes and self.may_retry(RETRY_RESET):
             self.retry(f"upstream {why}")
