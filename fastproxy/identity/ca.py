@@ -110,6 +110,15 @@ def _write_replace(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
+def _read(path: Path, hint: str = "") -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CAError(f"{path}: no such file{hint}") from None
+    except OSError as exc:
+        raise CAError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
 class CA:
     """A loaded CA: its certificate, private key, trust domain and directory."""
 
@@ -139,18 +148,8 @@ class CA:
         """Load DIR/ca.pem and DIR/ca-key.pem; `CAError` if missing, unreadable or not a CA."""
         directory = Path(directory)
         cert_path, key_path = directory / CA_CERT, directory / CA_KEY
-        try:
-            cert_data = cert_path.read_bytes()
-        except FileNotFoundError:
-            raise CAError(f"{cert_path}: no such file (create the CA with `fastproxy ca init {directory}`)") from None
-        except OSError as exc:
-            raise CAError(f"{cert_path}: cannot read: {exc.strerror or exc}") from None
-        try:
-            key_data = key_path.read_bytes()
-        except FileNotFoundError:
-            raise CAError(f"{key_path}: no such file") from None
-        except OSError as exc:
-            raise CAError(f"{key_path}: cannot read: {exc.strerror or exc}") from None
+        cert_data = _read(cert_path, f" (create the CA with `fastproxy ca init {directory}`)")
+        key_data = _read(key_path)
         try:
             certs = x509.load_pem_x509_certificates(cert_data)
         except ValueError:

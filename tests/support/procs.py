@@ -128,9 +128,8 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def listening_inodes(port: int) -> set[str]:
-    """Socket inodes of TCP sockets in LISTEN state on `port` (IPv4 and IPv6)."""
-    inodes = set()
+def tcp_sockets():
+    """(local port, remote port, state, inode) of every TCP socket (IPv4 and IPv6)."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -138,10 +137,13 @@ def listening_inodes(port: int) -> set[str]:
             continue
         for line in lines:
             cols = line.split()
-            local, state, inode = cols[1], cols[3], cols[9]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                inodes.add(inode)
-    return inodes
+            yield (int(cols[1].rsplit(":", 1)[1], 16), int(cols[2].rsplit(":", 1)[1], 16),
+                   cols[3], cols[9])
+
+
+def listening_inodes(port: int) -> set[str]:
+    """Socket inodes of TCP sockets in LISTEN state on `port`."""
+    return {inode for local, _, state, inode in tcp_sockets() if state == "0A" and local == port}
 
 
 def socket_inodes_of(pid: int) -> set[str]:

@@ -8,9 +8,8 @@ import http.client
 import json
 import time
 from collections import Counter
-from pathlib import Path
 
-from .procs import LOOPBACK, socket_inodes_of, wait_until
+from .procs import LOOPBACK, socket_inodes_of, tcp_sockets, wait_until
 from .rawhttp import RawConn, Response
 
 ADMIN = '"${listen:admin}"'   # [proxy] admin = ADMIN in a config template
@@ -66,17 +65,9 @@ def ejected(proxy, cluster: str) -> set[str]:
 
 def _server_side_inode(proxy_port: int, client_port: int) -> str | None:
     """Inode of the accepted socket (local proxy_port, remote client_port)."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            local, remote, inode = cols[1], cols[2], cols[9]
-            if (int(local.rsplit(":", 1)[1], 16) == proxy_port
-                    and int(remote.rsplit(":", 1)[1], 16) == client_port):
-                return inode
+    for local, remote, _, inode in tcp_sockets():
+        if local == proxy_port and remote == client_port:
+            return inode
     return None
 
 
