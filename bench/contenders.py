@@ -219,10 +219,19 @@ class Fastproxy(Contender):
         return False, f"exit code {done.returncode}: {detail}"
 
     def write_config(self, path: Path, listen: str, upstream: str, identity: str = "",
-                     listener_tls: str = "", cluster_tls: str = "") -> Path:
+                     listener_tls: str = "", cluster_tls: str = "", traffic: bool = False) -> Path:
+        if traffic:
+            routing = ('  [[listener.route]]\n'
+                       '  split = [ { cluster = "next_hop", weight = 90 }, { cluster = "next_hop_b", weight = 10 } ]\n')
+            for cluster in ("next_hop", "next_hop_b"):
+                routing += (f'\n[cluster.{cluster}]\nendpoints = ["{upstream}"]\n'
+                            f'  [cluster.{cluster}.circuit_breaker]\n  max_failures = 3\n'
+                            f'  [cluster.{cluster}.outlier]\n  consecutive_failures = 5\n')
+        else:
+            routing = ('  [[listener.route]]\n  cluster = "next_hop"\n\n'
+                       f'[cluster.next_hop]\nendpoints = ["{upstream}"]\n{cluster_tls}')
         return write_config(path, "fastproxy.toml", workers=self.workers, listen=listen,
-                            upstream=upstream, identity=identity, listener_tls=listener_tls,
-                            cluster_tls=cluster_tls)
+                            identity=identity, listener_tls=listener_tls, routing=routing)
 
     def plain_config_works(self, ctx: DeployContext) -> tuple[bool, str]:
         """Does fastproxy accept the simplest config at all? Tells "no TLS yet" from "broken"."""
@@ -246,7 +255,7 @@ class Fastproxy(Contender):
                 identity = _identity_block(certs.client.spiffe_id, certs.client.cert, certs.client.key, certs.ca)
                 cluster_tls = f'tls = "mtls"\npeer = "{certs.server.spiffe_id}"'
             config = self.write_config(ctx.workdir / f"{name}.toml", f"127.0.0.1:{port}", upstream,
-                                       identity, listener_tls, cluster_tls)
+                                       identity, listener_tls, cluster_tls, scenario.traffic)
             accepted, detail = self.check(config)
             if not accepted:
                 if self.plain_config_works(ctx)[0]:

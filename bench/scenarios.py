@@ -20,6 +20,7 @@ class Scenario:
     topology: str = "plain"       # "plain" | "tls" (client TLS to the proxy) | "mtls-2hop"
     fixed_rate: bool = False      # True: open-loop fixed request rate (bench.openloop), else wrk
     fastproxy_feature: str | None = None   # e.g. "tls listener (issue 4)"
+    traffic: bool = False         # fastproxy routes through a split, a breaker and outlier detection
 
     @property
     def client_scheme(self) -> str:
@@ -28,6 +29,8 @@ class Scenario:
 
 SCENARIOS: list[Scenario] = [
     Scenario("h1-small", "HTTP/1.1 keep-alive, 12-byte responses, 32 connections", "/", 32),
+    Scenario("h1-traffic", "h1-small through a 90/10 split, circuit breakers and outlier detection "
+             "(fastproxy; the others forward plainly)", "/", 32, traffic=True),
     Scenario("h1-conns", "HTTP/1.1 keep-alive, 12-byte responses, 1,000 connections", "/", 1000),
     Scenario("h1-64k", "HTTP/1.1 keep-alive, 64 KiB responses, 32 connections", "/64k", 32),
     Scenario("tls", "TLS termination (client HTTPS -> proxy -> plain HTTP), 32 connections", "/", 32,
