@@ -21,6 +21,7 @@ An `Exchange` is one request/response; it talks to its client connection only th
 few methods (write, send_error, exchange_done), so HTTP/2 streams can drive it later.
 """
 import asyncio
+import hashlib
 import logging
 import os
 import ssl
@@ -590,8 +591,7 @@ cdef class Worker:
                 cl.max_ejected = c.outlier.max_ejected
             else:
                 cl.outlier_failures = 0
-            cl.breaker = make_breaker(self.shared, sorted(config.clusters).index(name) % BREAKER_SLOTS,
-                                      name, c.circuit_breaker) if c.circuit_breaker else None
+            cl.breaker = make_breaker(self.shared, name, c.circuit_breaker) if c.circuit_breaker else None
             cl.set_endpoints([(e.host, e.port) for e in c.endpoints if e.is_ip])
             clusters[name] = cl
         listeners = {}
@@ -1333,6 +1333,7 @@ cdef class Exchange:
         ep = cl.pick(self.tried, monotonic_ms())
         if ep is None:
             if self.tried:
+                self.endpoint = None   # each endpoint tried was counted already
                 self.judge(True)
                 self.reject(503, "connect_failed", f"no connection to any endpoint of cluster "
                             f"{cl.name}: {self.connect_error}")
@@ -1360,6 +1361,9 @@ cdef class Exchange:
         self.queued = None
         self.queued_bytes = 0
         if self.replay_on_attach:
+            if self.replay_lost:    # never send a head with part of its body missing
+                self.drop_upstream_after_attach(up)
+                return
             q = [self.up_head]      # everything again (a resend or a retry)
             if self.replay is not None:
                 q.extend(self.replay)
@@ -1556,6 +1560,7 @@ cdef class Exchange:
         """Answer with a proxy-generated error (before any response byte went out)."""
         cdef Downstream down = self.down
         self.rstate = R_DONE
+        self.abandon()   # no outcome for the breaker: a granted probe goes back
         self.drop_upstream()
         self.release_slot()
         if down is None:
@@ -1584,8 +1589,13 @@ cdef class Exchange:
             return
         self.reject(status, reason, detail)
 
+    cdef void drop_upstream_after_attach(self, Upstream up):
+        self.drop_upstream()
+        self.upstream_failed(502, "upstream_reset", "the request body could not be sent again")
+
     cdef void drop_upstream(self):
         cdef Upstream up = self.up
+        self.up_reading_paused = False
         if up is not None:
             self.up = None
             up.ex = None
@@ -1599,7 +1609,7 @@ cdef class Exchange:
             self.finish()
             return
         if self.rstate == R_HEAD and not self.got_response_bytes and self.reused \
-                and not self.resent and not self.replay_lost:
+                and not self.resent and self.req_done and not self.replay_lost:
             # the keep-alive race: the upstream closed an idle connection just as we sent
             # on it. Send again, once, on a fresh connection (SPEC §3).
             self.drop_upstream()

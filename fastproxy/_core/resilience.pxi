@@ -41,6 +41,7 @@ cdef enum:
     GATE_PROBE = 1
 
 cdef struct BreakerSlot:
+    int64_t owner              # hash of the cluster name that claimed this slot; 0: free
     int64_t state
     int64_t open_until_ms
     int64_t probes             # half-open probes granted since the circuit half-opened
@@ -70,6 +71,24 @@ cdef class SharedCounters:
         self.view = buffer
         self.slots = <BreakerSlot*>&self.view[0]
 
+    cdef int slot_for(self, str cluster) except -2:
+        """The slot of a cluster name: found, or claimed (CAS on `owner`) in the shared
+        table, so every worker — restarted ones and reloads included — agrees, and a reload
+        that adds or removes clusters never moves a circuit to another name. -1: full."""
+        cdef int64_t owner = int.from_bytes(
+            hashlib.blake2b(cluster.encode(), digest_size=8).digest(), "little", signed=True) or 1
+        cdef int i, start = <int>((<uint64_t>owner) % BREAKER_SLOTS)
+        cdef int64_t found
+        for i in range(BREAKER_SLOTS):
+            found = fp_load(&self.slots[(start + i) % BREAKER_SLOTS].owner)
+            if found == owner:
+                return (start + i) % BREAKER_SLOTS
+            if found == 0 and fp_cas(&self.slots[(start + i) % BREAKER_SLOTS].owner, 0, owner):
+                return (start + i) % BREAKER_SLOTS
+            if fp_load(&self.slots[(start + i) % BREAKER_SLOTS].owner) == owner:
+                return (start + i) % BREAKER_SLOTS   # another worker claimed it just now
+        return -1
+
 
 cdef class Breaker:
     """One cluster's circuit, as seen by this worker (the counts are shared)."""
@@ -86,18 +105,35 @@ cdef class Breaker:
         cdef int64_t state = fp_load(&self.slot.state)
         if state == CIRCUIT_CLOSED:
             return GATE_PASS
+        cdef int64_t probes
         if state == CIRCUIT_OPEN:
             if now < fp_load(&self.slot.open_until_ms):
                 return GATE_REJECT
-            if fp_cas(&self.slot.state, CIRCUIT_OPEN, CIRCUIT_HALF_OPEN):
-                fp_store(&self.slot.probes, 0)
-        if fp_add(&self.slot.probes, 1) <= self.half_open:
-            return GATE_PROBE
-        return GATE_REJECT
+            # probes was reset when the circuit opened; whoever moves it on, it is due
+            fp_cas(&self.slot.state, CIRCUIT_OPEN, CIRCUIT_HALF_OPEN)
+        while True:
+            probes = fp_load(&self.slot.probes)
+            if probes >= self.half_open:
+                # a backstop: probes that never reported (a leak) must not hold the
+                # circuit half-open for ever; after another open_for, probe again
+                if now > fp_load(&self.slot.open_until_ms) + self.open_for_ms and \
+                        fp_cas(&self.slot.probes, probes, 0):
+                    fp_store(&self.slot.open_until_ms, now)
+                    continue
+                return GATE_REJECT
+            if fp_cas(&self.slot.probes, probes, probes + 1):
+                return GATE_PROBE
 
-    cdef bint is_open(self, int64_t now) noexcept:
-        """Open and not yet due for probes: a split gives this member no traffic."""
-        return fp_load(&self.slot.state) == CIRCUIT_OPEN and now < fp_load(&self.slot.open_until_ms)
+    cdef bint would_reject(self, int64_t now) noexcept:
+        """The gate would refuse a request now: open, or half-open with every probe out."""
+        cdef int64_t state = fp_load(&self.slot.state)
+        if state == CIRCUIT_CLOSED:
+            return False
+        if state == CIRCUIT_OPEN and now < fp_load(&self.slot.open_until_ms):
+            return True
+        return state == CIRCUIT_HALF_OPEN and fp_load(&self.slot.probes) >= self.half_open \
+            and now <= fp_load(&self.slot.open_until_ms) + self.open_for_ms
+
 
     cdef int failures(self, int64_t now) noexcept:
         cdef int64_t current = now // self.bucket_ms, oldest = current - self.window_ms // self.bucket_ms
@@ -131,6 +167,7 @@ cdef class Breaker:
             if failure:
                 fp_store(&self.slot.open_until_ms, now + self.open_for_ms)
                 if fp_cas(&self.slot.state, CIRCUIT_HALF_OPEN, CIRCUIT_OPEN):
+                    fp_store(&self.slot.probes, 0)   # nobody grants probes while it is open
                     fp_add(&self.slot.trips, 1)
                     log.warning("cluster %s: circuit re-opened for %gs: the half-open probe failed",
                                 self.cluster, self.open_for_ms / 1000.0)
@@ -145,6 +182,7 @@ cdef class Breaker:
         if fp_load(&self.slot.state) == CIRCUIT_CLOSED and self.failures(now) > self.max_failures:
             fp_store(&self.slot.open_until_ms, now + self.open_for_ms)
             if fp_cas(&self.slot.state, CIRCUIT_CLOSED, CIRCUIT_OPEN):
+                fp_store(&self.slot.probes, 0)
                 fp_add(&self.slot.trips, 1)
                 log.warning("cluster %s: circuit opened for %gs: more than %d failures within %gs",
                             self.cluster, self.open_for_ms / 1000.0, self.max_failures,
@@ -168,7 +206,12 @@ cdef class Breaker:
                 "trips": fp_load(&self.slot.trips)}
 
 
-cdef Breaker make_breaker(SharedCounters shared, int slot, str cluster, conf):
+cdef Breaker make_breaker(SharedCounters shared, str cluster, conf):
+    cdef int slot = shared.slot_for(cluster)
+    if slot < 0:
+        log.error("cluster %s: no free circuit-breaker slot (%d in use): no breaker", cluster,
+                  BREAKER_SLOTS)
+        return None
     cdef Breaker b = Breaker()
     b.slot = &shared.slots[slot]
     b.cluster = cluster
@@ -218,7 +261,7 @@ cdef class Split:
             if self.weights[i] == 0:
                 continue
             cl = self.members[i]
-            if cl.breaker is not None and cl.breaker.is_open(now):
+            if cl.breaker is not None and cl.breaker.would_reject(now):
                 open_members += 1
                 continue
             if not cl.has_healthy(now):

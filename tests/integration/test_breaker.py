@@ -332,3 +332,40 @@ def test_clusters_shape(fastproxy, app_upstream):
         assert e["healthy"] is True and e["ejected_until"] is None, e
         assert isinstance(e["active"], int) and isinstance(e["idle"], int), e
     assert sum(e["idle"] + e["active"] for e in st["endpoints"]) >= 1, st
+
+
+def test_a_probe_that_ends_without_an_outcome_is_given_back(fastproxy, app_upstream):
+    """A half-open probe granted to a request the proxy itself refuses (a malformed chunked
+    body: 400, nothing upstream) must not hold the circuit half-open: the next request
+    is the probe, and its success closes the circuit."""
+    app = app_upstream(names=("a",))
+    proxy = start(fastproxy, breaker_config([app.addr("a")], open_for="1s"))
+    app.set_mode("a", "fail")
+    trip(app, proxy)
+    app.set_mode("a", "ok")
+    settle(1.2)
+    with RawConn(proxy.port()) as c:
+        c.send(b"POST /x HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n")
+        assert_proxy_error(c.read_response(), 400, "bad_request")
+    r = get(proxy.port(), "/status/200")
+    assert r.status == 200, r
+    assert circuit(proxy, "up")["state"] == "closed"
+
+
+def test_a_reload_that_adds_a_cluster_keeps_each_circuit_with_its_cluster(fastproxy, app_upstream,
+                                                                          tmp_path):
+    """Circuit state is kept per cluster name in the shared table, so adding a cluster
+    whose name sorts first does not move an open circuit to another cluster."""
+    import signal as _signal
+    app = app_upstream(names=("a",))
+    config = breaker_config([app.addr("a")], open_for="30s", window="30s")
+    proxy = start(fastproxy, config)
+    app.set_mode("a", "fail")
+    trip(app, proxy)
+    assert circuit(proxy, "up")["state"] == "open"
+    extra = f'\n[cluster.aaa]\nendpoints = ["{app.addr("a")}"]\n  [cluster.aaa.circuit_breaker]\n  max_failures = 3\n'
+    proxy.config_path.write_text(proxy.config_path.read_text() + extra)
+    proxy.signal(_signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in proxy.stderr(), deadline_s=10, what="reload")
+    assert circuit(proxy, "up")["state"] == "open"
+    assert circuit(proxy, "aaa")["state"] == "closed"
