@@ -1,7 +1,8 @@
 """The admin API on `[proxy] admin` (SPEC §8): HTTP/1.1 with h11, JSON answers.
 
-Owns the operator's view of one worker: `/ready`, `/certs` and `/clusters` so far
-(metrics, config, failed requests and reload come with the observability work). It is meant for
+Owns the operator's view of one worker: `/ready`, `/certs`, `/clusters`, and `/metrics`
+with the identity and circuit gauges so far (request metrics shared by all workers,
+config, failed requests and reload come with the observability work). It is meant for
 loopback, never shares a port with traffic, and nothing here runs per proxied request.
 With several workers, the first one serves it.
 """
@@ -32,6 +33,7 @@ class AdminServer:
             ("GET", "/ready"): self.ready,
             ("GET", "/certs"): self.certs,
             ("GET", "/clusters"): self.clusters,
+            ("GET", "/metrics"): self.metrics,
         }
 
     async def serve(self, sock) -> asyncio.AbstractServer:
@@ -54,6 +56,36 @@ class AdminServer:
                 "endpoints": [endpoint.status() for endpoint in cluster.endpoints],
             })
         return 200, {"clusters": out}
+
+    def metrics(self) -> tuple[int, str]:
+        """Prometheus text format. So far the identity and circuit gauges; the request
+        metrics (shared by all workers) come with the observability work."""
+        lines = []
+
+        def metric(name, kind, help_text, samples):
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+            for labels, value in samples:
+                label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+                lines.append(f"{name}{{{label_text}}} {value}" if label_text else f"{name} {value}")
+
+        state = self.worker.identity
+        if state is not None and state.material is not None:
+            metric("fastproxy_identity_expiry_timestamp_seconds", "gauge",
+                   "When this workload's certificate expires (Unix time).",
+                   [({}, int(state.material.not_after.timestamp()))])
+            metric("fastproxy_identity_rotations_total", "counter",
+                   "Identity material rotations applied.", [({}, state.rotations)])
+            metric("fastproxy_identity_rotation_failures_total", "counter",
+                   "New identity material refused (the old stayed in use).",
+                   [({}, state.rotation_failures)])
+        circuits = [(name, c.breaker.snapshot()) for name, c in self.worker.core.clusters.items()
+                    if c.breaker is not None]
+        metric("fastproxy_circuit_open", "gauge", "1 while the cluster's circuit is open.",
+               [({"cluster": n}, int(s["state"] == "open")) for n, s in circuits])
+        metric("fastproxy_circuit_trips_total", "counter", "Times the cluster's circuit opened.",
+               [({"cluster": n}, s["trips"]) for n, s in circuits])
+        return 200, "\n".join(lines) + "\n"
 
     def certs(self) -> tuple[int, dict]:
         state = self.worker.identity
@@ -95,7 +127,7 @@ class AdminServer:
         finally:
             writer.close()
 
-    def dispatch(self, method: str, target: str) -> tuple[int, dict]:
+    def dispatch(self, method: str, target: str) -> tuple[int, dict | str]:
         path = target.split("?", 1)[0]
         handler = self.routes.get((method, path))
         if handler is not None:
@@ -104,9 +136,12 @@ class AdminServer:
             return 405, {"error": f"{method} is not allowed on {path}"}
         return 404, {"error": f"no such endpoint: {path}"}
 
-    async def respond(self, conn: h11.Connection, writer, status: int, body: dict) -> None:
-        data = orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
-        headers = [("content-type", "application/json"), ("content-length", str(len(data)))]
+    async def respond(self, conn: h11.Connection, writer, status: int, body) -> None:
+        if isinstance(body, str):   # /metrics
+            data, kind = body.encode(), "text/plain; version=0.0.4; charset=utf-8"
+        else:
+            data, kind = orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n", "application/json"
+        headers = [("content-type", kind), ("content-length", str(len(data)))]
         writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
         writer.write(conn.send(h11.Data(data=data)))
         writer.write(conn.send(h11.EndOfMessage()))
