@@ -81,8 +81,22 @@ class WorkerProcess:
             from fastproxy.admin import AdminServer
 
             admin = await AdminServer(self).serve(admin_sock)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.not_ready_reason = "waiting for this workload's certificate"
-        await self._start_identity()
+        identity = loop.create_task(self._start_identity())
+        stop = loop.create_task(self.stopping.wait())
+        await asyncio.wait({identity, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not identity.done():   # told to stop before the first certificate came
+            identity.cancel()
+            for task in self.background:
+                task.cancel()
+            if admin_sock is not None:
+                admin.close()
+            return 0
+        stop.cancel()
+        identity.result()         # an unusable identity ends the worker here
         self.not_ready_reason = "starting listeners"
         await resolve_endpoints(loop, self.core)
         servers = []
@@ -95,9 +109,6 @@ class WorkerProcess:
                 backlog=4096, ssl=tls,
                 ssl_handshake_timeout=listener.limits.header_timeout if tls else None)
             servers.append(server)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
         dns = loop.create_task(self._refresh_dns())
         log.info("serving %s", ", ".join(f"{l.name} on {l.bind}" for l in self.config.listeners))
         self.ready = True
