@@ -1362,7 +1362,8 @@ cdef class Exchange:
         self.queued_bytes = 0
         if self.replay_on_attach:
             if self.replay_lost:    # never send a head with part of its body missing
-                self.drop_upstream_after_attach(up)
+                self.drop_upstream()
+                self.upstream_failed(502, "upstream_reset", "the request body could not be sent again")
                 return
             q = [self.up_head]      # everything again (a resend or a retry)
             if self.replay is not None:
@@ -1589,10 +1590,6 @@ cdef class Exchange:
             return
         self.reject(status, reason, detail)
 
-    cdef void drop_upstream_after_attach(self, Upstream up):
-        self.drop_upstream()
-        self.upstream_failed(502, "upstream_reset", "the request body could not be sent again")
-
     cdef void drop_upstream(self):
         cdef Upstream up = self.up
         self.up_reading_paused = False
@@ -1602,11 +1599,17 @@ cdef class Exchange:
             self.endpoint.active -= 1
             up.close()
 
-    cdef void upstream_closed(self, str why):
-        """The upstream connection ended (EOF, reset) while this exchange used it."""
+    cdef void upstream_closed(self, str why, bint tls):
+        """The upstream connection ended (EOF, reset, TLS alert) while this exchange used it."""
         if self.rstate == R_BODY and self.resp_framing == BODY_UNTIL_CLOSE:
             self.up.reusable = False
             self.finish()
+            return
+        if tls and self.rstate == R_HEAD and not self.got_response_bytes:
+            # the server refused our certificate: TLS 1.3 ends the client's handshake before
+            # the server has checked it, so its alert arrives on the first read
+            self.drop_upstream()
+            self.tls_failed(self.endpoint, why)
             return
         if self.rstate == R_HEAD and not self.got_response_bytes and self.reused \
                 and not self.resent and self.req_done and not self.replay_lost:
@@ -1757,17 +1760,10 @@ cdef class Upstream:
         return False
 
     def connection_lost(self, exc):
-        if isinstance(exc, ssl.SSLError) and self.ex is not None and not self.closed \
-                and self.ex.rstate == R_HEAD and not self.ex.got_response_bytes:
-            # a TLS alert before any response: the server refused our certificate (TLS 1.3
-            # finishes the client's handshake before the server has checked it)
-            self.closed = True
-            self.ep.forget(self)
-            ex = self.ex
-            ex.drop_upstream()
-            ex.tls_failed(self.ep, exc.reason or str(exc))
-            return
-        self.lost("reset the connection" if exc is not None else "closed the connection")
+        if isinstance(exc, ssl.SSLError):
+            self.lost("TLS alert: " + (exc.reason or str(exc)), True)
+        else:
+            self.lost("reset the connection" if exc is not None else "closed the connection")
 
     def pause_writing(self):
         if self.ex is not None and self.ex.down is not None:
@@ -1777,7 +1773,7 @@ cdef class Upstream:
         if self.ex is not None and self.ex.down is not None:
             self.ex.down.resume(P_UPSTREAM)
 
-    cdef void lost(self, str why):
+    cdef void lost(self, str why, bint tls=False):
         cdef Exchange ex = self.ex
         if self.closed:
             return
@@ -1790,7 +1786,7 @@ cdef class Upstream:
             if ex.down is not None and ex.down.state == S_TUNNEL:
                 ex.tunnel_close()
             else:
-                ex.upstream_closed(why)
+                ex.upstream_closed(why, tls)
 
     cdef void close(self):
         if not self.closed:

@@ -110,6 +110,14 @@ def _write_replace(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
+# leaves (SVIDs and the CA service's own certificate) only sign: digitalSignature alone
+LEAF_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True, content_commitment=False, key_encipherment=False,
+    data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+    encipher_only=False, decipher_only=False,
+)
+
+
 def _read(path: Path, hint: str = "") -> bytes:
     try:
         return path.read_bytes()
@@ -239,14 +247,7 @@ class CA:
         subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fastproxy")])
         builder = (
             self._builder(subject, public_key, ttl)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(LEAF_KEY_USAGE, critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,
@@ -283,14 +284,7 @@ class CA:
         ])
         builder = (
             self._builder(subject, key.public_key(), ttl)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(LEAF_KEY_USAGE, critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
         )

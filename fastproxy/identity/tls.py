@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from fastproxy.identity.spiffe import id_allowed, parse_spiffe_id
+from fastproxy.identity.spiffe import parse_spiffe_id
 from fastproxy.identity.svid import Material, SVIDError, load_material, svid_id, trust_domains
 
 log = logging.getLogger("fastproxy")
@@ -240,6 +240,3 @@ class FileWatcher:
             except Exception:  # never let the watcher die: the old material stays in use
                 log.exception("identity: reload failed")
 
-
-def peer_allowed(patterns, spiffe_id: str) -> bool:
-    return id_allowed(patterns, spiffe_id)
