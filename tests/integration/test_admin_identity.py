@@ -8,6 +8,7 @@ from datetime import timezone
 import pytest
 
 from support.mesh import MeshCA, admin_get, sid, sidecar_config
+from support.procs import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,6 +39,9 @@ def test_certs_ready_and_the_expiry_gauge(fastproxy, shared_app, tmp_path):
     config["proxy"]["admin"] = "${listen:admin}"
     proxy = fastproxy(config)
 
+    # listening sockets are bound before the worker starts, so a port that accepts is not
+    # yet a ready sidecar: /ready turns 200 once the certificate and listeners are in place
+    wait_until(lambda: admin_get(proxy, "/ready")[0] == 200, deadline_s=10, what="/ready 200")
     status, ready = admin_get(proxy, "/ready")
     assert status == 200 and ready["ready"] is True
 
