@@ -1,19 +1,25 @@
 """The admin API on `[proxy] admin` (SPEC §8): HTTP/1.1 with h11, JSON answers.
 
-Owns the operator's view of one worker: `/ready`, `/certs`, `/clusters`, and `/metrics`
-with the identity and circuit gauges so far (request metrics shared by all workers,
-config, failed requests and reload come with the observability work). It is meant for
+Owns the operator's view of the proxy: `/ready`, `/metrics`, `/config`, `/clusters`,
+`/certs`, `/requests/failed`, `POST /reload` and `POST /shutdown`. It is meant for
 loopback, never shares a port with traffic, and nothing here runs per proxied request.
-With several workers, the first one serves it.
+With several workers, the first one serves it: metrics and failed requests come from
+memory every worker shares; /clusters shows the pools of the serving worker; reload and
+shutdown reach the others through the supervisor.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import logging
 from datetime import datetime, timezone
+from types import MappingProxyType
 
 import h11
 import orjson
+
+from fastproxy.observe import metrics as prometheus
 
 log = logging.getLogger("fastproxy")
 
@@ -22,6 +28,25 @@ MAX_REQUEST = 65536
 
 def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _unix_rfc3339(t: float) -> str:
+    moment = datetime.fromtimestamp(t, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _plain(value):
+    """A configuration model as JSON-ready data (addresses as "host:port")."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.name != "raw" and f.name != "path"}
+    if isinstance(value, (dict, MappingProxyType)):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 class AdminServer:
@@ -34,6 +59,10 @@ class AdminServer:
             ("GET", "/certs"): self.certs,
             ("GET", "/clusters"): self.clusters,
             ("GET", "/metrics"): self.metrics,
+            ("GET", "/config"): self.config,
+            ("GET", "/requests/failed"): self.failed,
+            ("POST", "/reload"): self.reload,
+            ("POST", "/shutdown"): self.shutdown,
         }
 
     async def serve(self, sock) -> asyncio.AbstractServer:
@@ -58,8 +87,8 @@ class AdminServer:
         return 200, {"clusters": out}
 
     def metrics(self) -> tuple[int, str]:
-        """Prometheus text format. So far the identity and circuit gauges; the request
-        metrics (shared by all workers) come with the observability work."""
+        """Prometheus text format: the shared series of every worker, then the identity
+        and circuit gauges (the same in every worker)."""
         lines = []
 
         def metric(name, kind, help_text, samples):
@@ -69,7 +98,9 @@ class AdminServer:
                 label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
                 lines.append(f"{name}{{{label_text}}} {value}" if label_text else f"{name} {value}")
 
-        state = self.worker.identity
+        worker = self.worker
+        worker.publish_gauges()   # this worker's share up to date; the others' within 1 s
+        state = worker.identity
         if state is not None and state.material is not None:
             metric("fastproxy_identity_expiry_timestamp_seconds", "gauge",
                    "When this workload's certificate expires (Unix time).",
@@ -79,13 +110,37 @@ class AdminServer:
             metric("fastproxy_identity_rotation_failures_total", "counter",
                    "New identity material refused (the old stayed in use).",
                    [({}, state.rotation_failures)])
-        circuits = [(name, c.breaker.snapshot()) for name, c in self.worker.core.clusters.items()
+        circuits = [(name, c.breaker.snapshot()) for name, c in worker.core.clusters.items()
                     if c.breaker is not None]
-        metric("fastproxy_circuit_open", "gauge", "1 while the cluster's circuit is open.",
-               [({"cluster": n}, int(s["state"] == "open")) for n, s in circuits])
-        metric("fastproxy_circuit_trips_total", "counter", "Times the cluster's circuit opened.",
-               [({"cluster": n}, s["trips"]) for n, s in circuits])
-        return 200, "\n".join(lines) + "\n"
+        if circuits:
+            metric("fastproxy_circuit_open", "gauge", "1 while the cluster's circuit is open.",
+                   [({"cluster": n}, int(s["state"] == "open")) for n, s in circuits])
+            metric("fastproxy_circuit_trips_total", "counter", "Times the cluster's circuit opened.",
+                   [({"cluster": n}, s["trips"]) for n, s in circuits])
+        return 200, prometheus.render(worker.core.metrics.series(), lines)
+
+    def config(self) -> tuple[int, dict]:
+        """The effective configuration (defaults filled in; files are named, never read)."""
+        worker = self.worker
+        return 200, {"generation": worker.generation, "loaded_at": _unix_rfc3339(worker.loaded_at),
+                     "path": worker.config.path, "config": _plain(worker.config),
+                     "last_error": worker.last_error}
+
+    def failed(self) -> tuple[int, dict]:
+        self.worker.drain.flush()   # this worker's newest failures, not only the last timer's
+        requests = self.worker.failed.recent()
+        for entry in requests:
+            entry["time"] = _unix_rfc3339(entry["time"])
+        return 200, {"requests": requests}
+
+    async def reload(self) -> tuple[int, dict]:
+        result = await self.worker.admin_reload()
+        return (200 if result["result"] == "success" else 400), result
+
+    def shutdown(self) -> tuple[int, dict]:
+        log.info("POST /shutdown: draining")
+        self.worker.loop.call_soon(self.worker.admin_shutdown)
+        return 202, {"result": "draining"}
 
     def certs(self) -> tuple[int, dict]:
         state = self.worker.identity
@@ -113,7 +168,7 @@ class AdminServer:
                     conn.receive_data(data)
                     continue
                 if isinstance(event, h11.Request):
-                    status, body = self.dispatch(event.method.decode(), event.target.decode())
+                    status, body = await self.dispatch(event.method.decode(), event.target.decode())
                     await self.respond(conn, writer, status, body)
                 elif isinstance(event, h11.ConnectionClosed) or conn.our_state is h11.MUST_CLOSE:
                     break
@@ -127,11 +182,12 @@ class AdminServer:
         finally:
             writer.close()
 
-    def dispatch(self, method: str, target: str) -> tuple[int, dict | str]:
+    async def dispatch(self, method: str, target: str) -> tuple[int, dict | str]:
         path = target.split("?", 1)[0]
         handler = self.routes.get((method, path))
         if handler is not None:
-            return handler()
+            result = handler()
+            return await result if inspect.isawaitable(result) else result
         if any(p == path for _, p in self.routes):
             return 405, {"error": f"{method} is not allowed on {path}"}
         return 404, {"error": f"no such endpoint: {path}"}

@@ -17,6 +17,15 @@ cdef enum HeaderKind:
     H_X_FORWARDED_PROTO
     H_X_REQUEST_ID
     H_XFCC
+    # trace context (SPEC §7): read and rewritten when their family is propagated
+    H_TRACEPARENT
+    H_TRACESTATE
+    H_B3
+    H_B3_TRACEID
+    H_B3_SPANID
+    H_B3_PARENTSPANID
+    H_B3_SAMPLED
+    H_B3_FLAGS
 
 cdef enum Framing:
     BODY_NONE = 0

@@ -107,6 +107,8 @@ cdef int _classify(const char* p, Py_ssize_t n) noexcept:
     elif n == 2:
         if ascii_ieq(p, b"te", 2):
             return H_TE
+        if ascii_ieq(p, b"b3", 2):
+            return H_B3
     elif n == 6:
         if ascii_ieq(p, b"expect", 6):
             return H_EXPECT
@@ -118,9 +120,22 @@ cdef int _classify(const char* p, Py_ssize_t n) noexcept:
             return H_CONNECTION
         if ascii_ieq(p, b"keep-alive", 10):
             return H_KEEP_ALIVE
+        if ascii_ieq(p, b"tracestate", 10):
+            return H_TRACESTATE
+        if ascii_ieq(p, b"x-b3-flags", 10):
+            return H_B3_FLAGS
+    elif n == 11:
+        if ascii_ieq(p, b"traceparent", 11):
+            return H_TRACEPARENT
+        if ascii_ieq(p, b"x-b3-spanid", 11):
+            return H_B3_SPANID
     elif n == 12:
         if ascii_ieq(p, b"x-request-id", 12):
             return H_X_REQUEST_ID
+        if ascii_ieq(p, b"x-b3-traceid", 12):
+            return H_B3_TRACEID
+        if ascii_ieq(p, b"x-b3-sampled", 12):
+            return H_B3_SAMPLED
     elif n == 14:
         if ascii_ieq(p, b"content-length", 14):
             return H_CONTENT_LENGTH
@@ -135,6 +150,8 @@ cdef int _classify(const char* p, Py_ssize_t n) noexcept:
             return H_TRANSFER_ENCODING
         if ascii_ieq(p, b"x-forwarded-proto", 17):
             return H_X_FORWARDED_PROTO
+        if ascii_ieq(p, b"x-b3-parentspanid", 17):
+            return H_B3_PARENTSPANID
     elif n == 23:
         if ascii_ieq(p, b"x-forwarded-client-cert", 23):
             return H_XFCC
@@ -532,7 +549,7 @@ cdef void _mark_connection_names(Head h, const char* p) noexcept:
                 continue
             for j in range(h.nfields):
                 f = &h.fields[j]
-                if f.kind == H_OTHER and f.name_end - f.line_start == eb - ea and \
+                if (f.kind == H_OTHER or f.kind >= H_TRACEPARENT) and f.name_end - f.line_start == eb - ea and \
                         _ieq2(p + f.line_start, p + ea, eb - ea):
                     f.drop = True
 

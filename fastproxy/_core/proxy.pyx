@@ -37,7 +37,8 @@ from fastproxy._core.http1 cimport (
     RequestHead, ResponseHead, ChunkedReader, Field, parse_request, parse_response, ascii_ieq,
     H_OTHER, H_HOST, H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_CONNECTION, H_KEEP_ALIVE,
     H_PROXY_CONNECTION, H_TE, H_UPGRADE, H_EXPECT, H_X_FORWARDED_FOR, H_X_FORWARDED_PROTO,
-    H_X_REQUEST_ID, H_XFCC,
+    H_X_REQUEST_ID, H_XFCC, H_TRACEPARENT, H_TRACESTATE, H_B3, H_B3_TRACEID, H_B3_SPANID,
+    H_B3_PARENTSPANID, H_B3_SAMPLED, H_B3_FLAGS,
     BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_UNTIL_CLOSE,
 )
 
@@ -49,6 +50,9 @@ cdef enum:
     MAX_RESPONSE_FIELDS = 256
     IDLE_PER_ENDPOINT = 1024
     MAX_SPANS = 64
+    RECORD_LIMIT = 16384       # records waiting for the drain timer; beyond: dropped, counted
+
+cdef double WIND_DOWN_GRACE = 0.5   # seconds an idle connection stays open once told to close
 
 # client connection states
 cdef enum:
@@ -223,6 +227,7 @@ cdef inline bytes _slice(object data, Py_ssize_t a, Py_ssize_t b):
 
 
 include "resilience.pxi"
+include "telemetry.pxi"
 
 
 # -- compiled configuration ---------------------------------------------------------------
@@ -285,6 +290,23 @@ cdef class ListenerState:
     cdef tuple allow            # SPIFFE id patterns of peers that may connect (mtls)
     cdef bint allow_all
     cdef bytes xfcc_prefix      # b"x-forwarded-client-cert: By=<own id>;URI="
+    cdef readonly str direction # "inbound" | "outbound"
+    cdef dict pairs             # cluster name ("" without one) -> PairStats
+    cdef MetricSlot* overhead
+
+    cdef PairStats pair(self, MetricTable table, str cluster):
+        """This listener's series for a cluster, found once per configuration."""
+        cdef PairStats ps = self.pairs.get(cluster)
+        cdef bytes labels
+        if ps is None:
+            labels = (self.name + "\x1f" + cluster).encode()
+            ps = PairStats()
+            ps.prefix = b"fastproxy_requests_total\x1f" + labels + b"\x1f"
+            ps.duration = table.slot(b"fastproxy_request_duration_seconds\x1f" + labels)
+            self.pairs[cluster] = ps
+            if self.overhead is NULL:
+                self.overhead = table.slot(b"fastproxy_proxy_overhead_seconds\x1f" + self.name.encode())
+        return ps
 
     def match(self, RequestHead h):
         """The name of the route a parsed request takes, or None (tests, benchmarks)."""
@@ -300,10 +322,23 @@ cdef class ListenerState:
         return None
 
 
+@cython.final
+cdef class Port:
+    """One listening socket of a listener. It closes when a reload removes or moves its
+    listener: its connections then finish what they carry and close, as in a drain."""
+    cdef readonly str listener
+    cdef public bint closing
+    cdef MetricSlot* tls_failures    # NULL unless the listener speaks TLS
+
+    def __init__(self, str listener):
+        self.listener = listener
+
+
 cdef class Endpoint:
     """One upstream address and its pool of idle keep-alive connections."""
     cdef readonly str host
     cdef readonly int port
+    cdef readonly str label          # "host:port", "[v6]:port"
     cdef list idle
     cdef readonly int active
     cdef public double idle_timeout
@@ -314,6 +349,7 @@ cdef class Endpoint:
     def __init__(self, str host, int port):
         self.host = host
         self.port = port
+        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.idle = []
         self.idle_timeout = 60.0
 
@@ -324,7 +360,7 @@ cdef class Endpoint:
     def status(self):
         """This endpoint for the admin API's /clusters."""
         import datetime, time
-        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        address = self.label
         left = (self.ejected_until - monotonic_ms()) / 1000.0
         until = None
         if left > 0:
@@ -546,6 +582,16 @@ cdef class Worker:
     cdef public object id_allowed    # (patterns, spiffe id) -> bool
     cdef object default_tls          # a system-trust client context, made on first use
     cdef SharedCounters shared       # breaker slots, shared with the other workers
+    cdef readonly MetricTable metrics  # metric series, shared with the other workers
+    cdef public int index            # this worker's number: per-worker gauges carry it
+    cdef int trace_families          # PROPAGATE_* bits; 0: no trace headers are touched
+    cdef uint64_t sample_below       # a new trace is sampled when a random word is below
+    cdef bint sample_all
+    cdef uint64_t rng
+    cdef bint log_all                # the access log is on: every request makes a record
+    cdef bint export_spans           # spans are exported: sampled requests make a record
+    cdef list records                # Record tuples for fastproxy.observe.records.Drain
+    cdef readonly uint64_t records_dropped
 
     def __init__(self, loop):
         self.loop = loop
@@ -560,10 +606,37 @@ cdef class Worker:
         self.drained = None
         self.hw = HeadWriter()
         self.shared = SharedCounters()
+        self.metrics = MetricTable()
+        self.rng = int.from_bytes(os.urandom(8), "little") | 1
+        self.records = []
 
-    def attach_shared(self, buffer):
-        """Use a mapping shared with the other workers for breaker state (before configure)."""
+    def attach_shared(self, buffer, metrics=None):
+        """Use mappings shared with the other workers for breaker state and metrics
+        (before configure)."""
         self.shared = SharedCounters(buffer)
+        if metrics is not None:
+            self.metrics = MetricTable(metrics)
+
+    def take_records(self):
+        """The records made since the last call (the drain timer takes them)."""
+        cdef list out = self.records
+        self.records = []
+        return out
+
+    cdef void add_record(self, tuple record):
+        if len(self.records) < RECORD_LIMIT:
+            self.records.append(record)
+        else:
+            self.records_dropped += 1
+
+    cdef inline uint64_t random64(self) noexcept:
+        """xorshift64*: trace and span ids need to be unique, not secret."""
+        cdef uint64_t x = self.rng
+        x ^= x >> 12
+        x ^= x << 25
+        x ^= x >> 27
+        self.rng = x
+        return x * 2685821657736338717ULL
 
     def configure(self, config):
         """Compile a validated fastproxy.config.Config; clusters keep their pools by name."""
@@ -609,6 +682,8 @@ cdef class Worker:
             ls.allow_all = "*" in lc.allow
             if config.identity is not None:
                 ls.xfcc_prefix = b"x-forwarded-client-cert: By=" + config.identity.id.encode() + b";URI="
+            ls.direction = lc.direction
+            ls.pairs = {}
             listeners[lc.name] = ls
         for name, cl in self.clusters.items():
             if name not in clusters:
@@ -617,6 +692,14 @@ cdef class Worker:
         self.clusters = clusters
         self.listeners = listeners
         self.max_connections = config.limits.max_connections
+        tracing = config.tracing
+        self.trace_families = (PROPAGATE_W3C if "w3c" in tracing.propagate else 0) | \
+            (PROPAGATE_B3 if "b3" in tracing.propagate else 0)
+        self.sample_all = tracing.sample >= 1.0
+        self.sample_below = <uint64_t>(tracing.sample * 18446744073709551615.0) \
+            if not self.sample_all else 0
+        self.export_spans = tracing.export != "off" and self.trace_families != 0
+        self.log_all = config.proxy.access_log != "off"
 
     cdef Route _route(self, rc, dict clusters):
         cdef Route r = Route()
@@ -652,11 +735,22 @@ cdef class Worker:
             self.default_tls = ssl.create_default_context()
         return self.default_tls
 
-    def protocol_factory(self, str listener):
-        """The factory for asyncio's create_server on the named listener."""
+    def protocol_factory(self, Port port):
+        """The factory for asyncio's create_server on one listening socket."""
+        if self.listeners[port.listener].tls_mode != TLS_OFF and port.tls_failures is NULL:
+            port.tls_failures = self.metrics.slot(
+                b"fastproxy_tls_handshake_failures_total\x1f" + port.listener.encode())
         def factory():
-            return Downstream(self, listener)
+            return Downstream(self, port)
         return factory
+
+    def close_port(self, Port port):
+        """A reload removed or moved this socket's listener: its connections wind down."""
+        cdef Downstream d
+        port.closing = True
+        for d in list(self.connections):
+            if d.port is port:
+                d.wind_down()
 
     def begin_drain(self):
         """Stop taking requests: idle connections close now, busy ones after their response."""
@@ -664,8 +758,7 @@ cdef class Worker:
         self.draining = True
         self.drained = self.loop.create_future()
         for d in list(self.connections):
-            if d.state == S_IDLE:
-                d.close()
+            d.wind_down()
         for d in self.waiting:
             d.close()
         self._check_drained()
@@ -711,6 +804,11 @@ cdef class Worker:
     cdef inline double now(self):
         return monotonic()
 
+    def connection_listeners(self):
+        """The listener of each open client connection (for the connection gauges)."""
+        cdef Downstream d
+        return [d.listener_name for d in self.connections]
+
     def open_connection_count(self):
         return len(self.connections)
 
@@ -743,19 +841,35 @@ cdef class Downstream:
     cdef bint denied             # the peer is not in the listener's allow
     cdef dict route_allowed      # per-route allow decisions for this peer
     cdef object _write           # transport.write, looked up once
+    cdef readonly Port port
+    cdef bint made               # connection_made came (for TLS: the handshake succeeded)
+    cdef MetricSlot* tls_failures
 
-    def __init__(self, Worker w, str listener_name):
+    def __init__(self, Worker w, Port port):
         self.w = w
-        self.listener_name = listener_name
+        self.port = port
+        self.listener_name = port.listener
+        self.tls_failures = port.tls_failures
         self.head = RequestHead()
+
+    def __dealloc__(self):
+        # uvloop creates the protocol before a TLS handshake and drops it unused when the
+        # handshake fails: that is the only sign of the failure it leaves us
+        if not self.made and self.tls_failures is not NULL:
+            fp_addu(&self.tls_failures.v[0], 1)
 
     # asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport):
         cdef Worker w = self.w
+        self.made = True
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client_ip = (peer[0] if peer else "unknown").encode()
-        self.ls = w.listeners[self.listener_name]
+        self.ls = w.listeners.get(self.listener_name)
+        if self.ls is None or self.port.closing:   # accepted just as a reload removed it
+            self.state = S_CLOSED
+            transport.close()
+            return
         self._write = transport.write
         self.proto_lines = self.ls.proto_line
         if self.ls.tls_mode == TLS_MUTUAL and not self.identify(transport):
@@ -843,6 +957,8 @@ cdef class Downstream:
         peer, why = self.w.identity.peer_id(transport, "client")
         if peer is None:
             log.warning("listener %s: refused %s: %s", ls.name, self.client_ip.decode(), why)
+            if self.tls_failures is not NULL:
+                fp_addu(&self.tls_failures.v[0], 1)
             self.state = S_CLOSED
             transport.close()
             return False
@@ -929,8 +1045,8 @@ cdef class Downstream:
             return
         self.pending = None
         if r < 0:
-            self.send_error(h.error_status, PARSE_REASONS.get(h.error_status, "bad_request"),
-                            h.error_detail, None, True)
+            self.refuse(h.error_status, PARSE_REASONS.get(h.error_status, "bad_request"),
+                        h.error_detail)
             self.state = S_CLOSED
             return
         self.state = S_EXCHANGE
@@ -973,7 +1089,7 @@ cdef class Downstream:
         """The response is complete: close, or go on with the next request."""
         self.ex = None
         self.requests += 1
-        if close or self.w.draining or self.state == S_CLOSED:
+        if close or self.ending() or self.state == S_CLOSED:
             self.close()
             return
         self.state = S_IDLE
@@ -1005,6 +1121,38 @@ cdef class Downstream:
             if close:
                 self.close()
 
+    cdef void refuse(self, int status, str reason, str detail):
+        """A request refused before it became an exchange (malformed, too large, too slow):
+        counted and recorded, answered, and the connection closed."""
+        cdef Worker w = self.w
+        cdef ListenerState ls = self.ls
+        cdef PairStats ps = ls.pair(w.metrics, "")
+        cdef MetricSlot* slot = ps.code(w.metrics, status)
+        cdef double now
+        if slot is not NULL:
+            fp_addu(&slot.v[0], 1)
+        if ps.duration is not NULL:
+            hist_observe(ps.duration, DURATION_NS, N_DURATION, 0)
+        if ls.overhead is not NULL:
+            hist_observe(ls.overhead, OVERHEAD_NS, N_OVERHEAD, 0)
+        now = unix_time()
+        w.add_record((now, now, ls.name, ls.direction, None, None, None, "", "", "", status,
+                      reason, 0, 0, self.peer_id, None, None, None, False, None, 0.0))
+        self.send_error(status, reason, detail, None, True)
+
+    cdef inline bint ending(self):
+        """Draining, or the listener went away: answer what is in flight, then close."""
+        return self.w.draining or self.port.closing
+
+    cdef void wind_down(self):
+        """Drain or listener removal. A busy connection closes after its response (sent
+        with Connection: close); an idle one after a short grace, so a request already on
+        its way is still answered rather than met with a reset."""
+        if self.paused & P_ADMISSION:
+            self.close()
+        elif self.state == S_IDLE:
+            self.set_deadline(self.w.now() + WIND_DOWN_GRACE)
+
     cdef void close(self):
         if self.state != S_CLOSED:
             self.state = S_CLOSED
@@ -1031,14 +1179,12 @@ cdef class Downstream:
             self.set_deadline(self.deadline)
             return
         if self.state == S_IDLE:
-            if self.requests == 0 and not (self.paused & P_ADMISSION):
-                self.send_error(408, "request_timeout", "no request head within header_timeout",
-                                None, True)
+            if self.requests == 0 and not (self.paused & P_ADMISSION) and not self.ending():
+                self.refuse(408, "request_timeout", "no request head within header_timeout")
             else:
                 self.close()
         elif self.state == S_HEAD:
-            self.send_error(408, "request_timeout", "request head incomplete after header_timeout",
-                            None, True)
+            self.refuse(408, "request_timeout", "request head incomplete after header_timeout")
         elif self.state == S_EXCHANGE:
             self.ex.timed_out()
         else:
@@ -1102,9 +1248,28 @@ cdef class Exchange:
     cdef int retries_done
     cdef bint replay_on_attach   # a retry: send the head and the kept body again
     cdef bint judged             # the outcome went to the breaker
+    # what is reported when it ends (metrics, and a record for logs, spans, failures)
+    cdef ListenerState ls
+    cdef str peer                # the client's verified SPIFFE id (mtls listeners)
+    cdef bint reported
+    cdef int64_t t0              # monotonic ns: the request head was complete
+    cdef int64_t t_dial          # a new upstream connection was asked for
+    cdef int64_t t_wait          # ns spent waiting for connections to open (upstream time)
+    cdef int64_t t_up            # the request head went upstream
+    cdef int64_t t_rin           # the response head's first bytes came
+    cdef int64_t t_rout          # the response head went to the client (streamed bodies)
+    cdef long long bytes_in
+    cdef long long bytes_out
+    cdef bint traced
+    cdef bint sampled
+    cdef bint keep_tracestate    # continuing a W3C context: its tracestate goes on
+    cdef uint64_t trace_hi, trace_lo, span_id, parent_id
 
     cdef void init(self, Downstream down, RequestHead head, Route route):
+        self.t0 = monotonic_ns()
         self.down = down
+        self.ls = down.ls
+        self.peer = down.peer_id
         self.w = down.w
         self.head = head
         self.route = route
@@ -1167,6 +1332,7 @@ cdef class Exchange:
         self.drop_upstream()
         self.rstate = R_HEAD
         self.got_response_bytes = False
+        self.t_rin = self.t_rout = 0
         self.resp_pending = None
         self.replay_on_attach = True
         if self.tried is None:
@@ -1195,6 +1361,8 @@ cdef class Exchange:
         cdef int i, kind
         cdef bint upgrade = h.upgrade
         cdef Downstream down = self.down
+        cdef int families = self.w.trace_families
+        cdef bytes trace = self.trace() if families else None
         hw.reset()
         # request line: as received unless it must become origin-form HTTP/1.1
         if h.absolute_form or h.version == 10:
@@ -1224,6 +1392,15 @@ cdef class Exchange:
             elif kind == H_EXPECT:
                 if not h.expect_continue:
                     hw.span(f.line_start, f.line_end)
+            elif kind >= H_TRACEPARENT:
+                # ours to rewrite when the family is propagated; otherwise untouched
+                if f.drop:
+                    pass
+                elif kind == H_TRACEPARENT or kind == H_TRACESTATE:
+                    if not families & PROPAGATE_W3C or (kind == H_TRACESTATE and self.keep_tracestate):
+                        hw.span(f.line_start, f.line_end)
+                elif not families & PROPAGATE_B3:
+                    hw.span(f.line_start, f.line_end)
             # Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding: hop-by-hop;
             # x-forwarded-proto is ours to set; x-forwarded-client-cert only the proxy sets.
         if h.host_field < 0:
@@ -1233,12 +1410,87 @@ cdef class Exchange:
         if self.rid_line is None:
             self.rid_line = self.w.new_request_id_line()
             hw.extra(self.rid_line)
+        if trace is not None:
+            hw.extra(trace)
         if self.req_framing == BODY_CHUNKED:
             hw.extra(b"transfer-encoding: chunked\r\n")
         if upgrade:
             hw.extra(b"connection: upgrade\r\n")
         hw.extra(CRLF)
         return hw.build(raw, NULL, 0)
+
+    cdef bytes trace(self):
+        """Continue the incoming trace or start one (SPEC §7); the lines for upstream."""
+        cdef Worker w = self.w
+        cdef TraceContext c
+        read_trace_context(self.head, w.trace_families, &c)
+        self.traced = True
+        self.span_id = w.random64() or 1
+        if c.source != TRACE_NONE:
+            self.trace_hi, self.trace_lo, self.parent_id = c.hi, c.lo, c.parent
+            self.keep_tracestate = c.source == TRACE_W3C and c.tracestate_bytes <= TRACESTATE_LIMIT
+        else:
+            self.trace_hi = w.random64()
+            self.trace_lo = w.random64() or 1
+        if c.sampled >= 0:
+            self.sampled = c.sampled == 1
+        else:
+            self.sampled = w.sample_all or w.random64() < w.sample_below
+        return trace_lines(w.trace_families, c.b3_single, self.trace_hi, self.trace_lo,
+                           self.span_id, self.parent_id, self.sampled)
+
+    cdef void report(self, int status, str error):
+        """The request ended: count it, and make a record when anything wants one."""
+        cdef Worker w = self.w
+        cdef ListenerState ls = self.ls
+        cdef int64_t end, over
+        cdef PairStats ps
+        cdef MetricSlot* slot
+        cdef str cluster
+        if self.reported or ls is None:
+            return
+        self.reported = True
+        end = monotonic_ns()
+        # time inside the proxy: up to the request leaving (connects excluded), and from
+        # the response head arriving to its leaving; everything for an answer of our own
+        if self.t_rin:
+            over = self.t_up - self.t0 - self.t_wait + (self.t_rout or end) - self.t_rin
+        elif self.t_up:
+            over = self.t_up - self.t0 - self.t_wait
+        else:
+            over = end - self.t0 - self.t_wait
+        cluster = self.cluster.name if self.cluster is not None else ""
+        ps = ls.pair(w.metrics, cluster)
+        slot = ps.code(w.metrics, status)
+        if slot is not NULL:
+            fp_addu(&slot.v[0], 1)
+        if ps.duration is not NULL:
+            hist_observe(ps.duration, DURATION_NS, N_DURATION, end - self.t0)
+        if ls.overhead is not NULL:
+            hist_observe(ls.overhead, OVERHEAD_NS, N_OVERHEAD, over)
+        if w.trace_families and not self.traced:
+            self.trace()    # a response of our own gets a span too
+        if w.log_all or (self.sampled and w.export_spans) or status >= 500 or error is not None:
+            w.add_record(self.record(status, error, end, over))
+
+    cdef tuple record(self, int status, str error, int64_t end, int64_t over):
+        """A fastproxy.observe.records.Record, as a plain tuple (same field order)."""
+        cdef RequestHead h = self.head
+        cdef bytes raw = h.raw
+        cdef double now = unix_time()
+        cdef bytes rid = self.rid_line
+        return (now - (end - self.t0) * 1e-9, now, self.ls.name, self.ls.direction,
+                self.route.name if self.route is not None else None,
+                self.cluster.name if self.cluster is not None else None,
+                self.endpoint.label if self.endpoint is not None else None,
+                h.method.decode("latin-1"), raw[h.target_start:h.target_end].decode("latin-1"),
+                h.authority.decode("latin-1"), status, error, self.bytes_in, self.bytes_out,
+                self.peer,
+                f"{self.trace_hi:016x}{self.trace_lo:016x}" if self.traced else None,
+                f"{self.span_id:016x}" if self.traced else None,
+                f"{self.parent_id:016x}" if self.parent_id else None,
+                self.sampled, rid[14:-2].decode("latin-1") if rid is not None else None,
+                over * 1e-9)
 
     cdef bytes _request_line(self):
         cdef RequestHead h = self.head
@@ -1270,6 +1522,7 @@ cdef class Exchange:
             if self.req_chunks.done:
                 self.req_done = True
         if k:
+            self.bytes_in += k
             self.send_upstream(_slice(data, off, off + k))
         return k
 
@@ -1346,11 +1599,21 @@ cdef class Exchange:
             self.attach(up, True)
             return
         self.connecting = True
+        if not self.t_up:
+            self.t_dial = monotonic_ns()
         open_upstream(self.w, cl, ep, self)
+
+    cdef inline void dialed(self):
+        """A connection attempt ended: its time was the network's, not the proxy's."""
+        if self.t_dial:
+            self.t_wait += monotonic_ns() - self.t_dial
+            self.t_dial = 0
 
     cdef void attach(self, Upstream up, bint reused):
         cdef list q
         self.connecting = False
+        if not reused:
+            self.dialed()
         self.up = up
         self.reused = reused
         up.ex = self
@@ -1376,6 +1639,8 @@ cdef class Exchange:
             up._write(q[0])
         else:
             up._write(b"".join(q))
+        if not self.t_up:
+            self.t_up = monotonic_ns()
         self.down.resume(P_QUEUE)
         if self.down.writing_paused:
             self.pause_upstream_reading()
@@ -1383,6 +1648,7 @@ cdef class Exchange:
     cdef void tls_failed(self, Endpoint ep, str why):
         """The upstream TLS handshake or the server's identity check failed (SPEC §6)."""
         self.connecting = False
+        self.dialed()
         if self.down is None or self.rstate == R_DONE:
             return
         log.warning("cluster %s: TLS with %s:%d failed: %s", self.cluster.name, ep.host, ep.port, why)
@@ -1392,6 +1658,7 @@ cdef class Exchange:
     cdef void connect_failed(self, Endpoint ep, str why):
         """A new connection could not be made: try another endpoint, then give up."""
         self.connecting = False
+        self.dialed()
         if self.down is None or self.rstate == R_DONE:
             return
         if self.tried is None:
@@ -1409,6 +1676,8 @@ cdef class Exchange:
             return
         if self.rstate != R_HEAD:
             return
+        if not self.got_response_bytes:
+            self.t_rin = monotonic_ns()
         self.got_response_bytes = True
         if self.resp_pending is not None:
             self.resp_pending += data
@@ -1454,7 +1723,7 @@ cdef class Exchange:
         self.judge(rh.status >= 500)
         self.resp_framing = rh.framing
         self.resp_remaining = rh.content_length
-        keep = self.head.keep_alive and self.req_done and not self.w.draining \
+        keep = self.head.keep_alive and self.req_done and not self.down.ending() \
             and rh.framing != BODY_UNTIL_CLOSE
         if rh.framing == BODY_CHUNKED and not client_11:
             self.dechunk = True
@@ -1494,6 +1763,7 @@ cdef class Exchange:
             # the usual small response: head and body in one write
             body_len = n if n < self.resp_remaining else <Py_ssize_t>self.resp_remaining
             self.down.write(hw.build(raw, PyBytes_AS_STRING(data) + off, body_len))
+            self.bytes_out += body_len
             self.resp_remaining -= body_len
             if self.resp_remaining == 0:
                 if body_len < n:
@@ -1501,6 +1771,7 @@ cdef class Exchange:
                 self.finish()
             return
         self.down.write(hw.build(raw, NULL, 0))
+        self.t_rout = monotonic_ns()
         if n > 0:
             self.response_body(data, off)
 
@@ -1510,6 +1781,7 @@ cdef class Exchange:
         if self.resp_framing == BODY_LENGTH:
             k = n if n < self.resp_remaining else <Py_ssize_t>self.resp_remaining
             self.down.write(_slice(data, off, off + k))
+            self.bytes_out += k
             self.resp_remaining -= k
             if self.resp_remaining == 0:
                 if k < n:
@@ -1523,6 +1795,7 @@ cdef class Exchange:
             if k < 0:
                 self.upstream_failed(502, "bad_gateway", "malformed chunked response body")
                 return
+            self.bytes_out += k
             if self.dechunk:
                 for chunk in out:
                     self.down.write(chunk)
@@ -1533,12 +1806,14 @@ cdef class Exchange:
                     self.up.reusable = False
                 self.finish()
         else:
+            self.bytes_out += n
             self.down.write(_slice(data, off, off + n))
 
     cdef void finish(self):
         """The response is complete: pool the upstream connection, free the client."""
         cdef Upstream up = self.up
         cdef Downstream down = self.down
+        self.report(self.resp.status, None)
         self.rstate = R_DONE
         if up is not None:
             self.up = None
@@ -1568,10 +1843,11 @@ cdef class Exchange:
             return
         self.down = None
         # a request body we did not read leaves the connection unusable
-        close = not self.req_done or status == 400 or not self.head.keep_alive
+        close = not self.req_done or status == 400 or not self.head.keep_alive or down.ending()
         if self.rid_line is None:
             rid = self.head.get(b"x-request-id")
             self.rid_line = b"x-request-id: " + rid + CRLF if rid else self.w.new_request_id_line()
+        self.report(status, reason)
         down.send_error(status, reason, detail, self.rid_line, close)
         down.exchange_done(close)
 
@@ -1580,6 +1856,7 @@ cdef class Exchange:
         cdef Downstream down = self.down
         self.judge(True)
         if self.resp_started:
+            self.report(self.resp.status, reason)   # truncated: the client saw this status
             self.rstate = R_DONE
             self.drop_upstream()
             self.release_slot()
@@ -1641,6 +1918,8 @@ cdef class Exchange:
 
     cdef void client_gone(self):
         """The client connection closed: abandon the upstream side too."""
+        # 499 (as nginx logs it): the client left before any response head
+        self.report(self.resp.status if self.resp_started else 499, None)
         self.abandon()
         self.down = None
         self.rstate = R_DONE
@@ -1698,6 +1977,7 @@ cdef class Exchange:
 
     cdef void tunnel_close(self):
         cdef Downstream down = self.down
+        self.report(101, None)
         self.drop_upstream()
         self.release_slot()
         if down is not None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import logging
 import mmap
 import resource
+from dataclasses import dataclass
 
-from fastproxy._core.proxy import SHARED_BYTES
+from fastproxy._core.proxy import METRICS_BYTES, SHARED_BYTES
+from fastproxy.observe import failed
 
 from fastproxy.config import Config
 from fastproxy.runtime.sockets import BindError, bind_listeners, close_all
@@ -35,14 +37,28 @@ def check_identity(config: Config) -> None:
         raise IdentityError(f"identity {ident.id}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class Shared:
+    """Memory every worker shares: anonymous MAP_SHARED mappings made before the fork."""
+
+    breaker: mmap.mmap     # circuit-breaker slots
+    metrics: mmap.mmap     # every metric series
+    failed: mmap.mmap      # each worker's ring of recent failed requests
+    workers: int
+
+    @classmethod
+    def create(cls, workers: int) -> "Shared":
+        return cls(mmap.mmap(-1, SHARED_BYTES), mmap.mmap(-1, METRICS_BYTES),
+                   mmap.mmap(-1, failed.shared_bytes(workers)), workers)
+
+
 def run(config: Config, workers: int | None = None) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean drain. Raises BindError."""
     count = workers or config.proxy.workers
     raise_fd_limit()
     check_identity(config)
     per_worker = bind_listeners(config, count)
-    # breaker state every worker shares: an anonymous MAP_SHARED mapping, made before fork
-    shared = mmap.mmap(-1, SHARED_BYTES)
+    shared = Shared.create(count)
     try:
         if count == 1:
             # one worker: this process is it (no supervisor to pay for)

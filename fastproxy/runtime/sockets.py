@@ -33,7 +33,7 @@ def _open(family: int, sockaddr: tuple, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _bind(address, where: str, count: int) -> list[socket.socket]:
+def _bind(address, where: str, count: int, probe: bool = True) -> list[socket.socket]:
     try:
         infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
@@ -44,7 +44,8 @@ def _bind(address, where: str, count: int) -> list[socket.socket]:
     try:
         # A probe without SO_REUSEPORT: fails if anyone (even another proxy that set
         # SO_REUSEPORT) already listens here.
-        _open(family, sockaddr, reuse_port=False).close()
+        if probe:
+            _open(family, sockaddr, reuse_port=False).close()
         for _ in range(count):
             sock = _open(family, sockaddr, reuse_port=True)
             socks.append(sock)
@@ -72,6 +73,13 @@ def bind_listeners(config: Config, workers: int) -> list[dict[str, socket.socket
         close_all(per_worker)
         raise
     return per_worker
+
+
+def bind_one(listener, probe: bool = True) -> socket.socket:
+    """One worker's socket for a listener opened after the start (a reload added it, or a
+    restarted worker needs it). Without probe, it may join sockets of the other workers
+    on the same address. Raises BindError."""
+    return _bind(listener.bind, f"{listener.bind} (listener {listener.name!r})", 1, probe)[0]
 
 
 def close_all(per_worker: list[dict[str, socket.socket]]) -> None:

@@ -2,7 +2,10 @@
 
 It never handles traffic. Signals are taken synchronously (sigtimedwait), so there is no
 handler racing with fork: SIGTERM/SIGINT are forwarded and the workers drain, SIGHUP is
-forwarded for a reload, and a worker that dies unasked is restarted on the same sockets.
+forwarded for a reload (to every worker but the one that sent it: a worker's POST /reload
+has reloaded that worker already), and a worker that dies unasked is restarted on the
+same sockets. It follows reloads itself, so a restarted worker starts with the current
+configuration, and it lets go of the sockets of listeners a reload removed.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import signal
 import socket
 import time
 
-from fastproxy.config import Config
+from fastproxy.config import Config, ConfigError, load
 
 log = logging.getLogger("fastproxy")
 
@@ -20,6 +23,7 @@ SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 
 
 def _start(config: Config, sockets: dict[str, socket.socket], index: int, shared) -> int:
+    sockets = dict(sockets)
     pid = os.fork()
     if pid:
         return pid
@@ -29,7 +33,7 @@ def _start(config: Config, sockets: dict[str, socket.socket], index: int, shared
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         from fastproxy.runtime.worker import WorkerProcess
 
-        code = WorkerProcess(config, sockets, shared).run()
+        code = WorkerProcess(config, sockets, shared, index, supervised=True).run()
     except BaseException:
         log.exception("worker %d failed", index)
     finally:
@@ -46,6 +50,7 @@ def supervise(config: Config, per_worker: list[dict[str, socket.socket]], shared
         started[index] = time.monotonic()
     log.info("supervising %d workers (pids %s)", len(workers), " ".join(map(str, workers)))
     stopping_since = None
+    seen = _signature(config.path)
     while workers:
         timeout = 1.0
         if stopping_since is not None:
@@ -60,8 +65,14 @@ def supervise(config: Config, per_worker: list[dict[str, socket.socket]], shared
                 for pid in workers:
                     os.kill(pid, signal.SIGTERM)
         elif info is not None and info.si_signo == signal.SIGHUP:
+            config = _follow(config, per_worker)
+            seen = _signature(config.path)
             for pid in workers:
-                os.kill(pid, signal.SIGHUP)
+                if pid != info.si_pid:
+                    os.kill(pid, signal.SIGHUP)
+        elif _signature(config.path) != seen:   # the workers watch the file themselves
+            seen = _signature(config.path)
+            config = _follow(config, per_worker)
         # reap every worker that ended
         while workers:
             try:
@@ -81,6 +92,32 @@ def supervise(config: Config, per_worker: list[dict[str, socket.socket]], shared
             workers[_start(config, per_worker[index], index, shared)] = index
             started[index] = time.monotonic()
     return 0
+
+
+def _signature(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _follow(config: Config, per_worker: list[dict[str, socket.socket]]) -> Config:
+    """The configuration after a reload (the workers report errors; this stays quiet)."""
+    try:
+        new = load(config.path)
+    except ConfigError:
+        return config
+    if new.identity != config.identity or new.proxy.admin != config.proxy.admin:
+        return config     # refused by the workers too
+    keep = {l.name: (l.bind, l.tls) for l in new.listeners}
+    for listener in config.listeners:
+        if keep.get(listener.name) != (listener.bind, listener.tls):
+            for sockets in per_worker:
+                sock = sockets.pop(listener.name, None)
+                if sock is not None:
+                    sock.close()
+    return new
 
 
 def _describe(status: int) -> str:

@@ -1,25 +1,34 @@
 """One worker: a uvloop event loop serving every listener through the Cython core.
 
 Owns the worker's life: configure the core, resolve endpoint names (and re-resolve
-them), serve, reload on SIGHUP, and drain on SIGTERM/SIGINT. Nothing here runs per
+them), serve, reload (SIGHUP, the admin's POST /reload, the file changing), drain on
+SIGTERM/SIGINT, and the observability plumbing around the core: the record drain
+(access log, spans, failed requests) and the per-worker gauges. Nothing here runs per
 request.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+import time
 
 import uvloop
 
-from fastproxy._core.proxy import Worker
+from fastproxy._core.proxy import Port, Worker
 from fastproxy.config import Config, ConfigError, load
-from fastproxy.runtime.sockets import ADMIN
+from fastproxy.observe import metrics
+from fastproxy.observe.failed import FailedRing
+from fastproxy.observe.records import Drain
+from fastproxy.runtime.sockets import ADMIN, BindError, bind_one
 
 log = logging.getLogger("fastproxy")
 
-DNS_REFRESH = 30.0   # seconds between re-resolutions of endpoint names
+DNS_REFRESH = 30.0     # seconds between re-resolutions of endpoint names
+FILE_POLL = 1.0        # seconds between looks at the configuration file (SPEC: within 5 s)
+GAUGES_EVERY = 1.0     # seconds between publications of this worker's gauges
 
 
 async def resolve_endpoints(loop: asyncio.AbstractEventLoop, core: Worker) -> None:
@@ -49,17 +58,47 @@ class IdentityError(Exception):
     """This workload's identity material is unusable at start; the message says why."""
 
 
+class ReloadRefused(Exception):
+    """A reload that cannot be applied; the running configuration stays."""
+
+
+def _file_signature(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class Serving:
+    """One listener's socket and server in this worker."""
+
+    def __init__(self, listener, sock: socket.socket, port: Port, server):
+        self.listener = listener
+        self.sock = sock
+        self.port = port
+        self.server = server
+
+    def same_socket(self, listener) -> bool:
+        return (listener.bind, listener.tls) == (self.listener.bind, self.listener.tls)
+
+
 class WorkerProcess:
     """Runs the core on one event loop until told to stop."""
 
-    def __init__(self, config: Config, sockets: dict[str, socket.socket], shared=None):
+    def __init__(self, config: Config, sockets: dict[str, socket.socket], shared=None,
+                 index: int = 0, supervised: bool = False):
         self.config = config
         self.sockets = sockets
+        self.index = index
+        self.supervised = supervised       # under a supervisor (workers > 1)
         self.loop = uvloop.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.core = Worker(self.loop)
+        self.core.index = index
         if shared is not None:
-            self.core.attach_shared(shared)
+            self.core.attach_shared(shared.breaker, shared.metrics)
+        self.failed = FailedRing(shared.failed if shared is not None else None, index=index)
         self.core.configure(config)
         self.stopping = asyncio.Event()
         self.identity = None
@@ -67,6 +106,18 @@ class WorkerProcess:
         self.ready = False
         self.not_ready_reason = "starting"
         self.background: list[asyncio.Task] = []
+        self.serving: dict[str, Serving] = {}
+        self.generation = 1
+        self.loaded_at = time.time()
+        self.last_error: str | None = None
+        self.file_seen = _file_signature(config.path)
+        self.access_log = None
+        self.exporter = None
+        self.drain = Drain(self.core, self.failed)
+        self.published: dict[str, int] = {}
+        if index == 0:   # reloads are counted once, by the first worker
+            for result in ("success", "failure"):
+                self.core.metrics.add(metrics.key("fastproxy_config_reloads_total", result), 0, 0)
 
     def run(self) -> int:
         try:
@@ -77,39 +128,34 @@ class WorkerProcess:
     async def _main(self) -> int:
         loop = self.loop
         admin_sock = self.sockets.get(ADMIN)
+        admin = None
         if admin_sock is not None:
             from fastproxy.admin import AdminServer
 
             admin = await AdminServer(self).serve(admin_sock)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
+        self._observe(self.config)
+        self.background.append(loop.create_task(self.drain_records()))
+        self.background.append(loop.create_task(self._publish_gauges()))
         self.not_ready_reason = "waiting for this workload's certificate"
         identity = loop.create_task(self._start_identity())
         stop = loop.create_task(self.stopping.wait())
         await asyncio.wait({identity, stop}, return_when=asyncio.FIRST_COMPLETED)
         if not identity.done():   # told to stop before the first certificate came
             identity.cancel()
-            for task in self.background:
-                task.cancel()
-            if admin_sock is not None:
-                admin.close()
+            await self._finish(admin)
             return 0
         stop.cancel()
         identity.result()         # an unusable identity ends the worker here
         self.not_ready_reason = "starting listeners"
         await resolve_endpoints(loop, self.core)
-        servers = []
         for listener in self.config.listeners:
-            tls = None
-            if listener.tls != "off":
-                tls = self.identity.front_context(listener.tls == "mtls")
-            server = await loop.create_server(
-                self.core.protocol_factory(listener.name), sock=self.sockets[listener.name],
-                backlog=4096, ssl=tls,
-                ssl_handshake_timeout=listener.limits.header_timeout if tls else None)
-            servers.append(server)
-        dns = loop.create_task(self._refresh_dns())
+            sock = self.sockets.get(listener.name) or bind_one(listener, probe=False)
+            self.serving[listener.name] = await self._serve(listener, sock)
+        self.background.append(loop.create_task(self._refresh_dns()))
+        self.background.append(loop.create_task(self._watch_file()))
         log.info("serving %s", ", ".join(f"{l.name} on {l.bind}" for l in self.config.listeners))
         self.ready = True
         await self.stopping.wait()
@@ -117,8 +163,8 @@ class WorkerProcess:
         self.not_ready_reason = "draining"
 
         log.info("draining (at most %gs)", self.config.proxy.drain_timeout)
-        for server in servers:
-            server.close()
+        for serving in self.serving.values():
+            serving.server.close()
         self.core.begin_drain()
         try:
             await asyncio.wait_for(asyncio.shield(self.core.drained),
@@ -127,13 +173,107 @@ class WorkerProcess:
             log.warning("drain_timeout: closing %d connections",
                         self.core.open_connection_count())
         self.core.close_all()
-        dns.cancel()
-        for task in self.background:
-            task.cancel()
-        if admin_sock is not None:
-            admin.close()
+        await self._finish(admin)
         return 0
 
+    async def _serve(self, listener, sock: socket.socket) -> Serving:
+        tls = None
+        if listener.tls != "off":
+            tls = self.identity.front_context(listener.tls == "mtls")
+        port = Port(listener.name)
+        server = await self.loop.create_server(
+            self.core.protocol_factory(port), sock=sock, backlog=4096, ssl=tls,
+            ssl_handshake_timeout=listener.limits.header_timeout if tls else None)
+        return Serving(listener, sock, port, server)
+
+    async def _finish(self, admin) -> None:
+        """Stop the background work; what is recorded so far still goes out."""
+        for task in self.background:
+            task.cancel()
+        self.drain.flush()
+        if self.exporter is not None:
+            await self.exporter.close(2.0)
+        if self.access_log is not None:
+            self.access_log.close()
+        if admin is not None:
+            admin.close()
+
+    # -- observability ---------------------------------------------------------------------
+    def _observe(self, config: Config) -> None:
+        """Open (or re-open, after a reload changed them) the access log and the exporter."""
+        target = config.proxy.access_log
+        if (self.access_log.target if self.access_log else "off") != target:
+            old = self.access_log
+            self.access_log = None
+            if target != "off":
+                from fastproxy.observe.accesslog import AccessLog
+
+                try:
+                    self.access_log = AccessLog(target)
+                except OSError as exc:
+                    log.error("access log %s: %s; not logging", target, exc.strerror or exc)
+            if old is not None:
+                old.close()
+        address = config.tracing.export_address if config.tracing.propagate else None
+        current = (self.exporter.host, self.exporter.port, self.exporter.service_name) \
+            if self.exporter is not None else None
+        wanted = (address.host, address.port, config.tracing.service_name) if address else None
+        if current != wanted:
+            old_exporter = self.exporter
+            self.exporter = None
+            if wanted is not None:
+                from fastproxy.observe.tracing import SpanExporter
+
+                self.exporter = SpanExporter(*wanted)
+                self.background.append(self.loop.create_task(self.exporter.run()))
+            if old_exporter is not None:
+                self.loop.create_task(old_exporter.close(2.0))
+        self.drain.access_log = self.access_log
+        self.drain.exporter = self.exporter
+
+    async def drain_records(self) -> None:
+        while True:
+            await asyncio.sleep(Drain.INTERVAL)
+            self.drain.flush()
+
+    def counter_totals(self) -> dict[str, int]:
+        """This worker's counters kept in Python, by metric name."""
+        totals = {"fastproxy_records_dropped_total": self.core.records_dropped}
+        if self.access_log is not None:
+            totals["fastproxy_access_log_dropped_total"] = self.access_log.dropped
+        if self.exporter is not None:
+            totals["fastproxy_spans_exported_total"] = self.exporter.exported
+            totals["fastproxy_spans_dropped_total"] = self.exporter.dropped
+            totals["fastproxy_span_export_failures_total"] = self.exporter.export_failures
+        return totals
+
+    def publish_gauges(self) -> None:
+        """This worker's share of the gauges and of the counters Python keeps (added as
+        deltas, so a restarted worker's count goes on from its predecessor's)."""
+        table, i = self.core.metrics, self.index
+        for cluster in self.core.clusters.values():
+            active = sum(ep.active for ep in cluster.endpoints)
+            idle = sum(ep.idle_count for ep in cluster.endpoints)
+            table.set(metrics.key("fastproxy_upstream_connections", cluster.name, "active", worker=i), active)
+            table.set(metrics.key("fastproxy_upstream_connections", cluster.name, "idle", worker=i), idle)
+        open_by_listener = dict.fromkeys(self.core.listeners, 0)
+        for name in self.core.connection_listeners():
+            open_by_listener[name] = open_by_listener.get(name, 0) + 1
+        for name, count in open_by_listener.items():
+            table.set(metrics.key("fastproxy_downstream_connections", name, worker=i), count)
+        for name, total in self.counter_totals().items():
+            key = metrics.key(name, worker=i)
+            delta = total - self.published.get(key, 0)
+            if delta > 0:
+                table.add(key, 0, delta)
+                self.published[key] = total
+
+    async def _publish_gauges(self) -> None:
+        while True:
+            self.publish_gauges()
+            await asyncio.sleep(GAUGES_EVERY)
+
+    # -- identity ----------------------------------------------------------------------------
     async def _start_identity(self) -> None:
         """Load (or obtain) this workload's certificate before any listener serves."""
         ident = self.config.identity
@@ -172,32 +312,113 @@ class WorkerProcess:
         self.core.identity = state
         self.core.id_allowed = id_allowed
 
-    async def _refresh_dns(self) -> None:
-        if not any(not is_ip for c in self.core.clusters.values() for _, _, is_ip in c.addresses):
-            return
-        while True:
-            await asyncio.sleep(DNS_REFRESH)
-            await resolve_endpoints(self.loop, self.core)
-
     async def _watch_expiry(self, state) -> None:
         while True:
             await asyncio.sleep(30)
             state.check_expiry()
 
-    def reload(self) -> None:
-        """SIGHUP: apply the configuration file again if it is valid; re-read identity files."""
+    async def _refresh_dns(self) -> None:
+        while True:
+            await asyncio.sleep(DNS_REFRESH)
+            await resolve_endpoints(self.loop, self.core)
+
+    # -- reload ------------------------------------------------------------------------------
+    def _sighup(self) -> None:
         if self.watcher is not None:
             self.watcher.reload(force=True)
+        self.loop.create_task(self.reload("SIGHUP"))
+
+    async def _watch_file(self) -> None:
+        while True:
+            await asyncio.sleep(FILE_POLL)
+            seen = _file_signature(self.config.path)
+            if seen is not None and seen != self.file_seen:
+                await self.reload("the file changed")
+
+    async def reload(self, why: str) -> dict:
+        """Apply the configuration file again (SPEC §9): parsed, validated and compiled
+        first; anything wrong leaves the running configuration in force. The result is
+        what POST /reload answers."""
+        self.file_seen = _file_signature(self.config.path)
         try:
             config = load(self.config.path)
-        except ConfigError as exc:
-            log.error("reload refused, the running configuration stays:\n%s", exc)
-            return
-        if [(l.name, l.bind) for l in config.listeners] != \
-                [(l.name, l.bind) for l in self.config.listeners]:
-            log.error("reload refused: changing listeners needs a restart for now")
-            return
-        self.core.configure(config)
+            await self._apply(config)
+        except (ConfigError, ReloadRefused) as exc:
+            self.last_error = str(exc)
+            self._count_reload("failure")
+            log.error("reload (%s) refused, the running configuration stays:\n%s", why, exc)
+            return {"result": "failure", "error": str(exc)}
+        self.generation += 1
+        self.loaded_at = time.time()
+        self.last_error = None
+        self._count_reload("success")
+        log.info("configuration reloaded (%s): generation %d", why, self.generation)
+        return {"result": "success", "generation": self.generation}
+
+    def _count_reload(self, result: str) -> None:
+        if self.index == 0:
+            self.core.metrics.add(metrics.key("fastproxy_config_reloads_total", result))
+
+    async def _apply(self, config: Config) -> None:
+        old = self.config
+        if config.identity != old.identity:
+            raise ReloadRefused(f"{config.path}: identity: changing [identity] needs a restart")
+        if config.proxy.admin != old.proxy.admin:
+            raise ReloadRefused(f"{config.path}: proxy.admin: changing the admin address "
+                                "needs a restart")
+        if config.proxy.workers != old.proxy.workers:
+            log.warning("reload: proxy.workers changes at the next restart")
+        started = self.ready   # listeners open only once the worker serves
+        # new sockets first: a bind failure must leave everything as it was
+        fresh: dict[str, socket.socket] = {}
+        if started:
+            try:
+                for listener in config.listeners:
+                    current = self.serving.get(listener.name)
+                    if current is None or not current.same_socket(listener):
+                        # with several workers, the others bind the same address at the same time
+                        fresh[listener.name] = bind_one(
+                            listener, probe=current is None and not self.supervised)
+            except BindError as exc:
+                for sock in fresh.values():
+                    sock.close()
+                raise ReloadRefused(f"{config.path}: {exc}") from None
+        self.core.configure(config)     # requests in flight keep the snapshot they started with
         self.config = config
+        self._observe(config)
         self.loop.create_task(resolve_endpoints(self.loop, self.core))
-        log.info("configuration reloaded")
+        if not started:
+            return
+        names = {listener.name for listener in config.listeners}
+        for name, serving in list(self.serving.items()):
+            if name not in names or name in fresh:
+                self._close_listener(serving)
+                del self.serving[name]
+        for listener in config.listeners:
+            if listener.name in fresh:
+                self.serving[listener.name] = await self._serve(listener, fresh[listener.name])
+                log.info("listener %s: serving on %s", listener.name, listener.bind)
+
+    def _close_listener(self, serving: Serving) -> None:
+        """A removed (or moved) listener: no new connections; open ones wind down."""
+        serving.server.close()
+        serving.sock.close()
+        self.sockets.pop(serving.listener.name, None)
+        self.core.close_port(serving.port)
+        log.info("listener %s on %s: closed; its connections finish what they carry",
+                 serving.listener.name, serving.listener.bind)
+
+    # -- lifecycle requests from the admin API -------------------------------------------
+    async def admin_reload(self) -> dict:
+        """POST /reload: this worker now; the others through the supervisor."""
+        result = await self.reload("POST /reload")
+        if self.supervised and result["result"] == "success":
+            os.kill(os.getppid(), signal.SIGHUP)
+        return result
+
+    def admin_shutdown(self) -> None:
+        """POST /shutdown: drain every worker and exit."""
+        if self.supervised:
+            os.kill(os.getppid(), signal.SIGTERM)
+        else:
+            self.stopping.set()

@@ -63,7 +63,9 @@ def exchange(env, raw_request: bytes) -> tuple[Response, RecordedRequest]:
 
 # the proxy adds/owns these; everything else must arrive exactly as sent
 PROXY_OWNED = {b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", b"connection",
-               b"content-length", b"transfer-encoding"}
+               b"content-length", b"transfer-encoding",
+               # trace context (SPEC §7), propagated by default
+               b"traceparent", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled"}
 
 
 def test_other_request_headers_pass_unchanged_in_order(env):

@@ -1,0 +1,78 @@
+"""The per-request record the core hands to Python, and its field order.
+
+The core builds a plain tuple (cheap) in exactly the order of `Record`'s fields; Python
+wraps it with `Record._make`. A unit test keeps the two in step.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Record(NamedTuple):
+    start: float            # Unix time (s) the request head was complete
+    end: float              # Unix time (s) the response ended (or the request was given up)
+    listener: str
+    direction: str          # "inbound" | "outbound": server or client span
+    route: str | None       # the route's name; None without a route
+    cluster: str | None
+    upstream: str | None    # "host:port" of the endpoint that answered, or None
+    method: str
+    path: str               # the request target's path and query, as received
+    authority: str          # Host / authority
+    status: int             # the status sent to the client; 0 when none was (client gone)
+    error: str | None       # the SPEC §4 reason of a proxy-made response, else None
+    bytes_in: int           # request body bytes
+    bytes_out: int          # response body bytes
+    peer: str | None        # the verified SPIFFE id of an mtls client
+    trace_id: str | None    # 32 lowercase hex digits; None when tracing propagates nothing
+    span_id: str | None     # the proxy's span: 16 lowercase hex digits
+    parent_id: str | None   # the incoming parent span id, when a context was continued
+    sampled: bool
+    request_id: str
+    overhead: float         # seconds spent inside the proxy, upstream time excluded
+
+    @property
+    def failed(self) -> bool:
+        """SPEC §8 /requests/failed: status >= 500 or a proxy-made error."""
+        return self.status >= 500 or self.error is not None
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+class Drain:
+    """Takes the core's records off the hot path on a timer and hands them on: access log
+    lines, spans for the exporter, and failures for /requests/failed."""
+
+    INTERVAL = 0.2   # seconds; also the most a failed request waits to show in the admin
+
+    def __init__(self, core, failed, access_log=None, exporter=None):
+        self.core = core
+        self.failed = failed
+        self.access_log = access_log
+        self.exporter = exporter
+
+    def flush(self) -> None:
+        batch = self.core.take_records()
+        if not batch:
+            return
+        access_log, exporter, failed = self.access_log, self.exporter, self.failed
+        lines = [] if access_log is not None else None
+        for fields in batch:
+            record = Record._make(fields)
+            if lines is not None:
+                lines.append(access_log.line(record))
+            if exporter is not None and record.sampled:
+                exporter.submit(record)
+            if record.failed:
+                failed.add(record)
+        if lines:
+            access_log.write(lines)
+
+    async def run(self) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(self.INTERVAL)
+            self.flush()
