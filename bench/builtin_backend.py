@@ -1,7 +1,8 @@
 """The fallback backend when nginx is missing: a tiny keep-alive HTTP/1.1 server on uvloop.
 
 Answers `GET /` with the same 12 bytes as the nginx backend and `GET /64k` with 65,536
-bytes; anything else gets 404. Its cost per request is not nginx's, which the results
+bytes, and takes OTLP span exports (`POST /v1/traces`, 200) like the nginx backend;
+anything else gets 404. Its cost per request is not nginx's, which the results
 say when it was used. Pipelined requests are answered in order.
 
     python -m bench.builtin_backend --port 8080
@@ -20,7 +21,8 @@ def _response(status: str, body: bytes) -> bytes:
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-RESPONSES = {b"/": _response("200 OK", SMALL_BODY), b"/64k": _response("200 OK", LARGE_BODY)}
+RESPONSES = {b"/": _response("200 OK", SMALL_BODY), b"/64k": _response("200 OK", LARGE_BODY),
+             b"/v1/traces": _response("200 OK", b"")}
 NOT_FOUND = _response("404 Not Found", b"not found\n")
 
 

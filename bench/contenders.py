@@ -4,7 +4,8 @@ For a scenario each contender turns into a `Deployment`: the URL the load genera
 targets and the proxy processes to start (none for direct, two for the mTLS hop: an
 "inbound" sidecar in front of the app and an "outbound" one the client talks to). The
 configurations come from bench/templates/ and do the same job everywhere: one worker or
-thread, upstream keep-alive, no access log, the same certificates.
+thread, upstream keep-alive, no access log, the same certificates (fastproxy's h1-observe
+and h1-accesslog scenarios turn its observability on: the cost of it, measured).
 
 A contender that cannot run a scenario raises `NotAvailable` with the reason. For
 fastproxy a missing feature is found out by trying, never assumed, so the harness notices
@@ -219,7 +220,8 @@ class Fastproxy(Contender):
         return False, f"exit code {done.returncode}: {detail}"
 
     def write_config(self, path: Path, listen: str, upstream: str, identity: str = "",
-                     listener_tls: str = "", cluster_tls: str = "", traffic: bool = False) -> Path:
+                     listener_tls: str = "", cluster_tls: str = "", traffic: bool = False,
+                     observe: str = "off") -> Path:
         if traffic:
             routing = ('  [[listener.route]]\n'
                        '  split = [ { cluster = "next_hop", weight = 90 }, { cluster = "next_hop_b", weight = 10 } ]\n')
@@ -230,8 +232,16 @@ class Fastproxy(Contender):
         else:
             routing = ('  [[listener.route]]\n  cluster = "next_hop"\n\n'
                        f'[cluster.next_hop]\nendpoints = ["{upstream}"]\n{cluster_tls}')
+        if observe == "off":
+            observe_keys = 'access_log = "off"\nmetrics = false\n\n[tracing]\npropagate = []\n'
+        else:
+            log = f'"{path.with_suffix(".access.log")}"' if observe == "log" else '"off"'
+            # the backend takes the spans (POST /v1/traces answers 200)
+            observe_keys = (f'access_log = {log}\n\n[tracing]\nsample = 0.01\n'
+                            f'export = "otlp+http://{self._ctx.backend.address}"\n')
         return write_config(path, "fastproxy.toml", workers=self.workers, listen=listen,
-                            identity=identity, listener_tls=listener_tls, routing=routing)
+                            identity=identity, listener_tls=listener_tls, routing=routing,
+                            observe=observe_keys)
 
     def plain_config_works(self, ctx: DeployContext) -> tuple[bool, str]:
         """Does fastproxy accept the simplest config at all? Tells "no TLS yet" from "broken"."""
@@ -255,7 +265,8 @@ class Fastproxy(Contender):
                 identity = _identity_block(certs.client.spiffe_id, certs.client.cert, certs.client.key, certs.ca)
                 cluster_tls = f'tls = "mtls"\npeer = "{certs.server.spiffe_id}"'
             config = self.write_config(ctx.workdir / f"{name}.toml", f"127.0.0.1:{port}", upstream,
-                                       identity, listener_tls, cluster_tls, scenario.traffic)
+                                       identity, listener_tls, cluster_tls, scenario.traffic,
+                                       scenario.observe)
             accepted, detail = self.check(config)
             if not accepted:
                 if self.plain_config_works(ctx)[0]:

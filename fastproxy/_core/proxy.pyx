@@ -322,6 +322,19 @@ cdef class ListenerState:
         return None
 
 
+cdef void count_request(MetricTable table, ListenerState ls, str cluster, int status,
+                        int64_t duration_ns, int64_t overhead_ns):
+    """One request in fastproxy_requests_total and the two histograms (SPEC §8)."""
+    cdef PairStats ps = ls.pair(table, cluster)
+    cdef MetricSlot* slot = ps.code(table, status)
+    if slot is not NULL:
+        fp_addu(&slot.v[0], 1)
+    if ps.duration is not NULL:
+        hist_observe(ps.duration, DURATION_NS, N_DURATION, duration_ns)
+    if ls.overhead is not NULL:
+        hist_observe(ls.overhead, OVERHEAD_NS, N_OVERHEAD, overhead_ns)
+
+
 @cython.final
 cdef class Port:
     """One listening socket of a listener. It closes when a reload removes or moves its
@@ -588,6 +601,7 @@ cdef class Worker:
     cdef uint64_t sample_below       # a new trace is sampled when a random word is below
     cdef bint sample_all
     cdef uint64_t rng
+    cdef bint count_requests         # [proxy] metrics: request counters and histograms
     cdef bint log_all                # the access log is on: every request makes a record
     cdef bint export_spans           # spans are exported: sampled requests make a record
     cdef list records                # Record tuples for fastproxy.observe.records.Drain
@@ -700,6 +714,7 @@ cdef class Worker:
             if not self.sample_all else 0
         self.export_spans = tracing.export != "off" and self.trace_families != 0
         self.log_all = config.proxy.access_log != "off"
+        self.count_requests = config.proxy.metrics
 
     cdef Route _route(self, rc, dict clusters):
         cdef Route r = Route()
@@ -1126,15 +1141,9 @@ cdef class Downstream:
         counted and recorded, answered, and the connection closed."""
         cdef Worker w = self.w
         cdef ListenerState ls = self.ls
-        cdef PairStats ps = ls.pair(w.metrics, "")
-        cdef MetricSlot* slot = ps.code(w.metrics, status)
         cdef double now
-        if slot is not NULL:
-            fp_addu(&slot.v[0], 1)
-        if ps.duration is not NULL:
-            hist_observe(ps.duration, DURATION_NS, N_DURATION, 0)
-        if ls.overhead is not NULL:
-            hist_observe(ls.overhead, OVERHEAD_NS, N_OVERHEAD, 0)
+        if w.count_requests:
+            count_request(w.metrics, ls, "", status, 0, 0)
         now = unix_time()
         w.add_record((now, now, ls.name, ls.direction, None, None, None, "", "", "", status,
                       reason, 0, 0, self.peer_id, None, None, None, False, None, 0.0))
@@ -1444,9 +1453,6 @@ cdef class Exchange:
         cdef Worker w = self.w
         cdef ListenerState ls = self.ls
         cdef int64_t end, over
-        cdef PairStats ps
-        cdef MetricSlot* slot
-        cdef str cluster
         if self.reported or ls is None:
             return
         self.reported = True
@@ -1459,15 +1465,9 @@ cdef class Exchange:
             over = self.t_up - self.t0 - self.t_wait
         else:
             over = end - self.t0 - self.t_wait
-        cluster = self.cluster.name if self.cluster is not None else ""
-        ps = ls.pair(w.metrics, cluster)
-        slot = ps.code(w.metrics, status)
-        if slot is not NULL:
-            fp_addu(&slot.v[0], 1)
-        if ps.duration is not NULL:
-            hist_observe(ps.duration, DURATION_NS, N_DURATION, end - self.t0)
-        if ls.overhead is not NULL:
-            hist_observe(ls.overhead, OVERHEAD_NS, N_OVERHEAD, over)
+        if w.count_requests:
+            count_request(w.metrics, ls, self.cluster.name if self.cluster is not None else "",
+                          status, end - self.t0, over)
         if w.trace_families and not self.traced:
             self.trace()    # a response of our own gets a span too
         if w.log_all or (self.sampled and w.export_spans) or status >= 500 or error is not None:
@@ -1489,7 +1489,7 @@ cdef class Exchange:
                 f"{self.trace_hi:016x}{self.trace_lo:016x}" if self.traced else None,
                 f"{self.span_id:016x}" if self.traced else None,
                 f"{self.parent_id:016x}" if self.parent_id else None,
-                self.sampled, rid[14:-2].decode("latin-1") if rid is not None else None,
+                self.sampled, rid[14:PyBytes_GET_SIZE(rid) - 2].decode("latin-1") if rid is not None else None,
                 over * 1e-9)
 
     cdef bytes _request_line(self):

@@ -43,6 +43,7 @@ from fastproxy.config.schema import (
     Ctx,
     address,
     array,
+    boolean,
     choice,
     did_you_mean,
     duration,
@@ -251,6 +252,7 @@ PROXY: dict[str, Conv] = {
     "admin": leaf(_admin),
     "drain_timeout": duration(),
     "access_log": string(),  # "stdout" | "stderr" | "off" | a file path
+    "metrics": boolean,      # false: no request metrics (gauges and /metrics stay)
 }
 
 LIMITS: dict[str, Conv] = {

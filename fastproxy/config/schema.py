@@ -273,6 +273,15 @@ def choice(*options: str) -> Conv:
     return leaf(parse)
 
 
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidValue("must be true or false")
+    return value
+
+
+boolean: Conv = leaf(_boolean)
+
+
 def duration(*, positive: bool = False) -> Conv:
     """Float seconds (see `parse_duration`); with `positive`, 0 is refused."""
 
