@@ -96,6 +96,36 @@ def _positive(text: str) -> int:
     return value
 
 
+def _nonnegative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text!r}")
+    return value
+
+
+def _base_port(text: str) -> int:
+    from fastproxy.demo import PORT_SPAN
+
+    value = _positive(text)
+    if value + PORT_SPAN - 1 > 65535:
+        raise argparse.ArgumentTypeError(f"must be at most {65536 - PORT_SPAN} (the demo uses "
+                                         f"{PORT_SPAN} ports from it), not {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastproxy", description="a service-mesh sidecar proxy")
     p.add_argument("--version", action="version", version=f"fastproxy {__version__}")
@@ -110,9 +140,24 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", help="TOML file")
     check.set_defaults(func=cmd_check)
 
-    demo = sub.add_parser("demo", help="a demo app behind fastproxy on loopback")
-    demo.add_argument("--port", type=int, default=15001, help="the proxy's port (default 15001)")
-    demo.add_argument("--app-port", type=int, default=18080, help="the demo app's port (default 18080)")
+    demo = sub.add_parser("demo", help="a whole mesh on loopback: sidecars, mTLS, a split, a circuit breaker",
+                          description="Starts demo services, each with its own sidecar and certificate, "
+                          "sends them load and shows live what the mesh does. Ctrl-C stops everything.")
+    demo.add_argument("--base-port", type=_base_port, default=15000, metavar="N",
+                      help="the demo uses the 14 ports N..N+13 on 127.0.0.1 (default 15000)")
+    demo.add_argument("--duration", type=_seconds, default=0, metavar="SECONDS",
+                      help="stop after this many seconds of traffic (default: until Ctrl-C)")
+    demo.add_argument("--rate", type=_nonnegative, default=100, metavar="N",
+                      help="load generator requests per second to the frontend (default 100; 0: none)")
+    demo.add_argument("--ratings-healthy", type=_seconds, default=15, metavar="SECONDS",
+                      help="ratings answers well this long ... (default 15)")
+    demo.add_argument("--ratings-failing", type=_seconds, default=12, metavar="SECONDS",
+                      help="... then fails with 500s this long, repeating (default 12; 0: never fails)")
+    demo.add_argument("--plain", action="store_true",
+                      help="print plain lines instead of a refreshing screen (the default when "
+                      "stdout is not a terminal)")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the temporary directory (CA, certificates, configs, logs) at exit")
     demo.set_defaults(func=cmd_demo)
 
     ca = sub.add_parser("ca", help="the mesh certificate authority: init, issue, serve")
