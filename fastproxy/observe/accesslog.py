@@ -60,15 +60,17 @@ class AccessLog:
         self.thread = threading.Thread(target=self._writer, name="access-log", daemon=True)
         self.thread.start()
 
-    def line(self, r: Record) -> bytes:
+    def line(self, r: Record | tuple) -> bytes:
+        """One JSON line; takes the core's plain tuple as it comes (no Record made)."""
+        (start, end, listener, _, route, cluster, upstream, method, path, authority, status,
+         error, bytes_in, bytes_out, peer, trace_id, _, _, _, request_id, _) = r
         return orjson.dumps({
-            "time": self.time(r.start), "listener": r.listener, "route": r.route,
-            "method": r.method, "path": r.path, "authority": r.authority, "status": r.status,
-            "duration_ms": round((r.end - r.start) * 1000, 3), "bytes_in": r.bytes_in,
-            "bytes_out": r.bytes_out, "cluster": r.cluster, "upstream": r.upstream,
-            "peer": r.peer, "trace_id": r.trace_id, "request_id": r.request_id,
-            "error": r.error,
-        }) + b"\n"
+            "time": self.time(start), "listener": listener, "route": route, "method": method,
+            "path": path, "authority": authority, "status": status,
+            "duration_ms": round((end - start) * 1000, 3), "bytes_in": bytes_in,
+            "bytes_out": bytes_out, "cluster": cluster, "upstream": upstream, "peer": peer,
+            "trace_id": trace_id, "request_id": request_id, "error": error,
+        }, option=orjson.OPT_APPEND_NEWLINE)
 
     def write(self, lines: list[bytes]) -> None:
         """Queue whole lines for the writer thread; never blocks."""

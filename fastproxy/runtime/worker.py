@@ -137,7 +137,7 @@ class WorkerProcess:
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         self._observe(self.config)
-        self.background.append(loop.create_task(self.drain_records()))
+        self.background.append(loop.create_task(self.drain.run()))
         self.background.append(loop.create_task(self._publish_gauges()))
         self.not_ready_reason = "waiting for this workload's certificate"
         identity = loop.create_task(self._start_identity())
@@ -230,11 +230,6 @@ class WorkerProcess:
                 self.loop.create_task(old_exporter.close(2.0))
         self.drain.access_log = self.access_log
         self.drain.exporter = self.exporter
-
-    async def drain_records(self) -> None:
-        while True:
-            await asyncio.sleep(Drain.INTERVAL)
-            self.drain.flush()
 
     def counter_totals(self) -> dict[str, int]:
         """This worker's counters kept in Python, by metric name."""
