@@ -404,7 +404,8 @@ cdef char* _put_trace(char* o, uint64_t hi, uint64_t lo) noexcept:
 
 cdef bytes trace_lines(int families, bint b3_single, uint64_t hi, uint64_t lo, uint64_t span,
                        uint64_t parent, bint sampled):
-    """The trace headers sent upstream: our span as the parent of the next hop."""
+    """The trace headers sent upstream: our span as the parent of the next hop (the same
+    set as fastproxy.observe.tracing.outgoing)."""
     cdef char buf[320]
     cdef char* o = buf
     cdef char flag = b'1' if sampled else b'0'
@@ -424,11 +425,7 @@ cdef bytes trace_lines(int families, bint b3_single, uint64_t hi, uint64_t lo, u
             o = _put_hex(o + 1, span, 16)
             o[0] = b'-'
             o[1] = flag
-            o += 2
-            if parent:
-                o[0] = b'-'
-                o = _put_hex(o + 1, parent, 16)
-            o = _put(o, b"\r\n", 2)
+            o = _put(o + 2, b"\r\n", 2)
         else:
             o = _put(o, b"x-b3-traceid: ", 14)
             o = _put_trace(o, hi, lo)
