@@ -188,8 +188,9 @@ class AdminServer:
         if handler is not None:
             result = handler()
             return await result if inspect.isawaitable(result) else result
-        if any(p == path for _, p in self.routes):
-            return 405, {"error": f"{method} is not allowed on {path}"}
+        allowed = [m for m, p in self.routes if p == path]
+        if allowed:
+            return 405, {"error": f"{method} is not allowed on {path}", "allow": allowed}
         return 404, {"error": f"no such endpoint: {path}"}
 
     async def respond(self, conn: h11.Connection, writer, status: int, body) -> None:
@@ -198,6 +199,8 @@ class AdminServer:
         else:
             data, kind = orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n", "application/json"
         headers = [("content-type", kind), ("content-length", str(len(data)))]
+        if status == 405:
+            headers.append(("allow", ", ".join(body["allow"])))
         writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
         writer.write(conn.send(h11.Data(data=data)))
         writer.write(conn.send(h11.EndOfMessage()))

@@ -91,6 +91,7 @@ cdef class ChunkedReader:
     cdef long long remaining
     cdef Py_ssize_t line_bytes
     cdef Py_ssize_t trailer_bytes
+    cdef readonly long long data_bytes   # body bytes without the framing
     cdef readonly bint done
     cdef readonly str error
     cdef void reset(self)

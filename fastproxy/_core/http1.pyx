@@ -870,6 +870,7 @@ cdef class ChunkedReader:
         self.remaining = 0
         self.line_bytes = 0
         self.trailer_bytes = 0
+        self.data_bytes = 0
         self.done = False
         self.error = None
 
@@ -886,6 +887,7 @@ cdef class ChunkedReader:
                     data_out.append(PyBytes_FromStringAndSize(p + i, k))
                 i += k
                 self.remaining -= k
+                self.data_bytes += k
                 if self.remaining == 0:
                     self.state = C_DATA_CR
                 continue

@@ -1118,8 +1118,8 @@ cdef class Downstream:
         if self.client_eof and self.state == S_IDLE and not self.processing:
             self.close()
 
-    cdef void send_error(self, int status, str reason, str detail, bytes rid_line, bint close):
-        """A response the proxy makes itself (SPEC §4)."""
+    cdef Py_ssize_t send_error(self, int status, str reason, str detail, bytes rid_line, bint close):
+        """A response the proxy makes itself (SPEC §4); returns its body's size."""
         body = f"fastproxy: {reason}: {detail}\n".encode("utf-8", "replace")
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")),
                  b"content-type: text/plain; charset=utf-8\r\n",
@@ -1135,6 +1135,7 @@ cdef class Downstream:
             self.transport.write(b"".join(lines))
             if close:
                 self.close()
+        return len(body)
 
     cdef void refuse(self, int status, str reason, str detail):
         """A request refused before it became an exchange (malformed, too large, too slow):
@@ -1142,12 +1143,12 @@ cdef class Downstream:
         cdef Worker w = self.w
         cdef ListenerState ls = self.ls
         cdef double now
+        cdef Py_ssize_t sent = self.send_error(status, reason, detail, None, True)
         if w.count_requests:
             count_request(w.metrics, ls, "", status, 0, 0)
         now = unix_time()
         w.add_record((now, now, ls.name, ls.direction, None, None, None, "", "", "", status,
-                      reason, 0, 0, self.peer_id, None, None, None, False, None, 0.0))
-        self.send_error(status, reason, detail, None, True)
+                      reason, 0, sent, self.peer_id, None, None, None, False, None, 0.0))
 
     cdef inline bint ending(self):
         """Draining, or the listener went away: answer what is in flight, then close."""
@@ -1457,6 +1458,10 @@ cdef class Exchange:
             return
         self.reported = True
         end = monotonic_ns()
+        if self.req_chunks is not None:
+            self.bytes_in = self.req_chunks.data_bytes
+        if self.resp_chunks is not None:
+            self.bytes_out = self.resp_chunks.data_bytes
         # time inside the proxy: up to the request leaving (connects excluded), and from
         # the response head arriving to its leaving; everything for an answer of our own
         if self.t_rin:
@@ -1522,7 +1527,8 @@ cdef class Exchange:
             if self.req_chunks.done:
                 self.req_done = True
         if k:
-            self.bytes_in += k
+            if self.req_framing == BODY_LENGTH:
+                self.bytes_in += k      # chunked: the reader counts the data
             self.send_upstream(_slice(data, off, off + k))
         return k
 
@@ -1795,7 +1801,6 @@ cdef class Exchange:
             if k < 0:
                 self.upstream_failed(502, "bad_gateway", "malformed chunked response body")
                 return
-            self.bytes_out += k
             if self.dechunk:
                 for chunk in out:
                     self.down.write(chunk)
@@ -1847,8 +1852,8 @@ cdef class Exchange:
         if self.rid_line is None:
             rid = self.head.get(b"x-request-id")
             self.rid_line = b"x-request-id: " + rid + CRLF if rid else self.w.new_request_id_line()
+        self.bytes_out = down.send_error(status, reason, detail, self.rid_line, close)
         self.report(status, reason)
-        down.send_error(status, reason, detail, self.rid_line, close)
         down.exchange_done(close)
 
     cdef void upstream_failed(self, int status, str reason, str detail):

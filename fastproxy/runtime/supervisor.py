@@ -1,7 +1,9 @@
 """The supervising process of `workers = N`: forks the workers and keeps them running.
 
 It never handles traffic. Signals are taken synchronously (sigtimedwait), so there is no
-handler racing with fork: SIGTERM/SIGINT are forwarded and the workers drain, SIGHUP is
+handler racing with fork: SIGTERM/SIGINT are forwarded and the workers drain (the first
+worker, which serves the admin API, is told with SIGUSR1 when the others are done, so
+/ready answers 503 for the whole drain), SIGHUP is
 forwarded for a reload (to every worker but the one that sent it: a worker's POST /reload
 has reloaded that worker already), and a worker that dies unasked is restarted on the
 same sockets. It follows reloads itself, so a restarted worker starts with the current
@@ -22,12 +24,17 @@ log = logging.getLogger("fastproxy")
 SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 
 
-def _start(config: Config, sockets: dict[str, socket.socket], index: int, shared) -> int:
-    sockets = dict(sockets)
+def _start(config: Config, per_worker: list[dict[str, socket.socket]], index: int, shared) -> int:
     pid = os.fork()
     if pid:
         return pid
-    # the worker
+    # the worker: it keeps its own sockets only (another worker's inherited copy would
+    # keep that socket accepting after its owner closed it in a drain)
+    for other, sockets in enumerate(per_worker):
+        if other != index:
+            for sock in sockets.values():
+                sock.close()
+    sockets = dict(per_worker[index])
     code = 1
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
@@ -46,7 +53,7 @@ def supervise(config: Config, per_worker: list[dict[str, socket.socket]], shared
     workers: dict[int, int] = {}      # pid -> worker index
     started: dict[int, float] = {}    # index -> when it last started
     for index, sockets in enumerate(per_worker):
-        workers[_start(config, sockets, index, shared)] = index
+        workers[_start(config, per_worker, index, shared)] = index
         started[index] = time.monotonic()
     log.info("supervising %d workers (pids %s)", len(workers), " ".join(map(str, workers)))
     stopping_since = None
@@ -64,6 +71,11 @@ def supervise(config: Config, per_worker: list[dict[str, socket.socket]], shared
                 stopping_since = time.monotonic()
                 for pid in workers:
                     os.kill(pid, signal.SIGTERM)
+                # our copies of the listening sockets would keep the ports accepting
+                # connections nobody serves while the workers drain
+                for sockets in per_worker:
+                    for sock in sockets.values():
+                        sock.close()
         elif info is not None and info.si_signo == signal.SIGHUP:
             config = _follow(config, per_worker)
             seen = _signature(config.path)
@@ -83,13 +95,17 @@ def supervise(config: Config, per_worker: list[dict[str, socket.socket]], shared
             if pid == 0:
                 break
             index = workers.pop(pid, None)
-            if index is None or stopping_since is not None:
+            if stopping_since is not None:
+                if list(workers.values()) == [0]:   # only the admin's worker is left
+                    os.kill(next(iter(workers)), signal.SIGUSR1)
+                continue
+            if index is None:
                 continue
             log.error("worker %d (pid %d) ended unexpectedly (%s); restarting it", index, pid,
                       _describe(status))
             if time.monotonic() - started[index] < 1.0:
                 time.sleep(1.0)  # a worker that cannot stay up must not spin the CPU
-            workers[_start(config, per_worker[index], index, shared)] = index
+            workers[_start(config, per_worker, index, shared)] = index
             started[index] = time.monotonic()
     return 0
 

@@ -136,6 +136,8 @@ class WorkerProcess:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
+        others_done = asyncio.Event()     # supervised: the other workers have exited
+        loop.add_signal_handler(signal.SIGUSR1, others_done.set)
         self._observe(self.config)
         self.background.append(loop.create_task(self.drain.run()))
         self.background.append(loop.create_task(self._publish_gauges()))
@@ -165,6 +167,7 @@ class WorkerProcess:
         log.info("draining (at most %gs)", self.config.proxy.drain_timeout)
         for serving in self.serving.values():
             serving.server.close()
+            serving.sock.close()   # uvloop serves a duplicate: ours would keep accepting
         self.core.begin_drain()
         try:
             await asyncio.wait_for(asyncio.shield(self.core.drained),
@@ -173,6 +176,12 @@ class WorkerProcess:
             log.warning("drain_timeout: closing %d connections",
                         self.core.open_connection_count())
         self.core.close_all()
+        if admin is not None and self.supervised:
+            # the admin answers (/ready 503) until every worker has drained
+            try:
+                await asyncio.wait_for(others_done.wait(), self.config.proxy.drain_timeout + 5)
+            except asyncio.TimeoutError:
+                pass
         await self._finish(admin)
         return 0
 
