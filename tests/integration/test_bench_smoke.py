@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ["h1-small", "h1-traffic", "h1-conns", "h1-64k", "tls", "mtls-2hop", "latency"]
+SCENARIOS = ["h1-small", "h1-traffic", "h1-observe", "h1-accesslog", "h1-conns", "h1-64k", "tls",
+             "mtls-2hop", "latency"]
 STATUSES = {"ok", "not available", "skipped", "failed"}
 METRICS = ["rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_request", "peak_rss_mib", "errors"]
 CHARTS = ["throughput.png", "cpu_per_request.png", "latency.png"]
