@@ -244,15 +244,22 @@ cdef bint parse_traceparent(const char* p, Py_ssize_t n, TraceContext* c) noexce
 
 
 cdef int _b3_sampling(const char* p, Py_ssize_t n) noexcept nogil:
-    """B3 sampling state: 1, 0, or -2 when malformed ("d", debug, is sampled)."""
+    """The sampling state of single `b3`: 1, 0 ("d", debug, is sampled), -2 malformed."""
     if n == 1:
         if p[0] == b'1' or p[0] == b'd':
             return 1
         if p[0] == b'0':
             return 0
-    elif n == 4 and memcmp(p, b"true", 4) == 0:
+    return -2
+
+
+cdef int _b3_sampled_header(const char* p, Py_ssize_t n) noexcept nogil:
+    """`x-b3-sampled`: 1, 0 (also the legacy "true"/"false"), -2 malformed."""
+    if n == 1 and (p[0] == b'1' or p[0] == b'0'):
+        return p[0] - 48
+    if n == 4 and memcmp(p, b"true", 4) == 0:
         return 1
-    elif n == 5 and memcmp(p, b"false", 5) == 0:
+    if n == 5 and memcmp(p, b"false", 5) == 0:
         return 0
     return -2
 
@@ -285,7 +292,7 @@ cdef bint parse_b3_single(const char* p, Py_ssize_t n, TraceContext* c) noexcept
     if s == -2:
         return False
     if n != 2:   # then only "-{parentspanid}"
-        if n != 19 or p[2] != b'-' or not _hex(p + 3, 16, &grandparent):
+        if n != 19 or p[2] != b'-' or not _hex(p + 3, 16, &grandparent) or grandparent == 0:
             return False
     c.sampled = s
     c.source = TRACE_B3_SINGLE
@@ -321,8 +328,9 @@ cdef void read_trace_context(RequestHead h, int families, TraceContext* c) noexc
         if k == H_TRACEPARENT:
             repeated_tp = tp >= 0
             tp = i
-        elif k == H_TRACESTATE:
-            c.tracestate_bytes += <int>(f.value_end - f.value_start) + 1
+        elif k == H_TRACESTATE and f.value_end > f.value_start:
+            # the values joined with ","
+            c.tracestate_bytes += <int>(f.value_end - f.value_start) + (c.tracestate_bytes > 0)
         elif k == H_B3:
             repeated_single = single >= 0
             single = i
@@ -364,7 +372,7 @@ cdef void read_trace_context(RequestHead h, int families, TraceContext* c) noexc
         return
     if smp >= 0:
         f = &h.fields[smp]
-        state = _b3_sampling(p + f.value_start, f.value_end - f.value_start)
+        state = _b3_sampled_header(p + f.value_start, f.value_end - f.value_start)
         if state != -2:
             decision = state
     if flags >= 0:
