@@ -70,19 +70,10 @@ def _q(text: str) -> str:
 
 # --- configuration -----------------------------------------------------------------------
 
-def can_export() -> bool:
-    """Whether this build has the OTLP span exporter; without it a sidecar configured to
-    export would not start, and the demo is worth running without traces."""
-    import importlib.util
-
-    return importlib.util.find_spec("fastproxy.observe.tracing") is not None
-
-
-def sidecar_config(name: str, port: dict[str, int], certs: Path, logs: Path,
-                   export: bool = True) -> str:
+def sidecar_config(name: str, port: dict[str, int], certs: Path, logs: Path) -> str:
     """The TOML of one workload's sidecar."""
     me = spiffe_id(name)
-    target = f"otlp+http://{LOOPBACK}:{port['otlp']}" if export else "off"
+    target = f"otlp+http://{LOOPBACK}:{port['otlp']}"
     # the frontend's sidecar sees every request (ingress and outbound): its log is the one
     # worth tailing; the others would only fill the temporary directory
     access_log = _q(str(logs / "frontend-access.log")) if name == "frontend" else '"off"'
@@ -168,7 +159,7 @@ endpoints = ["{LOOPBACK}:{port['app:frontend']}"]
 """
 
 
-def make_mesh(workdir: Path, port: dict[str, int], export: bool) -> None:
+def make_mesh(workdir: Path, port: dict[str, int]) -> None:
     """The CA, one SVID per workload, and the sidecar configs, under `workdir`."""
     from fastproxy.identity.ca import init_ca, issue_files
 
@@ -177,7 +168,7 @@ def make_mesh(workdir: Path, port: dict[str, int], export: bool) -> None:
     for name in WORKLOADS:
         issue_files(ca, spiffe_id(name), workdir / "certs" / name, ttl=24 * 3600)
         (workdir / f"{name}.toml").write_text(
-            sidecar_config(name, port, workdir / "certs", workdir / "logs", export))
+            sidecar_config(name, port, workdir / "certs", workdir / "logs"))
 
 
 def busy_port(port: dict[str, int]) -> tuple[int, str, str] | None:
@@ -574,9 +565,7 @@ Ctrl-C stops everything."""
             lines.append(f"circuit ratings: {c.get('state', 'n/a')} (failures in window {c.get('failures', '?')}{trips})")
         else:
             lines.append("circuit ratings: n/a (GET /clusters gave nothing usable)")
-        if not self.args.export:
-            lines.append("traces: n/a (this build has no OTLP exporter; the sidecars export nothing)")
-        elif snap.sink:
+        if snap.sink:
             services = ", ".join(f"{k} {_n(v)}" for k, v in sorted(snap.sink.get("by_service", {}).items()))
             lines.append(f"traces: {_n(snap.sink.get('spans', 0))} spans at the OTLP sink"
                          + (f" ({services})" if services else ""))
@@ -591,7 +580,7 @@ Ctrl-C stops everything."""
             traced = sorted((e for e in snap.failed if e.get("trace_id")),
                             key=lambda e: e.get("reason") is not None)
             traced = traced[0]["trace_id"] if traced else None
-            if traced and self.args.export:
+            if traced:
                 lines.append(f"  its spans: curl http://{LOOPBACK}:{self.port['otlp']}/traces/{traced}")
         return lines
 
@@ -665,8 +654,7 @@ def main(args) -> int:
     children: list[Child] = []
     code = 0
     try:
-        args.export = can_export()
-        make_mesh(workdir, port, args.export)
+        make_mesh(workdir, port)
         logs = workdir / "logs"
         children.append(Child("demo apps", [
             sys.executable, "-m", "fastproxy.demo_apps",

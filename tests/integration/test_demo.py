@@ -78,7 +78,7 @@ class Demo:
 
 def summary(lines: list[str]) -> dict:
     """What the plain summary showed so far."""
-    seen = {"split": None, "circuit": [], "failed": [], "ids": set()}
+    seen = {"split": None, "circuit": [], "failed": [], "ids": set(), "spans": 0}
     for line in lines:
         m = re.search(r"\] split: reviews-v1 ([\d.]+)% \(([\d,]+)\)\s+reviews-v2 ([\d.]+)% \(([\d,]+)\)", line)
         if m:
@@ -89,6 +89,9 @@ def summary(lines: list[str]) -> dict:
         m = re.search(r"\] failed: .*\bcluster ratings (5\d\d) .*\btrace ([0-9a-f]{32})\b", line)
         if m:
             seen["failed"].append((m[1], m[2]))
+        m = re.search(r"\] traces: ([\d,]+) spans at the OTLP sink", line)
+        if m:
+            seen["spans"] = int(m[1].replace(",", ""))
         m = re.search(r"\] identity \S+: (spiffe://\S+)", line)
         if m:
             seen["ids"].add(m[1])
@@ -99,7 +102,7 @@ def complete(seen: dict) -> bool:
     circuit = seen["circuit"]
     reopened = "open" in circuit and "closed" in circuit[circuit.index("open"):]
     return (seen["split"] is not None and seen["split"][1] >= 200 and reopened
-            and bool(seen["failed"]) and seen["ids"] == set(IDS))
+            and bool(seen["failed"]) and seen["ids"] == set(IDS) and seen["spans"] > 0)
 
 
 def test_demo_shows_split_circuit_failures_identities_and_stops_on_sigint():
@@ -142,6 +145,7 @@ def test_demo_shows_split_circuit_failures_identities_and_stops_on_sigint():
         assert "closed" in circuit[circuit.index("open"):], \
             f"the ratings circuit did not close again after opening: {circuit}\n{out}"
         assert seen["failed"], f"no failed ratings request with a trace id from /requests/failed:\n{out}"
+        assert seen["spans"] > 0, f"no spans reached the demo's OTLP sink:\n{out}"
     finally:
         demo.kill()
 
