@@ -228,6 +228,7 @@ cdef inline bytes _slice(object data, Py_ssize_t a, Py_ssize_t b):
 
 include "resilience.pxi"
 include "telemetry.pxi"
+include "accesslog.pxi"
 
 
 # -- compiled configuration ---------------------------------------------------------------
@@ -235,6 +236,7 @@ include "telemetry.pxi"
 cdef class Route:
     """One route of a listener, compiled for matching against parsed offsets."""
     cdef readonly str name
+    cdef bytes json_name       # the name as a JSON string, for the access log
     cdef bytes host            # exact host, lowercase
     cdef bytes host_suffix     # ".example.com" for "*.example.com"
     cdef bytes prefix
@@ -280,6 +282,7 @@ cdef class Route:
 cdef class ListenerState:
     """A listener's compiled routes and limits; replaced whole on reload."""
     cdef readonly str name
+    cdef bytes json_name        # the name as a JSON string, for the access log
     cdef readonly list routes
     cdef Py_ssize_t max_header_bytes
     cdef int max_headers
@@ -352,6 +355,7 @@ cdef class Endpoint:
     cdef readonly str host
     cdef readonly int port
     cdef readonly str label          # "host:port", "[v6]:port"
+    cdef bytes json_label            # the label as a JSON string, for the access log
     cdef list idle
     cdef readonly int active
     cdef public double idle_timeout
@@ -363,6 +367,7 @@ cdef class Endpoint:
         self.host = host
         self.port = port
         self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.json_label = json_quoted(self.label)
         self.idle = []
         self.idle_timeout = 60.0
 
@@ -417,6 +422,7 @@ cdef class Endpoint:
 cdef class Cluster:
     """Endpoints of one upstream service and how to pick among them."""
     cdef readonly str name
+    cdef bytes json_name             # the name as a JSON string, for the access log
     cdef readonly list endpoints
     cdef Py_ssize_t rr
     cdef readonly double connect_timeout
@@ -442,6 +448,7 @@ cdef class Cluster:
 
     def __init__(self, str name):
         self.name = name
+        self.json_name = json_quoted(name)
         self.endpoints = []
         self.waiting = []
 
@@ -602,8 +609,9 @@ cdef class Worker:
     cdef bint sample_all
     cdef uint64_t rng
     cdef bint count_requests         # [proxy] metrics: request counters and histograms
-    cdef bint log_all                # the access log is on: every request makes a record
+    cdef bint log_all                # the access log is on: every request writes a line
     cdef bint export_spans           # spans are exported: sampled requests make a record
+    cdef readonly LogBuffer log      # access log lines, when log_all
     cdef list records                # Record tuples for fastproxy.observe.records.Drain
     cdef readonly uint64_t records_dropped
 
@@ -621,6 +629,7 @@ cdef class Worker:
         self.hw = HeadWriter()
         self.shared = SharedCounters()
         self.metrics = MetricTable()
+        self.log = LogBuffer()
         self.rng = int.from_bytes(os.urandom(8), "little") | 1
         self.records = []
 
@@ -685,6 +694,7 @@ cdef class Worker:
         for lc in config.listeners:
             ls = ListenerState()
             ls.name = lc.name
+            ls.json_name = json_quoted(lc.name)
             ls.max_header_bytes = lc.limits.max_header_bytes
             ls.max_headers = lc.limits.max_headers
             ls.header_timeout = lc.limits.header_timeout
@@ -719,6 +729,7 @@ cdef class Worker:
     cdef Route _route(self, rc, dict clusters):
         cdef Route r = Route()
         r.name = rc.name
+        r.json_name = json_quoted(rc.name)
         if rc.host is not None:
             if rc.host.startswith("*."):
                 r.host_suffix = rc.host[1:].lower().encode()
@@ -1147,6 +1158,9 @@ cdef class Downstream:
         if w.count_requests:
             count_request(w.metrics, ls, "", status, 0, 0)
         now = unix_time()
+        if w.log_all:
+            w.log.line(now, 0, ls.json_name, None, b"", 0, b"", 0, b"", 0, status, 0, sent, None,
+                       None, self.peer_id, False, 0, 0, NULL, 0, reason)
         w.add_record((now, now, ls.name, ls.direction, None, None, None, "", "", "", status,
                       reason, 0, sent, self.peer_id, None, None, None, False, None, 0.0))
 
@@ -1475,8 +1489,25 @@ cdef class Exchange:
                           status, end - self.t0, over)
         if w.trace_families and not self.traced:
             self.trace()    # a response of our own gets a span too
-        if w.log_all or (self.sampled and w.export_spans) or status >= 500 or error is not None:
+        if w.log_all:
+            self.log_line(status, error, end)
+        if (self.sampled and w.export_spans) or status >= 500 or error is not None:
             w.add_record(self.record(status, error, end, over))
+
+    cdef void log_line(self, int status, str error, int64_t end):
+        cdef RequestHead h = self.head
+        cdef const char* p = PyBytes_AS_STRING(h.raw)
+        cdef bytes rid = self.rid_line
+        self.w.log.line(
+            unix_time() - (end - self.t0) * 1e-9, end - self.t0, self.ls.json_name,
+            self.route.json_name if self.route is not None else None,
+            p + h.start, h.method_end - h.start, p + h.target_start, h.target_end - h.target_start,
+            p + h.authority_start, h.authority_end - h.authority_start, status, self.bytes_in,
+            self.bytes_out, self.cluster.json_name if self.cluster is not None else None,
+            self.endpoint.json_label if self.endpoint is not None else None, self.peer,
+            self.traced, self.trace_hi, self.trace_lo,
+            PyBytes_AS_STRING(rid) + 14 if rid is not None else NULL,
+            PyBytes_GET_SIZE(rid) - 16 if rid is not None else 0, error)
 
     cdef tuple record(self, int status, str error, int64_t end, int64_t over):
         """A fastproxy.observe.records.Record, as a plain tuple (same field order)."""

@@ -42,9 +42,10 @@ class Record(NamedTuple):
 
 
 class Drain:
-    """Takes the core's records off the hot path on a timer and hands them on: access log
-    lines, spans for the exporter, and failures for /requests/failed. Large batches are
-    handled in slices, letting the event loop serve traffic in between."""
+    """Takes what the core recorded off the hot path on a timer and hands it on: the
+    access log lines (written by the core) to the writer, sampled spans to the exporter,
+    failures to /requests/failed. Large batches of records are handled in slices, letting
+    the event loop serve traffic in between."""
 
     INTERVAL = 0.05   # seconds; also about the most a failed request waits to show in the admin
     SLICE = 256       # records handled between two turns of the event loop
@@ -57,14 +58,16 @@ class Drain:
 
     def flush(self) -> None:
         """Hand on everything recorded so far, at once (the admin and shutdown use it)."""
+        self.write_log()
         self.handle(self.core.take_records())
 
+    def write_log(self) -> None:
+        lines = self.core.log.take()
+        if self.access_log is not None:
+            self.access_log.write(lines)
+
     def handle(self, batch: list[tuple]) -> None:
-        if not batch:
-            return
-        access_log, exporter, failed = self.access_log, self.exporter, self.failed
-        if access_log is not None:
-            access_log.write([access_log.line(fields) for fields in batch])
+        exporter, failed = self.exporter, self.failed
         for fields in batch:
             # sampled, or a failure (status >= 500 or an error of the proxy's own)
             if fields[SAMPLED] or fields[STATUS] >= 500 or fields[ERROR] is not None:
@@ -79,6 +82,7 @@ class Drain:
 
         while True:
             await asyncio.sleep(self.INTERVAL)
+            self.write_log()
             batch = self.core.take_records()
             for at in range(0, len(batch), self.SLICE):
                 if at:

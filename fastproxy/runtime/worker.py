@@ -112,6 +112,7 @@ class WorkerProcess:
         self.last_error: str | None = None
         self.file_seen = _file_signature(config.path)
         self.access_log = None
+        self.closed_logs: list = []     # earlier access logs (a reload changed the target)
         self.exporter = None
         self.drain = Drain(self.core, self.failed)
         self.published: dict[str, int] = {}
@@ -222,7 +223,9 @@ class WorkerProcess:
                 except OSError as exc:
                     log.error("access log %s: %s; not logging", target, exc.strerror or exc)
             if old is not None:
+                self.drain.write_log()     # what was logged so far goes to the old target
                 old.close()
+                self.closed_logs.append(old)
         address = config.tracing.export_address if config.tracing.propagate else None
         current = (self.exporter.host, self.exporter.port, self.exporter.service_name) \
             if self.exporter is not None else None
@@ -242,9 +245,10 @@ class WorkerProcess:
 
     def counter_totals(self) -> dict[str, int]:
         """This worker's counters kept in Python, by metric name."""
-        totals = {"fastproxy_records_dropped_total": self.core.records_dropped}
-        if self.access_log is not None:
-            totals["fastproxy_access_log_dropped_total"] = self.access_log.dropped
+        totals = {"fastproxy_records_dropped_total": self.core.records_dropped,
+                  "fastproxy_access_log_dropped_total": self.core.log.dropped
+                  + sum(log.dropped for log in self.closed_logs)
+                  + (self.access_log.dropped if self.access_log is not None else 0)}
         if self.exporter is not None:
             totals["fastproxy_spans_exported_total"] = self.exporter.exported
             totals["fastproxy_spans_dropped_total"] = self.exporter.dropped
