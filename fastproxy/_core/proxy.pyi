@@ -12,6 +12,12 @@ OVERHEAD_BUCKETS: tuple[float, ...]
 def trace_context(raw_head: bytes, propagate: tuple[str, ...] = ...
                   ) -> tuple[str | None, str | None, int, str | None]: ...
 
+def access_log_line(record: tuple) -> bytes: ...
+
+class LogBuffer:
+    dropped: int
+    def take(self) -> bytes: ...
+
 class MetricTable:
     full: bool
     def __init__(self, buffer: object = ...) -> None: ...
@@ -53,6 +59,7 @@ class Worker:
     draining: bool
     drained: asyncio.Future[None] | None
     metrics: MetricTable
+    log: LogBuffer
     index: int
     records_dropped: int
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None: ...
