@@ -1,6 +1,11 @@
 """SpanExporter (SPEC §7): records become OTLP spans that reach a real OTLP/HTTP receiver
 (tests/support/otlp_sink.py, decoded with opentelemetry-proto); the queue is bounded,
-failures are counted, and submit never waits. Runs on uvloop, as the workers do."""
+failures are counted, and submit never waits. Runs on uvloop, as the workers do.
+
+The exporter serializes spans by hand; opentelemetry-proto is the oracle. Every request
+body any test sends is decoded with ExportTraceServiceRequest.FromString and must equal,
+unknown fields included, the request the library builds from the same records
+(`SpanExporter.request`); a hypothesis test does the same over every kind of field."""
 from __future__ import annotations
 
 import asyncio
@@ -15,9 +20,12 @@ from pathlib import Path
 
 import pytest
 import uvloop
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from fastproxy.observe import tracing
 from fastproxy.observe.records import Record
-from fastproxy.observe.tracing import SpanExporter
+from fastproxy.observe.tracing import KNOWN_METHODS, SpanExporter
 from support.otlp_sink import OTLPSink
 from support.procs import free_port, wait_for_ports
 
@@ -71,6 +79,38 @@ def export_all(port: int, records, **options) -> SpanExporter:
 def sink():
     with OTLPSink() as s:
         yield s
+
+
+@pytest.fixture(autouse=True)
+def oracle(monkeypatch):
+    """Every body an exporter POSTs must decode (FromString) to exactly what the library
+    builds from the records it carries: the records queued, in order, batch after batch."""
+    queued: dict[SpanExporter, list[Record]] = {}
+    posted: dict[SpanExporter, list[bytes]] = {}
+    submit, post = SpanExporter.submit, SpanExporter._post
+
+    def checked_submit(self, record):
+        before = len(self.queue)
+        submit(self, record)
+        if len(self.queue) > before:
+            queued.setdefault(self, []).append(record)
+
+    async def checked_post(self, body):
+        posted.setdefault(self, []).append(body)
+        return await post(self, body)
+
+    monkeypatch.setattr(SpanExporter, "submit", checked_submit)
+    monkeypatch.setattr(SpanExporter, "_post", checked_post)
+    yield
+    for ex, bodies in posted.items():
+        records = queued.get(ex, [])
+        at = 0
+        for body in bodies:
+            sent = ExportTraceServiceRequest.FromString(body)
+            count = len(sent.resource_spans[0].scope_spans[0].spans)
+            assert count > 0
+            assert sent == ex.request(records[at:at + count])
+            at += count
 
 
 def one_span(sink, rec: Record) -> dict:
@@ -346,3 +386,131 @@ def test_the_sink_runs_as_a_program_and_writes_spans(tmp_path):
     assert [(s["span_id"], s["kind"]) for s in spans] == [(S, "SPAN_KIND_SERVER"),
                                                           ("0000000000000002", "SPAN_KIND_CLIENT")]
     assert {s["service_name"] for s in spans} == {"web"}
+
+
+# -- the hand-made bytes against the library -----------------------------------------------------
+
+def hand_made(records) -> tuple[SpanExporter, bytes]:
+    """Submit (no event loop, no network), then the body the next export would send."""
+    ex = exporter(1, max_queue=len(records) + 1)
+    for r in records:
+        ex.submit(r)
+    assert ex.dropped == 0
+    return ex, ex.request_body(list(ex.queue))
+
+
+def assert_as_the_library(records) -> None:
+    ex, body = hand_made(records)
+    assert ExportTraceServiceRequest.FromString(body) == ex.request(records)
+
+
+HEX = "0123456789abcdef"
+# small pools as well as anything: records of one batch then share parts (and the cache
+# of encode_span, whose key must hold every field the fixed part depends on)
+NAMES = (st.sampled_from(["r1", "c1", "egress", "", "ünïcødé ✓", "a" * 130])
+         | st.text(max_size=20))
+ADDRESSES = st.sampled_from([
+    "web.local:8080", "web.local", "10.0.0.7:9000", "[::1]:8443", "[::1]", "::1", "h:", "h:0",
+    "h:99999", "h:123456", "h:\u0663", "h:\u00b2", ":80", "", "ẃéb.local:1"]
+) | st.text(max_size=20)
+TARGETS = st.sampled_from([
+    "/", "/a/b?x=1&y=2", "/?", "/only", "http://web.local:8080/x/y?q=1", "https://h", "*",
+    "/ü?ß=1", "/" + "p" * 200, "/?" + "q" * 20000]) | st.text(max_size=40)
+BIG = st.sampled_from([0, 1, 127, 128, 16383, 16384, 2**31, 2**63 - 1]) | st.integers(0, 2**63 - 1)
+
+
+def optional(strategy):
+    return st.none() | strategy
+
+
+@st.composite
+def records(draw) -> Record:
+    start = draw(st.sampled_from([0.0, 1_700_000_000.25]) | st.floats(0, 4e9))
+    return Record(
+        start=start, end=draw(st.sampled_from([start, start - 1, start + 0.5])
+                              | st.floats(0, 4e9)),
+        listener=draw(NAMES), direction=draw(st.sampled_from(["inbound", "outbound", ""])),
+        route=draw(optional(NAMES)), cluster=draw(optional(NAMES)),
+        upstream=draw(optional(ADDRESSES)),
+        method=draw(st.sampled_from(sorted(KNOWN_METHODS) + ["PURGE", "get", ""])
+                    | st.text(max_size=10)),
+        path=draw(TARGETS), authority=draw(ADDRESSES),
+        status=draw(st.sampled_from([0, 200, 404, 431, 499, 500, 502, 503, 999])),
+        error=draw(optional(st.sampled_from(["no_healthy_upstream", "", "é" * 200]) | NAMES)),
+        bytes_in=draw(BIG), bytes_out=draw(BIG), peer=draw(optional(NAMES)),
+        trace_id=draw(st.text(HEX, min_size=32, max_size=32)),
+        span_id=draw(st.text(HEX, min_size=16, max_size=16)),
+        parent_id=draw(st.none() | st.just("") | st.text(HEX, min_size=16, max_size=16)),
+        sampled=True, request_id=draw(optional(NAMES | st.text(min_size=100, max_size=300))),
+        overhead=0.001)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(records(), min_size=1, max_size=8))
+@example([record()])
+@example([record(), record(direction="outbound", parent_id=None, status=503,
+                          error="no_healthy_upstream", request_id="x" * 5000)])
+def test_the_hand_made_request_is_the_library_request(batch):
+    assert_as_the_library(batch)
+
+
+def test_lengths_of_every_varint_size_and_a_full_batch():
+    # one, two and three byte lengths, in every field that has one: every length up to
+    # where each attribute's KeyValue and the span itself need two bytes, then larger ones
+    for n in [*range(260), 16383, 16384, 70000]:
+        assert_as_the_library([record(path="/" + "p" * n, request_id="r" * n, listener="l" * n,
+                                      route="é" * n, error="e" * n, bytes_in=n, bytes_out=n),
+                               record(path="/?" + "q" * n, request_id="", method="M" * n,
+                                      parent_id=None, error=None, status=n)])
+    # a 512-span request is longer than 2**16 bytes: its own lengths take three bytes
+    assert_as_the_library([record(span_id=f"{i + 1:016x}", bytes_out=i * 1000)
+                           for i in range(512)])
+
+
+def test_ids_the_core_would_not_make_are_encoded_one_by_one():
+    # bytes.fromhex takes uppercase and skips spaces: the span still says what the library does
+    assert_as_the_library([record(trace_id=T.upper()), record(span_id="e457b5a2 e4d86b "),
+                           record(trace_id="4b f9 " + T[4:30]), record(trace_id="ab" * 8),
+                           record(parent_id="00f0 67aa0ba902 "), record(parent_id=P * 2)])
+
+
+def test_the_cache_of_fixed_parts_is_bounded():
+    tracing._FIXED.clear()
+    batch = [record(route=f"r{i}") for i in range(tracing._FIXED_MAX + 10)]
+    assert_as_the_library(batch)
+    assert 0 < len(tracing._FIXED) <= tracing._FIXED_MAX
+
+
+def test_a_record_no_span_can_carry_is_dropped_not_raised(caplog):
+    bad = [record(trace_id="zz" * 16), record(start=-1.0), record(start=float("nan")),
+           record(listener=None), record(bytes_in=2**63), record(method=None)]
+    for r in bad:   # the library refuses each of them too
+        with pytest.raises((ValueError, TypeError)):
+            exporter(1).request([r])
+    ex = exporter(1)
+    with caplog.at_level(logging.DEBUG, logger="fastproxy"):
+        assert [ex.submit(r) for r in bad] == [None] * len(bad)
+        ex.submit(record())
+    assert (len(ex.queue), ex.dropped, ex.unencodable) == (1, len(bad), len(bad))
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "span dropped" in warnings[0].getMessage()
+
+
+def test_an_export_encodes_nothing(sink, monkeypatch):
+    """The spans are encoded at submit; the export only puts bytes together, so the event
+    loop never pauses for a batch."""
+    async def main():
+        ex = exporter(sink.port, batch_size=512)
+        for i in range(600):
+            ex.submit(record(span_id=f"{i + 1:016x}"))
+
+        def refuse(*args):
+            raise AssertionError("an export encoded a span")
+        monkeypatch.setattr(tracing, "encode_span", refuse)
+        monkeypatch.setattr(tracing, "_fill_span", refuse)
+        await ex.close(5.0)
+        monkeypatch.undo()      # the oracle uses the library
+        return ex
+    ex = uvloop.run(main())
+    assert (ex.exported, ex.dropped) == (600, 0)
+    assert [n for _, _, n, _ in sink.requests] == [512, 88]
