@@ -52,11 +52,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(_config_path(args.config))
     _setup_logging()
-    from fastproxy.runtime.worker import IdentityError
+    from fastproxy.runtime.worker import StartError
 
     try:
         return run(config, workers=args.workers)
-    except (BindError, IdentityError) as exc:
+    except (BindError, StartError) as exc:
         print(f"fastproxy: {exc}", file=sys.stderr)
         return 1
 

@@ -528,6 +528,7 @@ cdef class Cluster:
                 ex.waiting_slot = False
                 ex.holds_slot = True
                 self.in_flight += 1
+                ex.dialed()         # the wait for a busy cluster is not the proxy's time
                 ex.connect_endpoint()
 
     # -- retry budget: retries at most RETRY_RATIO of requests over RETRY_WINDOW seconds -----
@@ -785,13 +786,15 @@ cdef class Worker:
         self.drained = self.loop.create_future()
         for d in list(self.connections):
             d.wind_down()
-        for d in self.waiting:
-            d.close()
         self._check_drained()
 
     def close_all(self):
+        """drain_timeout is over: close everything. Requests still in flight are reported,
+        cut off (error "drain_timeout")."""
         cdef Downstream d
         for d in list(self.connections):
+            if d.ex is not None:
+                d.ex.report(d.ex.resp.status if d.ex.resp_started else 499, "drain_timeout")
             d.close()
         for cl in self.clusters.values():
             for ep in cl.endpoints:
@@ -1155,14 +1158,21 @@ cdef class Downstream:
         cdef ListenerState ls = self.ls
         cdef double now
         cdef Py_ssize_t sent = self.send_error(status, reason, detail, None, True)
+        cdef uint64_t hi = 0, lo = 0, span = 0
+        cdef bint sampled = False
         if w.count_requests:
             count_request(w.metrics, ls, "", status, 0, 0)
+        if w.trace_families:    # a response of our own gets a span (of a new trace) too
+            hi, lo, span = w.random64(), w.random64() or 1, w.random64() or 1
+            sampled = w.sample_all or w.random64() < w.sample_below
         now = unix_time()
         if w.log_all:
             w.log.line(now, 0, ls.json_name, None, b"", 0, b"", 0, b"", 0, status, 0, sent, None,
-                       None, self.peer_id, False, 0, 0, NULL, 0, reason)
+                       None, self.peer_id, w.trace_families != 0, hi, lo, NULL, 0, reason)
         w.add_record((now, now, ls.name, ls.direction, None, None, None, "", "", "", status,
-                      reason, 0, sent, self.peer_id, None, None, None, False, None, 0.0))
+                      reason, 0, sent, self.peer_id,
+                      f"{hi:016x}{lo:016x}" if w.trace_families else None,
+                      f"{span:016x}" if w.trace_families else None, None, sampled, None, 0.0))
 
     cdef inline bint ending(self):
         """Draining, or the listener went away: answer what is in flight, then close."""
@@ -1204,7 +1214,10 @@ cdef class Downstream:
             return
         if self.state == S_IDLE:
             if self.requests == 0 and not (self.paused & P_ADMISSION) and not self.ending():
-                self.refuse(408, "request_timeout", "no request head within header_timeout")
+                # SPEC §11: 408 from accept; but a connection that never sent a byte made
+                # no request, so nothing is counted or logged (a preconnect, a probe)
+                self.send_error(408, "request_timeout", "no request head within header_timeout",
+                                None, True)
             else:
                 self.close()
         elif self.state == S_HEAD:
@@ -1468,9 +1481,10 @@ cdef class Exchange:
         cdef Worker w = self.w
         cdef ListenerState ls = self.ls
         cdef int64_t end, over
-        if self.reported or ls is None:
+        if self.reported:
             return
         self.reported = True
+        self.dialed()
         end = monotonic_ns()
         if self.req_chunks is not None:
             self.bytes_in = self.req_chunks.data_bytes
@@ -1599,6 +1613,8 @@ cdef class Exchange:
                                 f"in use and {len(cl.waiting)} requests waiting")
                     return
                 self.waiting_slot = True
+                if not self.t_up:
+                    self.t_dial = monotonic_ns()
                 cl.waiting.append(self)
                 return
             self.holds_slot = True
@@ -1641,7 +1657,8 @@ cdef class Exchange:
         open_upstream(self.w, cl, ep, self)
 
     cdef inline void dialed(self):
-        """A connection attempt ended: its time was the network's, not the proxy's."""
+        """A connection attempt (or a wait for a slot of a busy cluster) ended: its time was
+        the upstream side's, not the proxy's."""
         if self.t_dial:
             self.t_wait += monotonic_ns() - self.t_dial
             self.t_dial = 0
@@ -1713,7 +1730,7 @@ cdef class Exchange:
             return
         if self.rstate != R_HEAD:
             return
-        if not self.got_response_bytes:
+        if not self.t_rin:
             self.t_rin = monotonic_ns()
         self.got_response_bytes = True
         if self.resp_pending is not None:
@@ -1733,12 +1750,15 @@ cdef class Exchange:
                 return
             if self.resp.status >= 200 or self.resp.status == 101:
                 break
-            # 1xx: relay to HTTP/1.1 clients, then read on
+            # 1xx: relay to HTTP/1.1 clients, then read on; waiting for the final response
+            # (and the client's body after a 100) is not the proxy's time
             if self.head.version == 11:
                 self.down.write(self.resp.raw[self.resp.start:r])
             self.resp.reset()
             if r == _len(data):
+                self.t_rin = 0
                 return
+            self.t_rin = monotonic_ns()
             data = data[r:]
         if self.resp.status == 101:
             self.start_tunnel(data, r)
@@ -1800,6 +1820,7 @@ cdef class Exchange:
             # the usual small response: head and body in one write
             body_len = n if n < self.resp_remaining else <Py_ssize_t>self.resp_remaining
             self.down.write(hw.build(raw, PyBytes_AS_STRING(data) + off, body_len))
+            self.t_rout = monotonic_ns()
             self.bytes_out += body_len
             self.resp_remaining -= body_len
             if self.resp_remaining == 0:
@@ -1981,6 +2002,7 @@ cdef class Exchange:
             return
         self.judge(False)
         self.resp_started = True
+        self.t_rout = monotonic_ns()
         self.rstate = R_BODY
         self.resp_framing = BODY_UNTIL_CLOSE
         self.up.reusable = False

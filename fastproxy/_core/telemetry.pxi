@@ -37,7 +37,7 @@ from posix.time cimport CLOCK_REALTIME
 
 cdef enum:
     METRIC_SLOTS = 4096
-    METRIC_KEY = 160
+    METRIC_KEY = 192          # the longest key: a histogram's name and two 64-character names
     METRIC_VALUES = 32
     MAX_STATUS = 600
 
@@ -78,16 +78,15 @@ cdef inline double unix_time() noexcept nogil:
 
 
 cdef inline void hist_observe(MetricSlot* s, const int64_t* bounds, int nb, int64_t ns) noexcept nogil:
-    """Histogram slot layout: v[0..nb] bucket counts (v[nb] is +Inf), v[nb+1] the count,
-    v[nb+2] the sum in nanoseconds."""
+    """Histogram slot layout: v[0..nb] bucket counts (v[nb] is +Inf), v[nb+1] the sum in
+    nanoseconds. The count is the buckets' total (so a scrape is always consistent)."""
     cdef int i = 0
     if ns < 0:
         ns = 0
     while i < nb and ns > bounds[i]:
         i += 1
     fp_addu(&s.v[i], 1)
-    fp_addu(&s.v[nb + 1], 1)
-    fp_addu(&s.v[nb + 2], <uint64_t>ns)
+    fp_addu(&s.v[nb + 1], <uint64_t>ns)
 
 
 cdef class MetricTable:
@@ -128,7 +127,10 @@ cdef class MetricTable:
                 return s
             if fp_loadu(&s.hash) == h:
                 return s
-        self.full = True
+        if not self.full:
+            self.full = True
+            log.warning("metrics: the table of %d series is full; new series are not counted",
+                        METRIC_SLOTS)
         return NULL
 
     def add(self, str key, int index=0, uint64_t value=1):

@@ -150,10 +150,15 @@ _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
+MAX_NAME = 64   # names are metric labels and keys of the shared metric table
+
+
 def check_name(value: str) -> None:
-    """Listener, route and cluster names: [A-Za-z0-9_-]+."""
+    """Listener, route and cluster names: [A-Za-z0-9_-]+, at most 64 characters."""
     if not _NAME.fullmatch(value):
         raise InvalidValue(NAME_MESSAGE)
+    if len(value) > MAX_NAME:
+        raise InvalidValue(f"must be at most {MAX_NAME} characters long")
 
 
 def check_token(value: str) -> bool:

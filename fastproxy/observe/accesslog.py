@@ -36,6 +36,7 @@ class AccessLog:
         self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
         self.dropped = 0           # lines
         self.waiting = 0           # bytes queued
+        self.lock = threading.Lock()   # dropped and waiting change in both threads
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._writer, name="access-log", daemon=True)
         self.thread.start()
@@ -44,32 +45,35 @@ class AccessLog:
         """Queue whole lines for the writer thread; never blocks."""
         if not lines:
             return
-        if self.waiting + len(lines) > MAX_WAITING:
-            self.dropped += lines.count(b"\n")
-            return
-        self.waiting += len(lines)
+        with self.lock:
+            if self.waiting + len(lines) > MAX_WAITING:
+                self.dropped += lines.count(b"\n")
+                return
+            self.waiting += len(lines)
         self.queue.put(lines)
 
     def close(self, timeout: float = 2.0) -> None:
         """Write what is queued (for at most timeout), then stop."""
         self.queue.put(None)
         self.thread.join(timeout)
-        if self.own_fd:
-            os.close(self.fd)
 
     def _writer(self) -> None:
         while True:
             lines = self.queue.get()
             if lines is None:
-                return
-            self.waiting -= len(lines)
+                break
+            with self.lock:
+                self.waiting -= len(lines)
             try:
                 for chunk in self._chunks(lines):
                     while chunk:
                         chunk = chunk[os.write(self.fd, chunk):]
             except OSError as exc:
-                self.dropped += lines.count(b"\n")
+                with self.lock:
+                    self.dropped += lines.count(b"\n")
                 log.warning("access log %s: %s", self.target, exc.strerror or exc)
+        if self.own_fd:    # here, so a slow last write never meets a closed (reused) fd
+            os.close(self.fd)
 
     def _chunks(self, lines: bytes):
         """One write for a file (O_APPEND lands it whole); for a pipe, pieces of at most

@@ -46,8 +46,9 @@ class FailedRing:
 
     def add(self, record: Record) -> None:
         data = orjson.dumps(entry(record))
-        if len(data) > _DATA:       # only a very long path or peer id could do this
-            data = orjson.dumps({**entry(record), "path": "", "authority": ""})[:_DATA]
+        if len(data) > _DATA:       # very long strings (a client's request id, a peer id)
+            data = orjson.dumps({k: v[:24] if isinstance(v, str) and k != "trace_id" else v
+                                 for k, v in entry(record).items()})
         at = self.base + (self.next % ENTRIES) * ENTRY_BYTES
         self.next += 1
         seq = _HEADER.unpack_from(self.buffer, at)[0]

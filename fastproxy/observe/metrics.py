@@ -109,7 +109,7 @@ def render(series: list[tuple[str, tuple[int, ...]]], extra: list[str] = ()) -> 
                 cumulative += values[n]
                 le = 'le="+Inf"'
                 lines.append(f"{name}_bucket{_labels(names, labels_t, le)} {cumulative}")
-                lines.append(f"{name}_sum{_labels(names, labels_t)} {_number(values[n + 2] / 1e9)}")
+                lines.append(f"{name}_sum{_labels(names, labels_t)} {_number(values[n + 1] / 1e9)}")
                 lines.append(f"{name}_count{_labels(names, labels_t)} {cumulative}")
             else:
                 lines.append(f"{name}{_labels(names, labels_t)} {values[0]}")

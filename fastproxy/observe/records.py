@@ -19,7 +19,8 @@ class Record(NamedTuple):
     method: str
     path: str               # the request target's path and query, as received
     authority: str          # Host / authority
-    status: int             # the status sent to the client; 0 when none was (client gone)
+    status: int             # the status sent to the client; 499 (as nginx logs it) when the
+                            # client left before any response head
     error: str | None       # the SPEC §4 reason of a proxy-made response, else None
     bytes_in: int           # request body bytes
     bytes_out: int          # response body bytes
@@ -68,14 +69,12 @@ class Drain:
 
     def handle(self, batch: list[tuple]) -> None:
         exporter, failed = self.exporter, self.failed
-        for fields in batch:
-            # sampled, or a failure (status >= 500 or an error of the proxy's own)
-            if fields[SAMPLED] or fields[STATUS] >= 500 or fields[ERROR] is not None:
-                record = Record._make(fields)
-                if exporter is not None and record.sampled:
-                    exporter.submit(record)
-                if record.failed:
-                    failed.add(record)
+        for fields in batch:    # the core records sampled requests and failures only
+            record = Record._make(fields)
+            if exporter is not None and record.sampled:
+                exporter.submit(record)
+            if record.failed:
+                failed.add(record)
 
     async def run(self) -> None:
         import asyncio
@@ -89,7 +88,3 @@ class Drain:
                     await asyncio.sleep(0)
                 self.handle(batch[at:at + self.SLICE])
 
-
-STATUS = Record._fields.index("status")
-ERROR = Record._fields.index("error")
-SAMPLED = Record._fields.index("sampled")

@@ -29,12 +29,12 @@ def check_identity(config: Config) -> None:
         return
     from fastproxy.identity.svid import SVIDError
     from fastproxy.identity.tls import load_files
-    from fastproxy.runtime.worker import IdentityError
+    from fastproxy.runtime.worker import StartError
 
     try:
         load_files(ident.cert, ident.key, ident.trust, ident.id)
     except SVIDError as exc:
-        raise IdentityError(f"identity {ident.id}: {exc}") from None
+        raise StartError(f"identity {ident.id}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,28 @@ class Shared:
                    mmap.mmap(-1, failed.shared_bytes(workers)), workers)
 
 
+def check_access_log(config: Config) -> None:
+    """Refuse to start when the access log file cannot be opened for appending."""
+    target = config.proxy.access_log
+    if target in ("stdout", "stderr", "off"):
+        return
+    import os
+
+    from fastproxy.runtime.worker import StartError
+
+    try:
+        os.close(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    except OSError as exc:
+        raise StartError(f"{config.path}: proxy.access_log: cannot open {target}: "
+                         f"{exc.strerror or exc}") from None
+
+
 def run(config: Config, workers: int | None = None) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean drain. Raises BindError."""
     count = workers or config.proxy.workers
     raise_fd_limit()
     check_identity(config)
+    check_access_log(config)
     per_worker = bind_listeners(config, count)
     shared = Shared.create(count)
     try:

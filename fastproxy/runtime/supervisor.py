@@ -2,8 +2,9 @@
 
 It never handles traffic. Signals are taken synchronously (sigtimedwait), so there is no
 handler racing with fork: SIGTERM/SIGINT are forwarded and the workers drain (the first
-worker, which serves the admin API, is told with SIGUSR1 when the others are done, so
-/ready answers 503 for the whole drain), SIGHUP is
+worker, which serves the admin API, is told with SIGUSR2 when the others are done, so
+/ready answers 503 for the whole drain), SIGUSR1 (reopen the access log) is forwarded,
+SIGHUP is
 forwarded for a reload (to every worker but the one that sent it: a worker's POST /reload
 has reloaded that worker already), and a worker that dies unasked is restarted on the
 same sockets. It follows reloads itself, so a restarted worker starts with the current
@@ -21,7 +22,7 @@ from fastproxy.config import Config, ConfigError, load
 
 log = logging.getLogger("fastproxy")
 
-SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD}
 
 
 def _start(config: Config, per_worker: list[dict[str, socket.socket]], index: int, shared) -> int:
@@ -61,7 +62,9 @@ def supervise(config: Config, per_worker: list[dict[str, socket.socket]], shared
     while workers:
         timeout = 1.0
         if stopping_since is not None:
-            grace = config.proxy.drain_timeout + 5.0
+            # the admin's worker waits up to drain_timeout + 5 s for the others, after
+            # its own drain
+            grace = 2 * config.proxy.drain_timeout + 10.0
             if time.monotonic() - stopping_since > grace:
                 for pid in workers:
                     os.kill(pid, signal.SIGKILL)
@@ -76,6 +79,9 @@ def supervise(config: Config, per_worker: list[dict[str, socket.socket]], shared
                 for sockets in per_worker:
                     for sock in sockets.values():
                         sock.close()
+        elif info is not None and info.si_signo == signal.SIGUSR1:
+            for pid in workers:
+                os.kill(pid, signal.SIGUSR1)
         elif info is not None and info.si_signo == signal.SIGHUP:
             config = _follow(config, per_worker)
             seen = _signature(config.path)
@@ -97,7 +103,7 @@ def supervise(config: Config, per_worker: list[dict[str, socket.socket]], shared
             index = workers.pop(pid, None)
             if stopping_since is not None:
                 if list(workers.values()) == [0]:   # only the admin's worker is left
-                    os.kill(next(iter(workers)), signal.SIGUSR1)
+                    os.kill(next(iter(workers)), signal.SIGUSR2)
                 continue
             if index is None:
                 continue

@@ -54,8 +54,11 @@ async def resolve_endpoints(loop: asyncio.AbstractEventLoop, core: Worker) -> No
             cluster.set_endpoints(resolved)
 
 
-class IdentityError(Exception):
-    """This workload's identity material is unusable at start; the message says why."""
+class StartError(Exception):
+    """The worker cannot start (unusable identity material, an access log file that cannot
+    be opened); the message says why."""
+
+
 
 
 class ReloadRefused(Exception):
@@ -92,6 +95,7 @@ class WorkerProcess:
         self.sockets = sockets
         self.index = index
         self.supervised = supervised       # under a supervisor (workers > 1)
+        self.supervisor = os.getppid() if supervised else None
         self.loop = uvloop.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.core = Worker(self.loop)
@@ -112,10 +116,12 @@ class WorkerProcess:
         self.last_error: str | None = None
         self.file_seen = _file_signature(config.path)
         self.access_log = None
-        self.closed_logs: list = []     # earlier access logs (a reload changed the target)
+        self.retired: list = []         # access logs and exporters a reload replaced (their counts)
         self.exporter = None
         self.drain = Drain(self.core, self.failed)
         self.published: dict[str, int] = {}
+        self.gauges: set[str] = set()       # gauge series this worker published last time
+        self.reloading = asyncio.Lock()     # SIGHUP, POST /reload and the file watcher
         if index == 0:   # reloads are counted once, by the first worker
             for result in ("success", "failure"):
                 self.core.metrics.add(metrics.key("fastproxy_config_reloads_total", result), 0, 0)
@@ -138,8 +144,12 @@ class WorkerProcess:
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         others_done = asyncio.Event()     # supervised: the other workers have exited
-        loop.add_signal_handler(signal.SIGUSR1, others_done.set)
-        self._observe(self.config)
+        loop.add_signal_handler(signal.SIGUSR2, others_done.set)
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_log)
+        try:
+            self._observe(self.config)
+        except ReloadRefused as exc:
+            raise StartError(str(exc)) from None
         self.background.append(loop.create_task(self.drain.run()))
         self.background.append(loop.create_task(self._publish_gauges()))
         self.not_ready_reason = "waiting for this workload's certificate"
@@ -167,8 +177,7 @@ class WorkerProcess:
 
         log.info("draining (at most %gs)", self.config.proxy.drain_timeout)
         for serving in self.serving.values():
-            serving.server.close()
-            serving.sock.close()   # uvloop serves a duplicate: ours would keep accepting
+            _stop_listening(serving)
         self.core.begin_drain()
         try:
             await asyncio.wait_for(asyncio.shield(self.core.drained),
@@ -196,6 +205,18 @@ class WorkerProcess:
             ssl_handshake_timeout=listener.limits.header_timeout if tls else None)
         return Serving(listener, sock, port, server)
 
+    def reopen_log(self) -> None:
+        """SIGUSR1 (as nginx): reopen the access log file, after logrotate moved it."""
+        if self.access_log is not None and self.access_log.target not in ("stdout", "stderr"):
+            from fastproxy.observe.accesslog import AccessLog
+
+            self.drain.write_log()
+            old, self.access_log = self.access_log, AccessLog(self.access_log.target)
+            self.drain.access_log = self.access_log
+            old.close()
+            self.retired.append(old)
+            log.info("access log %s reopened", self.access_log.target)
+
     async def _finish(self, admin) -> None:
         """Stop the background work; what is recorded so far still goes out."""
         for task in self.background:
@@ -210,22 +231,24 @@ class WorkerProcess:
 
     # -- observability ---------------------------------------------------------------------
     def _observe(self, config: Config) -> None:
-        """Open (or re-open, after a reload changed them) the access log and the exporter."""
+        """Open (or re-open, after a reload changed them) the access log and the exporter.
+        Raises ReloadRefused when the access log cannot be opened (nothing changed then)."""
         target = config.proxy.access_log
         if (self.access_log.target if self.access_log else "off") != target:
-            old = self.access_log
-            self.access_log = None
+            new = None
             if target != "off":
                 from fastproxy.observe.accesslog import AccessLog
 
                 try:
-                    self.access_log = AccessLog(target)
+                    new = AccessLog(target)
                 except OSError as exc:
-                    log.error("access log %s: %s; not logging", target, exc.strerror or exc)
+                    raise ReloadRefused(f"{config.path}: proxy.access_log: cannot open {target}: "
+                                        f"{exc.strerror or exc}") from None
+            old, self.access_log = self.access_log, new
             if old is not None:
                 self.drain.write_log()     # what was logged so far goes to the old target
                 old.close()
-                self.closed_logs.append(old)
+                self.retired.append(old)
         address = config.tracing.export_address if config.tracing.propagate else None
         current = (self.exporter.host, self.exporter.port, self.exporter.service_name) \
             if self.exporter is not None else None
@@ -240,35 +263,42 @@ class WorkerProcess:
                 self.background.append(self.loop.create_task(self.exporter.run()))
             if old_exporter is not None:
                 self.loop.create_task(old_exporter.close(2.0))
+                self.retired.append(old_exporter)
         self.drain.access_log = self.access_log
         self.drain.exporter = self.exporter
 
     def counter_totals(self) -> dict[str, int]:
         """This worker's counters kept in Python, by metric name."""
-        totals = {"fastproxy_records_dropped_total": self.core.records_dropped,
-                  "fastproxy_access_log_dropped_total": self.core.log.dropped
-                  + sum(log.dropped for log in self.closed_logs)
-                  + (self.access_log.dropped if self.access_log is not None else 0)}
-        if self.exporter is not None:
-            totals["fastproxy_spans_exported_total"] = self.exporter.exported
-            totals["fastproxy_spans_dropped_total"] = self.exporter.dropped
-            totals["fastproxy_span_export_failures_total"] = self.exporter.export_failures
-        return totals
+        logs = [o for o in (self.access_log, *self.retired) if o is not None and hasattr(o, "waiting")]
+        exporters = [o for o in (self.exporter, *self.retired) if o is not None and hasattr(o, "exported")]
+        return {
+            "fastproxy_records_dropped_total": self.core.records_dropped,
+            "fastproxy_access_log_dropped_total": self.core.log.dropped + sum(o.dropped for o in logs),
+            "fastproxy_spans_exported_total": sum(o.exported for o in exporters),
+            "fastproxy_spans_dropped_total": sum(o.dropped for o in exporters),
+            "fastproxy_span_export_failures_total": sum(o.export_failures for o in exporters),
+        }
 
     def publish_gauges(self) -> None:
         """This worker's share of the gauges and of the counters Python keeps (added as
         deltas, so a restarted worker's count goes on from its predecessor's)."""
         table, i = self.core.metrics, self.index
+        gauges: dict[str, int] = {}
         for cluster in self.core.clusters.values():
-            active = sum(ep.active for ep in cluster.endpoints)
-            idle = sum(ep.idle_count for ep in cluster.endpoints)
-            table.set(metrics.key("fastproxy_upstream_connections", cluster.name, "active", worker=i), active)
-            table.set(metrics.key("fastproxy_upstream_connections", cluster.name, "idle", worker=i), idle)
-        open_by_listener = dict.fromkeys(self.core.listeners, 0)
+            gauges[metrics.key("fastproxy_upstream_connections", cluster.name, "active", worker=i)] = \
+                sum(ep.active for ep in cluster.endpoints)
+            gauges[metrics.key("fastproxy_upstream_connections", cluster.name, "idle", worker=i)] = \
+                sum(ep.idle_count for ep in cluster.endpoints)
+        for name in self.core.listeners:
+            gauges[metrics.key("fastproxy_downstream_connections", name, worker=i)] = 0
         for name in self.core.connection_listeners():
-            open_by_listener[name] = open_by_listener.get(name, 0) + 1
-        for name, count in open_by_listener.items():
-            table.set(metrics.key("fastproxy_downstream_connections", name, worker=i), count)
+            key = metrics.key("fastproxy_downstream_connections", name, worker=i)
+            gauges[key] = gauges.get(key, 0) + 1
+        for key in self.gauges - gauges.keys():   # a reload removed its cluster or listener
+            gauges[key] = 0
+        for key, value in gauges.items():
+            table.set(key, value)
+        self.gauges = {key for key, value in gauges.items() if value}
         for name, total in self.counter_totals().items():
             key = metrics.key(name, worker=i)
             delta = total - self.published.get(key, 0)
@@ -311,7 +341,7 @@ class WorkerProcess:
             try:
                 state.install(load_files(ident.cert, ident.key, ident.trust, ident.id))
             except SVIDError as exc:
-                raise IdentityError(f"identity {ident.id}: {exc}") from None
+                raise StartError(f"identity {ident.id}: {exc}") from None
             self.watcher = FileWatcher(state, ident.cert, ident.key, ident.trust)
             self.background.append(self.loop.create_task(self.watcher.run()))
         log.info("identity: %s, serial %x, valid until %s", ident.id, state.material.serial,
@@ -346,7 +376,11 @@ class WorkerProcess:
     async def reload(self, why: str) -> dict:
         """Apply the configuration file again (SPEC §9): parsed, validated and compiled
         first; anything wrong leaves the running configuration in force. The result is
-        what POST /reload answers."""
+        what POST /reload answers. One reload at a time."""
+        async with self.reloading:
+            return await self._reload(why)
+
+    async def _reload(self, why: str) -> dict:
         self.file_seen = _file_signature(self.config.path)
         try:
             config = load(self.config.path)
@@ -377,23 +411,26 @@ class WorkerProcess:
         if config.proxy.workers != old.proxy.workers:
             log.warning("reload: proxy.workers changes at the next restart")
         started = self.ready   # listeners open only once the worker serves
-        # new sockets first: a bind failure must leave everything as it was
+        # new sockets and files first: a failure must leave everything as it was
         fresh: dict[str, socket.socket] = {}
-        if started:
-            try:
+        ours = {serving.listener.bind for serving in self.serving.values()}
+        try:
+            if started:
                 for listener in config.listeners:
                     current = self.serving.get(listener.name)
                     if current is None or not current.same_socket(listener):
-                        # with several workers, the others bind the same address at the same time
+                        # the probe (is anyone else there?) cannot tell our own sockets, nor
+                        # the other workers binding the same address at the same time
                         fresh[listener.name] = bind_one(
-                            listener, probe=current is None and not self.supervised)
-            except BindError as exc:
-                for sock in fresh.values():
-                    sock.close()
-                raise ReloadRefused(f"{config.path}: {exc}") from None
+                            listener, probe=not self.supervised and listener.bind not in ours)
+            self._observe(config)
+        except (BindError, ReloadRefused) as exc:
+            for sock in fresh.values():
+                sock.close()
+            raise ReloadRefused(f"{config.path}: {exc}" if isinstance(exc, BindError)
+                                else str(exc)) from None
         self.core.configure(config)     # requests in flight keep the snapshot they started with
         self.config = config
-        self._observe(config)
         self.loop.create_task(resolve_endpoints(self.loop, self.core))
         if not started:
             return
@@ -409,8 +446,7 @@ class WorkerProcess:
 
     def _close_listener(self, serving: Serving) -> None:
         """A removed (or moved) listener: no new connections; open ones wind down."""
-        serving.server.close()
-        serving.sock.close()
+        _stop_listening(serving)
         self.sockets.pop(serving.listener.name, None)
         self.core.close_port(serving.port)
         log.info("listener %s on %s: closed; its connections finish what they carry",
@@ -420,13 +456,29 @@ class WorkerProcess:
     async def admin_reload(self) -> dict:
         """POST /reload: this worker now; the others through the supervisor."""
         result = await self.reload("POST /reload")
-        if self.supervised and result["result"] == "success":
-            os.kill(os.getppid(), signal.SIGHUP)
+        if result["result"] == "success":
+            self._tell_supervisor(signal.SIGHUP)
         return result
 
     def admin_shutdown(self) -> None:
         """POST /shutdown: drain every worker and exit."""
-        if self.supervised:
-            os.kill(os.getppid(), signal.SIGTERM)
-        else:
+        if not self._tell_supervisor(signal.SIGTERM):
             self.stopping.set()
+
+    def _tell_supervisor(self, sig: int) -> bool:
+        """Signal the supervisor, if there is one and it is still ours."""
+        if self.supervisor is None or os.getppid() != self.supervisor:
+            return False
+        os.kill(self.supervisor, sig)
+        return True
+
+
+def _stop_listening(serving: Serving) -> None:
+    """Close a listener's socket for good. shutdown() stops the socket itself listening,
+    also for the copy the supervisor holds; uvloop serves a duplicate of ours."""
+    serving.server.close()
+    try:
+        serving.sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    serving.sock.close()

@@ -50,3 +50,13 @@ def test_an_entry_being_written_is_skipped():
     ring.add(record(1.0))
     buffer[0] |= 1            # an odd sequence number: a writer is in the middle of it
     assert ring.recent() == []
+
+
+def test_long_strings_everywhere_are_cut_so_the_entry_stays():
+    ring = FailedRing(bytearray(shared_bytes(1)))
+    long = "é" * 3000
+    ring.add(record(1.0)._replace(request_id=long, peer=long, upstream=long, authority=long,
+                                  route=long, cluster=long))
+    [entry] = ring.recent()
+    assert entry["status"] == 503 and entry["trace_id"] == "ab" * 16
+    assert entry["request_id"].startswith("é")
