@@ -110,7 +110,32 @@ cdef class LogBuffer:
             self.text(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), False)
 
     cdef void number(self, long long value) noexcept:
-        self.length += snprintf(self.data + self.length, 24, b"%lld", value)
+        """A decimal integer (snprintf would cost more than the rest of the line)."""
+        cdef char digits[24]
+        cdef int n = 0
+        cdef char* o
+        if value < 0:
+            self.raw(b"-", 1)
+            value = -value
+        while True:
+            digits[n] = <char>(48 + value % 10)
+            n += 1
+            value //= 10
+            if value == 0:
+                break
+        o = self.data + self.length
+        self.length += n
+        while n:
+            n -= 1
+            o[0] = digits[n]
+            o += 1
+
+    cdef inline void three_digits(self, int value) noexcept:
+        cdef char* o = self.data + self.length
+        o[0] = <char>(48 + value // 100)
+        o[1] = <char>(48 + value // 10 % 10)
+        o[2] = <char>(48 + value % 10)
+        self.length += 3
 
     cdef void timestamp(self, double t) noexcept:
         """RFC 3339 UTC with milliseconds; the seconds part is formatted once a second."""
@@ -127,7 +152,8 @@ cdef class LogBuffer:
             self.second = second
         self.raw(b"\"", 1)
         self.raw(self.second_text, 20)
-        self.length += snprintf(self.data + self.length, 8, b"%03dZ\"", ms if ms < 1000 else 999)
+        self.three_digits(ms if ms < 1000 else 999)
+        self.raw(b"Z\"", 2)
 
     cdef void line(self, double start, int64_t duration_ns, bytes listener, bytes route,
                    const char* method, Py_ssize_t method_len, const char* path, Py_ssize_t path_len,
@@ -162,8 +188,9 @@ cdef class LogBuffer:
         self.raw(b",\"status\":", 10)
         self.number(status)
         self.raw(b",\"duration_ms\":", 15)
-        self.length += snprintf(self.data + self.length, 32, b"%lld.%03lld",
-                                micros // 1000, micros % 1000)
+        self.number(micros // 1000)
+        self.raw(b".", 1)
+        self.three_digits(<int>(micros % 1000))
         self.raw(b",\"bytes_in\":", 12)
         self.number(bytes_in)
         self.raw(b",\"bytes_out\":", 13)
