@@ -4,8 +4,10 @@ For a scenario each contender turns into a `Deployment`: the URL the load genera
 targets and the proxy processes to start (none for direct, two for the mTLS hop: an
 "inbound" sidecar in front of the app and an "outbound" one the client talks to). The
 configurations come from bench/templates/ and do the same job everywhere: one worker or
-thread, upstream keep-alive, no access log, the same certificates (fastproxy's h1-observe
-and h1-accesslog scenarios turn its observability on: the cost of it, measured).
+thread, upstream keep-alive, no access log, the same certificates. fastproxy runs with
+its observability off (no request metrics, no trace headers, no access log); its variants
+`fastproxy-observe` and `fastproxy-accesslog` (scenario h1-observe) turn it on, so what
+it costs is measured in the same run.
 
 A contender that cannot run a scenario raises `NotAvailable` with the reason. For
 fastproxy a missing feature is found out by trying, never assumed, so the harness notices
@@ -189,12 +191,19 @@ class Haproxy(Contender):
 class Fastproxy(Contender):
     name = "fastproxy"
 
-    def __init__(self, workers: int = 1, python: str = sys.executable):
+    def __init__(self, workers: int = 1, python: str = sys.executable, observe: str = "off"):
         self.workers = workers
         self.python = python
+        self.observe = observe          # "off" | "observe" | "accesslog"
         self._plain_check: tuple[bool, str] | None = None
         self._plain_worked = False       # a plain HTTP scenario was measured in this run
         self._ctx: DeployContext | None = None
+
+    def variant(self, observe: str) -> "Fastproxy":
+        """This contender with its observability turned on ("observe" or "accesslog")."""
+        other = Fastproxy(self.workers, self.python, observe)
+        other.name = f"fastproxy-{observe}"
+        return other
 
     def version(self) -> str | None:
         try:
@@ -235,7 +244,7 @@ class Fastproxy(Contender):
         if observe == "off":
             observe_keys = 'access_log = "off"\nmetrics = false\n\n[tracing]\npropagate = []\n'
         else:
-            log = f'"{path.with_suffix(".access.log")}"' if observe == "log" else '"off"'
+            log = f'"{path.with_suffix(".access.log")}"' if observe == "accesslog" else '"off"'
             # the backend takes the spans (POST /v1/traces answers 200)
             observe_keys = (f'access_log = {log}\n\n[tracing]\nsample = 0.01\n'
                             f'export = "otlp+http://{self._ctx.backend.address}"\n')
@@ -255,7 +264,7 @@ class Fastproxy(Contender):
         self._ctx = ctx
         certs, upstream, processes, note = ctx.certs, ctx.backend.address, [], ""
         for hop in _hops(scenario):
-            name = "-".join(filter(None, ["fastproxy", scenario.name, hop]))
+            name = "-".join(filter(None, [self.name, scenario.name, hop]))
             port = free_port()
             identity = listener_tls = cluster_tls = ""
             if scenario.topology == "tls" or hop == "inbound":
@@ -266,7 +275,7 @@ class Fastproxy(Contender):
                 cluster_tls = f'tls = "mtls"\npeer = "{certs.server.spiffe_id}"'
             config = self.write_config(ctx.workdir / f"{name}.toml", f"127.0.0.1:{port}", upstream,
                                        identity, listener_tls, cluster_tls, scenario.traffic,
-                                       scenario.observe)
+                                       self.observe)
             accepted, detail = self.check(config)
             if not accepted:
                 if self.plain_config_works(ctx)[0]:

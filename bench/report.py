@@ -33,7 +33,7 @@ METRICS = [
     Metric("errors", "errors", kind="count"),
 ]
 COMPARATORS = ("nginx", "haproxy")
-COMPARATOR_LABELS = {"nginx": "nginx", "haproxy": "HAProxy"}
+COMPARATOR_LABELS = {"nginx": "nginx", "haproxy": "HAProxy", "fastproxy": "fastproxy"}
 LATENCY_KEYS = ("p50_us", "p99_us", "p999_us")
 
 
@@ -60,11 +60,12 @@ def add_figures(scenario: dict) -> None:
     contenders = scenario["contenders"]
     for contender in contenders.values():
         contender["summary"] = summarize(contender["rounds"]) if contender["rounds"] else None
-    for contender in contenders.values():
+    for name, contender in contenders.items():
         contender["ratios"] = {}
         if not contender["summary"]:
             continue
-        for comparator in COMPARATORS:
+        # a fastproxy variant (observability on) is also compared with plain fastproxy
+        for comparator in COMPARATORS + (("fastproxy",) if name.startswith("fastproxy-") else ()):
             reference = contenders.get(comparator, {}).get("summary")
             if reference and contender is not contenders[comparator]:
                 contender["ratios"][comparator] = {
@@ -174,7 +175,8 @@ def _scenario_section(scenario: dict) -> list[str]:
     out.append("")
 
     with_ratios = [(n, c) for n, c in scenario["contenders"].items() if c.get("ratios")]
-    comparators = [c for c in COMPARATORS if any(c in r["ratios"] for _, r in with_ratios)]
+    comparators = [c for c in COMPARATORS + ("fastproxy",)
+                   if any(c in r["ratios"] for _, r in with_ratios)]
     if comparators:
         against = " / ".join(f"÷ {COMPARATOR_LABELS[c]}" for c in comparators)
         out += [f"Ratios, median ÷ median of the same run ({against}):", ""]

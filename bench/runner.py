@@ -240,6 +240,12 @@ def run_scenario(scenario: Scenario, result: dict, contenders: dict[str, Contend
                  progress: Progress) -> None:
     progress.say(f"{scenario.name}: {scenario.title}")
     running: dict[str, Running] = {}
+    if scenario.variants and "fastproxy" in contenders:
+        base = contenders["fastproxy"]
+        at = list(contenders).index("fastproxy") + 1
+        items = list(contenders.items())
+        contenders = dict(items[:at] + [(f"fastproxy-{v}", base.variant(v)) for v in scenario.variants]
+                          + items[at:])
     try:
         for name, contender in contenders.items():
             result["contenders"][name] = record = _contender_record("ok")

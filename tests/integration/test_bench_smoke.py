@@ -20,8 +20,11 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ["h1-small", "h1-traffic", "h1-observe", "h1-accesslog", "h1-conns", "h1-64k", "tls",
-             "mtls-2hop", "latency"]
+SCENARIOS = ["h1-small", "h1-traffic", "h1-observe", "h1-conns", "h1-64k", "tls", "mtls-2hop",
+             "latency"]
+# contenders of every scenario; h1-observe adds fastproxy with its observability on
+CONTENDERS = {"direct", "fastproxy", "nginx", "haproxy"}
+VARIANTS = {"h1-observe": {"fastproxy-observe", "fastproxy-accesslog"}}
 STATUSES = {"ok", "not available", "skipped", "failed"}
 METRICS = ["rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_request", "peak_rss_mib", "errors"]
 CHARTS = ["throughput.png", "cpu_per_request.png", "latency.png"]
@@ -72,7 +75,7 @@ def test_writes_results_md_json_and_charts(smoke_run):
     assert markdown.startswith("# fastproxy benchmark")
     for scenario in run["scenarios"]:
         assert f"## {scenario['name']} —" in markdown
-        assert set(scenario["contenders"]) == {"direct", "fastproxy", "nginx", "haproxy"}
+        assert set(scenario["contenders"]) == CONTENDERS | VARIANTS.get(scenario["name"], set())
         for name, contender in scenario["contenders"].items():
             assert contender["status"] in STATUSES
             assert f"| {name} |" in markdown
