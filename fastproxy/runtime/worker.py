@@ -429,6 +429,13 @@ class WorkerProcess:
                 sock.close()
             raise ReloadRefused(f"{config.path}: {exc}" if isinstance(exc, BindError)
                                 else str(exc)) from None
+        if not started:
+            # still starting: the sockets bound for listeners this file removes or moves
+            # must not stay listening with nobody to accept (the new ones are bound at start)
+            binds = {listener.name: listener.bind for listener in config.listeners}
+            for listener in self.config.listeners:
+                if binds.get(listener.name) != listener.bind and listener.name in self.sockets:
+                    _shut(self.sockets.pop(listener.name))
         self.core.configure(config)     # requests in flight keep the snapshot they started with
         self.config = config
         self.loop.create_task(resolve_endpoints(self.loop, self.core))
@@ -474,11 +481,16 @@ class WorkerProcess:
 
 
 def _stop_listening(serving: Serving) -> None:
-    """Close a listener's socket for good. shutdown() stops the socket itself listening,
-    also for the copy the supervisor holds; uvloop serves a duplicate of ours."""
+    """Close a listener's socket for good (uvloop serves a duplicate of ours)."""
     serving.server.close()
+    _shut(serving.sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    """shutdown() stops the socket itself listening, also for the copy the supervisor
+    holds; close() alone would leave that copy accepting connections nobody serves."""
     try:
-        serving.sock.shutdown(socket.SHUT_RDWR)
+        sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
-    serving.sock.close()
+    sock.close()
