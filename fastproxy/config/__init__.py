@@ -14,7 +14,7 @@ addresses, SPIFFE ids...), `schema` (the generic error-collecting validator), `l
 
 from fastproxy.config.ca import CAServer, CAToken, load_ca
 from fastproxy.config.errors import ConfigError
-from fastproxy.config.loader import load, loads, validate
+from fastproxy.config.loader import file_signature, load, loads, validate
 from fastproxy.config.model import (
     Address,
     CircuitBreaker,
@@ -33,6 +33,7 @@ from fastproxy.config.model import (
 from fastproxy.config.values import InvalidValue, parse_address, parse_duration
 
 __all__ = [
+    "file_signature",
     "load",
     "loads",
     "validate",

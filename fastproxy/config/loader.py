@@ -627,3 +627,13 @@ def validate(raw: Any, path: str = "<dict>") -> Config:
         clusters=MappingProxyType(clusters),
         raw=raw,
     )
+
+
+def file_signature(path: str) -> tuple[int, int, int] | None:
+    """What tells a changed configuration file (mtime, size, inode: an atomic rename
+    counts), or None when it cannot be read. Reload watchers poll it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 
-from fastproxy.config import Config, ConfigError, load
+from fastproxy.config import Config, ConfigError, file_signature, load
 
 log = logging.getLogger("fastproxy")
 
@@ -58,7 +58,7 @@ def supervise(config: Config, per_worker: list[dict[str, socket.socket]], shared
         started[index] = time.monotonic()
     log.info("supervising %d workers (pids %s)", len(workers), " ".join(map(str, workers)))
     stopping_since = None
-    seen = _signature(config.path)
+    seen = file_signature(config.path)
     while workers:
         timeout = 1.0
         if stopping_since is not None:
@@ -84,12 +84,12 @@ def supervise(config: Config, per_worker: list[dict[str, socket.socket]], shared
                 os.kill(pid, signal.SIGUSR1)
         elif info is not None and info.si_signo == signal.SIGHUP:
             config = _follow(config, per_worker)
-            seen = _signature(config.path)
+            seen = file_signature(config.path)
             for pid in workers:
                 if pid != info.si_pid:
                     os.kill(pid, signal.SIGHUP)
-        elif _signature(config.path) != seen:   # the workers watch the file themselves
-            seen = _signature(config.path)
+        elif file_signature(config.path) != seen:   # the workers watch the file themselves
+            seen = file_signature(config.path)
             config = _follow(config, per_worker)
         # reap every worker that ended
         while workers:
@@ -114,14 +114,6 @@ def supervise(config: Config, per_worker: list[dict[str, socket.socket]], shared
             workers[_start(config, per_worker, index, shared)] = index
             started[index] = time.monotonic()
     return 0
-
-
-def _signature(path: str):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _follow(config: Config, per_worker: list[dict[str, socket.socket]]) -> Config:

@@ -18,7 +18,7 @@ import time
 import uvloop
 
 from fastproxy._core.proxy import Port, Worker
-from fastproxy.config import Config, ConfigError, load
+from fastproxy.config import Config, ConfigError, file_signature, load
 from fastproxy.observe import metrics
 from fastproxy.observe.failed import FailedRing
 from fastproxy.observe.records import Drain
@@ -65,14 +65,6 @@ class ReloadRefused(Exception):
     """A reload that cannot be applied; the running configuration stays."""
 
 
-def _file_signature(path: str):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
 class Serving:
     """One listener's socket and server in this worker."""
 
@@ -114,7 +106,7 @@ class WorkerProcess:
         self.generation = 1
         self.loaded_at = time.time()
         self.last_error: str | None = None
-        self.file_seen = _file_signature(config.path)
+        self.file_seen = file_signature(config.path)
         self.access_log = None
         self.retired: list = []         # access logs and exporters a reload replaced (their counts)
         self.exporter = None
@@ -369,7 +361,7 @@ class WorkerProcess:
     async def _watch_file(self) -> None:
         while True:
             await asyncio.sleep(FILE_POLL)
-            seen = _file_signature(self.config.path)
+            seen = file_signature(self.config.path)
             if seen is not None and seen != self.file_seen:
                 await self.reload("the file changed")
 
@@ -381,7 +373,7 @@ class WorkerProcess:
             return await self._reload(why)
 
     async def _reload(self, why: str) -> dict:
-        self.file_seen = _file_signature(self.config.path)
+        self.file_seen = file_signature(self.config.path)
         try:
             config = load(self.config.path)
             await self._apply(config)
