@@ -156,13 +156,14 @@ class WorkerProcess:
         identity.result()         # an unusable identity ends the worker here
         self.not_ready_reason = "starting listeners"
         await resolve_endpoints(loop, self.core)
-        for listener in self.config.listeners:
-            sock = self.sockets.get(listener.name) or bind_one(listener, probe=False)
-            self.serving[listener.name] = await self._serve(listener, sock)
+        async with self.reloading:    # a reload meanwhile waits, then sees the listeners
+            for listener in self.config.listeners:
+                sock = self.sockets.get(listener.name) or bind_one(listener, probe=False)
+                self.serving[listener.name] = await self._serve(listener, sock)
+            self.ready = True
         self.background.append(loop.create_task(self._refresh_dns()))
         self.background.append(loop.create_task(self._watch_file()))
         log.info("serving %s", ", ".join(f"{l.name} on {l.bind}" for l in self.config.listeners))
-        self.ready = True
         await self.stopping.wait()
         self.ready = False
         self.not_ready_reason = "draining"
@@ -203,7 +204,13 @@ class WorkerProcess:
             from fastproxy.observe.accesslog import AccessLog
 
             self.drain.write_log()
-            old, self.access_log = self.access_log, AccessLog(self.access_log.target)
+            try:
+                new = AccessLog(self.access_log.target)
+            except OSError as exc:
+                log.error("access log %s: cannot reopen (%s); writing on to the open file",
+                          self.access_log.target, exc.strerror or exc)
+                return
+            old, self.access_log = self.access_log, new
             self.drain.access_log = self.access_log
             old.close()
             self.retired.append(old)
