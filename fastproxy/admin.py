@@ -89,14 +89,10 @@ class AdminServer:
     def metrics(self) -> tuple[int, str]:
         """Prometheus text format: the shared series of every worker, then the identity
         and circuit gauges (the same in every worker)."""
-        lines = []
+        lines: list[str] = []
 
-        def metric(name, kind, help_text, samples):
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-            for labels, value in samples:
-                label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-                lines.append(f"{name}{{{label_text}}} {value}" if label_text else f"{name} {value}")
+        def metric(*family) -> None:
+            lines.extend(prometheus.family(*family))
 
         worker = self.worker
         worker.publish_gauges()   # this worker's share up to date; the others' within 1 s

@@ -653,6 +653,10 @@ cdef class Worker:
         else:
             self.records_dropped += 1
 
+    cdef inline bint sample(self) noexcept:
+        """Sample a new trace? (tracing.sample)"""
+        return self.sample_all or self.random64() < self.sample_below
+
     cdef inline uint64_t random64(self) noexcept:
         """xorshift64*: trace and span ids need to be unique, not secret."""
         cdef uint64_t x = self.rng
@@ -794,7 +798,7 @@ cdef class Worker:
         cdef Downstream d
         for d in list(self.connections):
             if d.ex is not None:
-                d.ex.report(d.ex.resp.status if d.ex.resp_started else 499, "drain_timeout")
+                d.ex.report(d.ex.status_sent(), "drain_timeout")
             d.close()
         for cl in self.clusters.values():
             for ep in cl.endpoints:
@@ -1164,7 +1168,7 @@ cdef class Downstream:
             count_request(w.metrics, ls, "", status, 0, 0)
         if w.trace_families:    # a response of our own gets a span (of a new trace) too
             hi, lo, span = w.random64(), w.random64() or 1, w.random64() or 1
-            sampled = w.sample_all or w.random64() < w.sample_below
+            sampled = w.sample()
         now = unix_time()
         if w.log_all:
             w.log.line(now, 0, ls.json_name, None, b"", 0, b"", 0, b"", 0, status, 0, sent, None,
@@ -1472,9 +1476,13 @@ cdef class Exchange:
         if c.sampled >= 0:
             self.sampled = c.sampled == 1
         else:
-            self.sampled = w.sample_all or w.random64() < w.sample_below
+            self.sampled = w.sample()
         return trace_lines(w.trace_families, c.b3_single, self.trace_hi, self.trace_lo,
                            self.span_id, self.parent_id, self.sampled)
+
+    cdef inline int status_sent(self):
+        """The status the client got, or 499 (as nginx logs it) when no head went out."""
+        return self.resp.status if self.resp_started else 499
 
     cdef void report(self, int status, str error):
         """The request ended: count it, and make a record when anything wants one."""
@@ -1975,8 +1983,7 @@ cdef class Exchange:
 
     cdef void client_gone(self):
         """The client connection closed: abandon the upstream side too."""
-        # 499 (as nginx logs it): the client left before any response head
-        self.report(self.resp.status if self.resp_started else 499, None)
+        self.report(self.status_sent(), None)
         self.abandon()
         self.down = None
         self.rstate = R_DONE

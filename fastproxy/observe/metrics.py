@@ -70,16 +70,23 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def family(name: str, kind: str, help_text: str, samples: list[tuple[dict, float]]) -> list[str]:
+    """The lines of one counter or gauge family: samples are (labels, value)."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    lines += [f"{name}{_labels(labels, labels.values())} {_number(value)}" for labels, value in samples]
+    return lines
+
+
 def render(series: list[tuple[str, tuple[int, ...]]], extra: list[str] = ()) -> str:
-    """Prometheus text format of every shared series, then `extra` (ready-made lines of
-    this worker's own: identity, circuits)."""
+    """Prometheus text format of every shared series, then `extra` (lines made by
+    `family` of this worker's own figures: identity, circuits)."""
     found: dict[str, dict[tuple[str, ...], list[int]]] = defaultdict(dict)
     for text, values in series:
         name, *labels = text.split(SEP)
-        family = FAMILIES.get(name)
-        if family is None:
+        spec = FAMILIES.get(name)
+        if spec is None:
             continue
-        kind, names, _, per_worker, _ = family
+        kind, names, _, per_worker, _ = spec
         if per_worker:
             labels = labels[:-1]
         labels_t = tuple(labels[:len(names)]) + ("",) * (len(names) - len(labels))
@@ -93,25 +100,26 @@ def render(series: list[tuple[str, tuple[int, ...]]], extra: list[str] = ()) -> 
         samples = found.get(name)
         if not samples:
             continue
+        if kind != "histogram":
+            lines += family(name, kind, help_text, [(dict(zip(names, labels_t)), samples[labels_t][0])
+                                                    for labels_t in sorted(samples)])
+            continue
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
         for labels_t in sorted(samples):
             values = samples[labels_t]
-            if kind == "histogram":
-                # +Inf and _count are the bucket total, so the buckets are consistent
-                # even when read while a worker is counting
-                n = len(buckets)
-                cumulative = 0
-                for bound, count in zip(buckets, values):
-                    cumulative += count
-                    le = f'le="{bound}"'
-                    lines.append(f"{name}_bucket{_labels(names, labels_t, le)} {cumulative}")
-                cumulative += values[n]
-                le = 'le="+Inf"'
+            # +Inf and _count are the bucket total, so the buckets are consistent
+            # even when read while a worker is counting
+            n = len(buckets)
+            cumulative = 0
+            for bound, count in zip(buckets, values):
+                cumulative += count
+                le = f'le="{bound}"'
                 lines.append(f"{name}_bucket{_labels(names, labels_t, le)} {cumulative}")
-                lines.append(f"{name}_sum{_labels(names, labels_t)} {_number(values[n + 1] / 1e9)}")
-                lines.append(f"{name}_count{_labels(names, labels_t)} {cumulative}")
-            else:
-                lines.append(f"{name}{_labels(names, labels_t)} {values[0]}")
+            cumulative += values[n]
+            le = 'le="+Inf"'
+            lines.append(f"{name}_bucket{_labels(names, labels_t, le)} {cumulative}")
+            lines.append(f"{name}_sum{_labels(names, labels_t)} {_number(values[n + 1] / 1e9)}")
+            lines.append(f"{name}_count{_labels(names, labels_t)} {cumulative}")
     lines.extend(extra)
     return "\n".join(lines) + "\n"

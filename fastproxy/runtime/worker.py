@@ -108,7 +108,8 @@ class WorkerProcess:
         self.last_error: str | None = None
         self.file_seen = file_signature(config.path)
         self.access_log = None
-        self.retired: list = []         # access logs and exporters a reload replaced (their counts)
+        self.old_logs: list = []        # access logs and exporters replaced by a reload: their
+        self.old_exporters: list = []   # counts go on counting in the metrics
         self.exporter = None
         self.drain = Drain(self.core, self.failed)
         self.published: dict[str, int] = {}
@@ -213,7 +214,7 @@ class WorkerProcess:
             old, self.access_log = self.access_log, new
             self.drain.access_log = self.access_log
             old.close()
-            self.retired.append(old)
+            self.old_logs.append(old)
             log.info("access log %s reopened", self.access_log.target)
 
     async def _finish(self, admin) -> None:
@@ -247,7 +248,7 @@ class WorkerProcess:
             if old is not None:
                 self.drain.write_log()     # what was logged so far goes to the old target
                 old.close()
-                self.retired.append(old)
+                self.old_logs.append(old)
         address = config.tracing.export_address if config.tracing.propagate else None
         current = (self.exporter.host, self.exporter.port, self.exporter.service_name) \
             if self.exporter is not None else None
@@ -262,14 +263,14 @@ class WorkerProcess:
                 self.background.append(self.loop.create_task(self.exporter.run()))
             if old_exporter is not None:
                 self.loop.create_task(old_exporter.close(2.0))
-                self.retired.append(old_exporter)
+                self.old_exporters.append(old_exporter)
         self.drain.access_log = self.access_log
         self.drain.exporter = self.exporter
 
     def counter_totals(self) -> dict[str, int]:
         """This worker's counters kept in Python, by metric name."""
-        logs = [o for o in (self.access_log, *self.retired) if o is not None and hasattr(o, "waiting")]
-        exporters = [o for o in (self.exporter, *self.retired) if o is not None and hasattr(o, "exported")]
+        logs = [o for o in (self.access_log, *self.old_logs) if o is not None]
+        exporters = [o for o in (self.exporter, *self.old_exporters) if o is not None]
         return {
             "fastproxy_records_dropped_total": self.core.records_dropped,
             "fastproxy_access_log_dropped_total": self.core.log.dropped + sum(o.dropped for o in logs),
