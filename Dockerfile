@@ -1,7 +1,8 @@
-# fastproxy container image: build the wheel (Cython core compiled) in one stage, run it
-# from a slim image as a non-root user in the other.
+# fastproxy container image: build the wheel (Cython core compiled; its TLS links the
+# image's libssl, the one Python's ssl uses) in one stage, run it from a slim image as a
+# non-root user in the other.
 FROM python:3.11-slim-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./

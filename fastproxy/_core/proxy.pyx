@@ -26,6 +26,8 @@ import logging
 import os
 import ssl
 
+from fastproxy._core.tls import TLSContext, TLSError, TLSLink
+
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING
@@ -602,6 +604,7 @@ cdef class Worker:
     cdef public object identity      # fastproxy.identity.tls.IdentityState, or None
     cdef public object id_allowed    # (patterns, spiffe id) -> bool
     cdef object default_tls          # a system-trust client context, made on first use
+    cdef dict tls_contexts           # ssl.SSLContext -> its TLSContext, for new links
     cdef SharedCounters shared       # breaker slots, shared with the other workers
     cdef readonly MetricTable metrics  # metric series, shared with the other workers
     cdef public int index            # this worker's number: per-worker gauges carry it
@@ -633,6 +636,7 @@ cdef class Worker:
         self.log = LogBuffer()
         self.rng = int.from_bytes(os.urandom(8), "little") | 1
         self.records = []
+        self.tls_contexts = {}
 
     def attach_shared(self, buffer, metrics=None):
         """Use mappings shared with the other workers for breaker state and metrics
@@ -756,24 +760,46 @@ cdef class Worker:
         r.allow = tuple(rc.allow) if rc.allow is not None else None
         return r
 
-    cdef object client_ssl(self, Cluster cl):
+    cdef object tls_context(self, context):
+        """The core's handle on an ssl.SSLContext (made once per context: they change only
+        when the identity rotates)."""
+        found = self.tls_contexts.get(context)
+        if found is None:
+            if len(self.tls_contexts) >= 16:   # rotated away: let the old ones go
+                self.tls_contexts.clear()
+            found = self.tls_contexts[context] = TLSContext(context)
+        return found
+
+    cdef object client_tls(self, Cluster cl):
         """The client context for a new connection of a tls/mtls cluster (newest material)."""
         if cl.tls_mode == TLS_MUTUAL:
-            return self.identity.client_mtls
+            return self.tls_context(self.identity.client_mtls)
         if self.identity is not None and self.identity.material is not None:
-            return self.identity.client_tls
+            return self.tls_context(self.identity.client_tls)
         if self.default_tls is None:
             self.default_tls = ssl.create_default_context()
-        return self.default_tls
+            self.default_tls.keylog_filename = None   # SSLKEYLOGFILE: not through the core
+        return self.tls_context(self.default_tls)
 
     def protocol_factory(self, Port port):
-        """The factory for asyncio's create_server on one listening socket."""
-        if self.listeners[port.listener].tls_mode != TLS_OFF and port.tls_failures is NULL:
+        """The factory for asyncio's create_server on one listening socket. A tls/mtls
+        listener's connections get a TLSLink with the newest server context: a rotation
+        reaches every new handshake, and established connections keep theirs."""
+        cdef ListenerState ls = self.listeners[port.listener]
+        if ls.tls_mode == TLS_OFF:
+            def factory():
+                return Downstream(self, port)
+            return factory
+        if port.tls_failures is NULL:
             port.tls_failures = self.metrics.slot(
                 b"fastproxy_tls_handshake_failures_total\x1f" + port.listener.encode())
-        def factory():
-            return Downstream(self, port)
-        return factory
+        mtls = ls.tls_mode == TLS_MUTUAL
+        def tls_factory():
+            current = self.listeners.get(port.listener, ls)
+            return TLSLink(self.tls_context(self.identity.server_contexts[mtls]),
+                           Downstream(self, port), self.loop,
+                           timeout=(<ListenerState>current).header_timeout)
+        return tls_factory
 
     def close_port(self, Port port):
         """A reload removed or moved this socket's listener: its connections wind down."""
@@ -886,8 +912,8 @@ cdef class Downstream:
         self.head = RequestHead()
 
     def __dealloc__(self):
-        # uvloop creates the protocol before a TLS handshake and drops it unused when the
-        # handshake fails: that is the only sign of the failure it leaves us
+        # a TLS listener's TLSLink creates its Downstream before the handshake and drops it
+        # unused when the handshake fails (or times out): that is where failures are counted
         if not self.made and self.tls_failures is not NULL:
             fp_addu(&self.tls_failures.v[0], 1)
 
@@ -2105,8 +2131,8 @@ cdef class Upstream:
         return False
 
     def connection_lost(self, exc):
-        if isinstance(exc, ssl.SSLError):
-            self.lost("TLS alert: " + (exc.reason or str(exc)), True)
+        if isinstance(exc, TLSError):
+            self.lost("TLS alert: " + exc.reason, True)
         else:
             self.lost("reset the connection" if exc is not None else "closed the connection")
 
@@ -2158,29 +2184,69 @@ cdef class Upstream:
 
 
 cdef class _Connect:
-    """Completion of one new upstream connection attempt."""
+    """One new upstream connection attempt: the TCP connection, then for a tls/mtls
+    cluster the handshake; `connect_timeout` covers both."""
     cdef Worker w
+    cdef Cluster cl
     cdef Endpoint ep
     cdef Exchange ex
     cdef object timer
+    cdef object fut          # the TCP connection
+    cdef object link         # the TLSLink, once its TCP connection is made
+
+    def upstream(self):
+        return Upstream(self.w, self.cl, self.ep)
+
+    def tls_link(self):
+        """Protocol factory of a tls/mtls cluster's connection."""
+        cdef Worker w = self.w
+        cdef Cluster cl = self.cl
+        self.link = TLSLink(w.client_tls(cl), Upstream(w, cl, self.ep), w.loop,
+                            server_name=cl.sni or self.ep.host, on_handshake=self.handshake_done)
+        return self.link
+
+    def timed_out(self):
+        self.timer = None
+        if not self.fut.done():
+            self.fut.cancel()        # done() reports it
+        elif self.link is not None and self.link.on_handshake is not None:
+            self.link.on_handshake = None
+            self.link.abort()
+            self.ex.connect_failed(self.ep, "connect timeout (TLS handshake)")
 
     def done(self, fut):
-        cdef Upstream up
-        cdef Exchange ex = self.ex
-        if self.timer is not None:
-            self.timer.cancel()
+        """The TCP connection is made, or failed."""
         if fut.cancelled():
-            ex.connect_failed(self.ep, "connect timeout")
+            self.stop_timer()
+            self.ex.connect_failed(self.ep, "connect timeout")
             return
         exc = fut.exception()
-        if isinstance(exc, ssl.SSLError):
-            ex.tls_failed(self.ep, exc.reason or str(exc))
-            return
         if exc is not None:
-            ex.connect_failed(self.ep, exc.strerror if isinstance(exc, OSError) and exc.strerror
-                              else str(exc) or type(exc).__name__)
+            self.stop_timer()
+            self.ex.connect_failed(self.ep, exc.strerror if isinstance(exc, OSError) and exc.strerror
+                                   else str(exc) or type(exc).__name__)
             return
-        up = fut.result()[1]
+        if self.link is None:
+            self.stop_timer()
+            self.connected(<Upstream>fut.result()[1])
+        # TLS: handshake_done follows
+
+    def handshake_done(self, link, exc):
+        self.stop_timer()
+        if exc is None:
+            self.connected(<Upstream>link.app)
+        elif isinstance(exc, TLSError):
+            self.ex.tls_failed(self.ep, exc.reason)
+        else:
+            self.ex.connect_failed(self.ep, str(exc) or type(exc).__name__)
+
+    cdef void stop_timer(self):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    cdef void connected(self, Upstream up):
+        cdef Exchange ex = self.ex
         if up.tls_error is not None:
             ex.tls_failed(self.ep, up.tls_error)
             return
@@ -2194,12 +2260,10 @@ cdef class _Connect:
 cdef void open_upstream(Worker w, Cluster cl, Endpoint ep, Exchange ex):
     cdef _Connect c = _Connect()
     c.w = w
+    c.cl = cl
     c.ep = ep
     c.ex = ex
-    ssl_ctx = w.client_ssl(cl) if cl.tls_mode != TLS_OFF else None
-    fut = asyncio.ensure_future(
-        w.loop.create_connection(lambda: Upstream(w, cl, ep), ep.host, ep.port, ssl=ssl_ctx,
-                                 server_hostname=(cl.sni or ep.host) if ssl_ctx is not None else None),
-        loop=w.loop)
-    c.timer = w.loop.call_later(cl.connect_timeout, fut.cancel)
-    fut.add_done_callback(c.done)
+    factory = c.tls_link if cl.tls_mode != TLS_OFF else c.upstream
+    c.fut = asyncio.ensure_future(w.loop.create_connection(factory, ep.host, ep.port), loop=w.loop)
+    c.timer = w.loop.call_later(cl.connect_timeout, c.timed_out)
+    c.fut.add_done_callback(c.done)

@@ -2,13 +2,12 @@
 
 Owns: the SSLContexts of tls/mtls listeners and clusters, the SPIFFE identity of each
 peer (read once per connection from the certificate OpenSSL verified), and the watcher
-that reloads the cert, key and trust files. Handshakes are OpenSSL's; nothing here runs
-per request.
+that reloads the cert, key and trust files. Handshakes and records are OpenSSL's, driven
+by the core (`fastproxy._core.tls`); nothing here runs per request.
 
-Rotation without disturbing anyone: a listener is created once with a front context whose
-SNI callback hands every new handshake the newest context, so established connections
-keep the session they have and new ones get the new material. Clusters take their client
-context at each new connection. Invalid new material is refused and the old stays.
+Rotation without disturbing anyone: every new connection, accepted or opened, takes the
+newest context, so established connections keep the session they have and new ones get
+the new material. Invalid new material is refused and the old stays.
 """
 from __future__ import annotations
 
@@ -65,6 +64,7 @@ def mtls_client_context(material: Material) -> ssl.SSLContext:
     # the server is identified by the SPIFFE id in its certificate, checked after the
     # handshake against the cluster's `peer`, not by a host name
     ctx.check_hostname = False
+    ctx.keylog_filename = None
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cadata=material.trust_pem.decode())
     _load_chain(ctx, material)
@@ -78,6 +78,7 @@ def tls_client_context(material: Material | None) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cadata=material.trust_pem.decode())
     else:
         ctx = ssl.create_default_context()
+    ctx.keylog_filename = None   # create_default_context follows SSLKEYLOGFILE: not here
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
@@ -89,8 +90,7 @@ class IdentityState:
 
     own_id: str
     material: Material | None = None
-    server_contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict)
-    front_contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict)
+    server_contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict)  # by mtls
     client_mtls: ssl.SSLContext | None = None
     client_tls: ssl.SSLContext | None = None
     trust_domains: frozenset[str] = frozenset()
@@ -125,22 +125,6 @@ class IdentityState:
             self.rotations += 1
         self.material = material
 
-    def front_context(self, mtls: bool) -> ssl.SSLContext:
-        """The context a listener is created with; it hands each handshake the newest one."""
-        front = self.front_contexts.get(mtls)
-        if front is None:
-            front = server_context(self.material, mtls)
-
-            def newest(sslobj, server_name, ctx, mtls=mtls):
-                current = self.server_contexts[mtls]
-                if sslobj.context is not current:
-                    sslobj.context = current
-                return None
-
-            front.sni_callback = newest
-            self.front_contexts[mtls] = front
-        return front
-
     def _issued_by_trust(self, der: bytes) -> bool:
         cert = x509.load_der_x509_certificate(der)
         for anchor in self.material.trust:
@@ -151,13 +135,13 @@ class IdentityState:
                 continue
         return False
 
-    def peer_id(self, transport, usage: str) -> tuple[str | None, str | None]:
-        """(SPIFFE id, None) for a verified peer that is a valid X509-SVID, else (None, why)."""
-        sslobj = transport.get_extra_info("ssl_object")
-        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    def peer_id(self, link, usage: str) -> tuple[str | None, str | None]:
+        """(SPIFFE id, None) for a verified peer that is a valid X509-SVID, else (None, why).
+        `link` is the connection's TLSLink."""
+        der = link.peer_certificate()
         if not der:
             return None, "no peer certificate"
-        if sslobj.session_reused and not self._issued_by_trust(der):
+        if link.session_reused() and not self._issued_by_trust(der):
             # a TLS 1.2 session-id resumption skips verification: check the chain again
             return None, "resumed session of a certificate the trust bundle no longer accepts"
         key = (der, usage)

@@ -190,13 +190,10 @@ class WorkerProcess:
         return 0
 
     async def _serve(self, listener, sock: socket.socket) -> Serving:
-        tls = None
-        if listener.tls != "off":
-            tls = self.identity.front_context(listener.tls == "mtls")
+        # TLS is the core's (its protocol factory wraps each connection in a TLSLink)
         port = Port(listener.name)
         server = await self.loop.create_server(
-            self.core.protocol_factory(port), sock=sock, backlog=4096, ssl=tls,
-            ssl_handshake_timeout=listener.limits.header_timeout if tls else None)
+            self.core.protocol_factory(port), sock=sock, backlog=4096)
         return Serving(listener, sock, port, server)
 
     def reopen_log(self) -> None:

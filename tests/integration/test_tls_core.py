@@ -1,0 +1,224 @@
+"""The core's own TLS (fastproxy._core.tls: OpenSSL over memory BIOs under uvloop's TCP
+transports), end to end: bodies far larger than a TLS record both ways, backpressure,
+pipelining, host-name checks of `tls` clusters, the handshake timeout.
+
+Topology (module-wide):
+    client -> frontend "outbound" (plain) -> mtls cluster -> backend "inbound" (mtls) -> app
+    client (Python ssl) -> backend "https" (tls) -> app
+    client -> frontend "outbound" -> tls clusters -> TLSUpstream servers (host-name checks)
+The app is the aiohttp test app (echo, /bytes/N, /stream-upload).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import time
+import uuid
+
+import pytest
+
+from support.app_upstream import PATTERN
+from support.certs import make_leaf
+from support.checks import assert_proxy_error, wait_stalled
+from support.mesh import MeshCA, TLSUpstream, client_context, https, sid, sidecar_config
+from support.procs import LOOPBACK
+from support.rawhttp import RawConn, get
+
+pytestmark = pytest.mark.timeout(90)
+
+MiB = 1 << 20
+FRONTEND = sid("ns/default/sa/frontend")
+BACKEND = sid("ns/default/sa/backend")
+HANDSHAKE_TIMEOUT = 1.0   # header_timeout of the backend's listeners
+
+
+def pattern_sha(n: int) -> str:
+    h = hashlib.sha256()
+    full, rest = divmod(n, len(PATTERN))
+    for _ in range(full):
+        h.update(PATTERN)
+    h.update(PATTERN[:rest])
+    return h.hexdigest()
+
+
+class Mesh:
+    pass
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory, module_fastproxy, module_upstreams):
+    d = tmp_path_factory.mktemp("tls-core")
+    m = Mesh()
+    m.ca = MeshCA(d / "ca")
+    m.frontend = m.ca.issue(FRONTEND, d / "frontend")
+    m.backend = m.ca.issue(BACKEND, d / "backend")
+    m.app = module_upstreams.app()
+    limits = {"header_timeout": f"{HANDSHAKE_TIMEOUT}s"}
+    m.backend_proxy = module_fastproxy(sidecar_config(m.backend, BACKEND, [
+        {"name": "inbound", "bind": "${listen:inbound}", "tls": "mtls", "allow": [FRONTEND],
+         "limits": limits, "route": [{"cluster": "app"}]},
+        {"name": "https", "bind": "${listen:https}", "tls": "tls", "limits": limits,
+         "route": [{"cluster": "app"}]},
+    ], {"app": {"endpoints": [m.app.addr()]}}), name="backend")
+
+    # servers for the host-name checks of `tls` clusters, certified by the mesh CA
+    m.named = TLSUpstream(d / "named")
+    leaf = make_leaf(m.ca.issuer, None, dns=["localhost"], ips=["127.0.0.1"])
+    m.named.use(leaf.cert_pem, leaf.key_pem, client_trust=None)
+    m.other = TLSUpstream(d / "other")
+    leaf = make_leaf(m.ca.issuer, None, dns=["other.test"])
+    m.other.use(leaf.cert_pem, leaf.key_pem, client_trust=None)
+
+    def tls(endpoint):
+        return {"endpoints": [endpoint], "tls": "tls"}
+
+    m.frontend_proxy = module_fastproxy(sidecar_config(m.frontend, FRONTEND, [
+        {"name": "outbound", "bind": "${listen:outbound}", "route": [
+            {"host": "backend", "cluster": "backend"},
+            {"host": "by-name", "cluster": "by_name"},
+            {"host": "by-ip", "cluster": "by_ip"},
+            {"host": "wrong-name", "cluster": "wrong_name"},
+            {"host": "wrong-ip", "cluster": "wrong_ip"},
+        ]},
+    ], {
+        "backend": {"endpoints": [f"127.0.0.1:{m.backend_proxy.port('inbound')}"],
+                    "tls": "mtls", "peer": BACKEND},
+        "by_name": tls(f"localhost:{m.named.port}"),
+        "by_ip": tls(f"127.0.0.1:{m.named.port}"),
+        "wrong_name": tls(f"localhost:{m.other.port}"),
+        "wrong_ip": tls(f"127.0.0.1:{m.other.port}"),
+    }), name="frontend")
+    yield m
+    m.named.stop()
+    m.other.stop()
+
+
+def https_conn(mesh, timeout=60.0) -> RawConn:
+    return https(mesh.backend_proxy.port("https"), client_context(trust=mesh.ca.ca_pem), timeout)
+
+
+def read_body(sock: socket.socket, already: bytes, length: int) -> tuple[int, str]:
+    h = hashlib.sha256(already)
+    got = len(already)
+    while got < length:
+        chunk = sock.recv(min(1 << 20, length - got))
+        if not chunk:
+            break
+        h.update(chunk)
+        got += len(chunk)
+    return got, h.hexdigest()
+
+
+def upload(conn: RawConn, host: str, size: int) -> dict:
+    """POST `size` pattern bytes to /stream-upload; the app's JSON (length, sha256)."""
+    conn.send(f"POST /stream-upload HTTP/1.1\r\nHost: {host}\r\n"
+              f"Content-Length: {size}\r\n\r\n".encode())
+    full, rest = divmod(size, len(PATTERN))
+    for _ in range(full):
+        conn.sock.sendall(PATTERN)
+    conn.sock.sendall(PATTERN[:rest])
+    r = conn.read_response()
+    assert r.status == 200, r
+    return json.loads(r.body)
+
+
+def download(conn: RawConn, host: str, size: int) -> tuple[int, str]:
+    conn.send(f"GET /bytes/{size} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    head = conn.read_head(deadline=time.monotonic() + 30)
+    assert head.status == 200, head
+    rest = bytes(conn.buf)
+    conn.buf.clear()
+    return read_body(conn.sock, rest, size)
+
+
+# ---------------------------------------------------------------- bodies
+
+@pytest.mark.parametrize("size", [1, 16 * 1024 - 1, 16 * 1024 + 1, 8 * MiB + 7])
+def test_bodies_both_ways_through_two_tls_hops(mesh, size):
+    """client -> sidecar -> mTLS -> sidecar -> app and back, record boundaries and all."""
+    with RawConn(mesh.frontend_proxy.port("outbound"), timeout=60) as c:
+        assert upload(c, "backend", size) == {"body_len": size, "body_sha256": pattern_sha(size)}
+        assert download(c, "backend", size) == (size, pattern_sha(size))
+
+
+def test_bodies_both_ways_through_a_tls_listener(mesh):
+    size = 8 * MiB + 3
+    with https_conn(mesh) as c:
+        assert upload(c, "app", size) == {"body_len": size, "body_sha256": pattern_sha(size)}
+        assert download(c, "app", size) == (size, pattern_sha(size))
+
+
+def test_slow_tls_client_backpressures_the_upstream(mesh):
+    """A client that stops reading: the proxy stops decrypting and reading upstream,
+    instead of holding the body; then everything arrives intact."""
+    size = 96 * MiB
+    tag = uuid.uuid4().hex
+    raw = socket.create_connection((LOOPBACK, mesh.backend_proxy.port("https")), timeout=60)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    with RawConn.wrap(client_context(trust=mesh.ca.ca_pem).wrap_socket(raw), timeout=60) as c:
+        c.send(f"GET /bytes/{size}?tag={tag} HTTP/1.1\r\nHost: app\r\n\r\n".encode())
+        head = c.read_head(deadline=time.monotonic() + 30)
+        assert head.status == 200
+        sent = wait_stalled(lambda: mesh.app.progress(tag)["sent"], what="upstream writes")
+        assert not mesh.app.progress(tag)["done"]
+        assert sent < size // 2, f"the app wrote {sent / MiB:.0f} MiB of {size / MiB:.0f} into the proxy"
+        rest = bytes(c.buf)
+        c.buf.clear()
+        assert read_body(c.sock, rest, size) == (size, pattern_sha(size))
+
+
+def test_pipelined_requests_in_one_tls_record(mesh):
+    with https_conn(mesh) as c:
+        c.send(b"".join(f"GET /echo/{i} HTTP/1.1\r\nHost: app\r\n\r\n".encode() for i in range(5)))
+        paths = [json.loads(c.read_response().body)["path"] for _ in range(5)]
+    assert paths == [f"/echo/{i}" for i in range(5)]
+
+
+def test_request_head_in_one_byte_records(mesh):
+    """Each byte its own TLS record: the head is parsed across records."""
+    with https_conn(mesh) as c:
+        for b in b"GET /echo/split HTTP/1.1\r\nHost: app\r\n\r\n":
+            c.sock.sendall(bytes([b]))
+        r = c.read_response()
+    assert r.status == 200 and json.loads(r.body)["path"] == "/echo/split"
+
+
+# ---------------------------------------------------------------- tls clusters
+
+@pytest.mark.parametrize("host", ["by-name", "by-ip"])
+def test_tls_cluster_accepts_the_server_named_by_its_endpoint(mesh, host):
+    r = get(mesh.frontend_proxy.port("outbound"), "/", host=host)
+    assert r.status == 200 and r.body == b"ok", r
+
+
+@pytest.mark.parametrize("host,why", [("wrong-name", "hostname mismatch"),
+                                      ("wrong-ip", "IP address mismatch")])
+def test_tls_cluster_refuses_a_server_certified_for_another_name(mesh, host, why):
+    before = mesh.other.requests
+    r = get(mesh.frontend_proxy.port("outbound"), "/", host=host)
+    assert_proxy_error(r, 503, "upstream_tls")
+    assert why in r.body.decode(), r.body
+    assert mesh.other.requests == before, "a request reached a server that failed the check"
+
+
+# ---------------------------------------------------------------- handshakes
+
+def test_a_client_that_never_starts_its_handshake_is_closed(mesh):
+    """The handshake is bounded by the listener's header_timeout."""
+    with socket.create_connection((LOOPBACK, mesh.backend_proxy.port("https")), timeout=10) as s:
+        start = time.monotonic()
+        assert s.recv(100) == b""
+        waited = time.monotonic() - start
+    assert HANDSHAKE_TIMEOUT * 0.8 <= waited < HANDSHAKE_TIMEOUT + 5, waited
+
+
+def test_a_client_that_stops_in_the_middle_of_its_handshake_is_closed(mesh):
+    """A ClientHello cut short: the server waits for the rest, then gives up."""
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32)
+    with socket.create_connection((LOOPBACK, mesh.backend_proxy.port("https")), timeout=10) as s:
+        s.sendall(hello)
+        start = time.monotonic()
+        assert s.recv(100) == b""
+        waited = time.monotonic() - start
+    assert HANDSHAKE_TIMEOUT * 0.8 <= waited < HANDSHAKE_TIMEOUT + 5, waited
