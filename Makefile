@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test build debug bench bench-deps bench-micro clean
+.PHONY: run test build debug bench bench-deps bench-micro bench-tls clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,13 +26,17 @@ test: build
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench-deps:
-	apt-get update -qq && apt-get install -y -qq wrk nginx-light haproxy nghttp2-client
+	apt-get update -qq && apt-get install -y -qq wrk nginx-light haproxy nghttp2-client openssl
 
 bench: build
 	$(BIN)/python -m bench
 
 bench-micro: build
 	$(BIN)/python -m pytest -q bench/micro --benchmark-only
+
+# Full TLS handshakes per proxy CPU-second and memory per idle TLS connection.
+bench-tls: build
+	$(BIN)/python -m bench.tls_costs
 
 clean:
 	rm -rf build $(VENV) fastproxy/_core/*.c fastproxy/_core/*.so fastproxy/_core/*.html

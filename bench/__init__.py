@@ -16,5 +16,7 @@ Modules, one concern each:
   certs        throw-away CA and SPIFFE-shaped certificates for the TLS scenarios
   report       medians, min-max, ratios; results.json and results.md
   charts       PNG charts (matplotlib, Agg)
-  tools        finding wrk/nginx/haproxy/taskset, versions, install hints, machine info
+  tools        finding wrk/nginx/haproxy/taskset/openssl, versions, install hints, machine info
+  tls_costs    `python -m bench.tls_costs`: full TLS handshakes per proxy CPU-second and
+               memory per idle TLS connection, on the tls scenario's deployment
 """

@@ -5,7 +5,8 @@ of them for the two-hop scenario); its cost is the sum over every process under 
 roots - workers included. CPU is utime+stime from /proc/<pid>/stat (clock ticks, all
 threads of the process); peak memory is VmHWM from /proc/<pid>/status (the process's
 resident high-water mark; pages shared between a master and its workers count once per
-process, as `ps` would show them).
+process, as `ps` would show them). Current memory (`tree_rss_bytes`, for bench.tls_costs)
+is VmRSS summed the same way.
 
 A measurement takes a snapshot before and after the measured load: processes present at
 both count their difference, processes that appeared during the load count in full.
@@ -54,14 +55,24 @@ def cpu_seconds(pid: int) -> float | None:
     return (utime + stime) / CLOCK_TICKS
 
 
-def peak_rss_bytes(pid: int) -> int | None:
+def _status_bytes(pid: int, field: str) -> int | None:
+    """A memory field of /proc/<pid>/status (given there in kB), in bytes."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    return _status_bytes(pid, "VmHWM")
+
+
+def tree_rss_bytes(roots: list[int]) -> int:
+    """Resident memory of the whole tree now: VmRSS summed over its processes."""
+    return sum(_status_bytes(pid, "VmRSS") or 0 for pid in process_tree(roots))
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The external tools the harness drives: where they are, their versions, how to install them.
 
-Owns locating binaries (wrk, nginx, haproxy, taskset), reading their versions, the install
+Owns locating binaries (wrk, nginx, haproxy, taskset, openssl), reading their versions, the install
 hint printed when one is missing, and the description of the machine and the checkout
 that goes into results.json. Must not start anything long-running.
 """
@@ -18,7 +18,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 INSTALL_ALL = "make bench-deps"
-APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "taskset": "util-linux"}
+APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "taskset": "util-linux",
+                "openssl": "openssl"}
 
 # Debian installs nginx and haproxy in /usr/sbin, which a normal user's PATH may lack.
 SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
@@ -28,6 +29,7 @@ VERSION_COMMANDS = {
     "nginx": ["-v"],
     "haproxy": ["-v"],
     "taskset": ["--version"],
+    "openssl": ["version"],     # `openssl --version` is an error
 }
 
 

@@ -168,3 +168,20 @@ def test_unknown_scenario_is_a_usage_error():
     assert done.returncode == 2
     assert "unknown scenario h3-magic" in done.stderr
     assert os.path.exists(REPO_ROOT / "bench" / "results" / "README.md")
+
+
+def test_tls_costs_tool_writes_a_table_with_numbers(tmp_path):
+    """`python -m bench.tls_costs` with tiny settings: one s_time second, 20 idle connections."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.tls_costs", "--rounds", "1", "--time", "1", "--connections", "20",
+         "--contender", "fastproxy", "--results-dir", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"python -m bench.tls_costs failed:\n{done.stdout}\n{done.stderr}"
+    [written] = tmp_path.glob("*-tls-costs.md")
+    markdown = written.read_text()
+    assert markdown.startswith("# fastproxy TLS costs") and markdown in done.stdout
+    [row] = [line for line in markdown.splitlines() if line.startswith("| fastproxy |")]
+    handshakes_per_cpu_s, per_wall_s, kib_per_connection = row.strip("| ").split(" | ")[1:]
+    for cell in (handshakes_per_cpu_s, per_wall_s):
+        assert float(cell.replace(",", "")) > 0, row
+    float(kib_per_connection.replace(",", ""))     # a number; 20 connections are too few to insist on > 0
