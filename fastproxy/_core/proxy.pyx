@@ -347,6 +347,8 @@ cdef class Port:
     cdef readonly str listener
     cdef public bint closing
     cdef MetricSlot* tls_failures    # NULL unless the listener speaks TLS
+    cdef MetricSlot* tls_new         # handshakes, full and resumed (NULL likewise)
+    cdef MetricSlot* tls_resumed
 
     def __init__(self, str listener):
         self.listener = listener
@@ -364,6 +366,7 @@ cdef class Endpoint:
     cdef readonly int consecutive_failures
     cdef readonly int ejections
     cdef int64_t ejected_until       # monotonic ms; 0 when not ejected
+    cdef public object tls_session   # tls/mtls clusters: the session the next connection offers
 
     def __init__(self, str host, int port):
         self.host = host
@@ -791,8 +794,11 @@ cdef class Worker:
                 return Downstream(self, port)
             return factory
         if port.tls_failures is NULL:
-            port.tls_failures = self.metrics.slot(
-                b"fastproxy_tls_handshake_failures_total\x1f" + port.listener.encode())
+            name = port.listener.encode()
+            port.tls_failures = self.metrics.slot(b"fastproxy_tls_handshake_failures_total\x1f" + name)
+            port.tls_new = self.metrics.slot(b"fastproxy_tls_handshakes_total\x1f" + name + b"\x1fnew")
+            port.tls_resumed = self.metrics.slot(
+                b"fastproxy_tls_handshakes_total\x1f" + name + b"\x1fresumed")
         mtls = ls.tls_mode == TLS_MUTUAL
         def tls_factory():
             current = self.listeners.get(port.listener, ls)
@@ -930,6 +936,8 @@ cdef class Downstream:
             transport.close()
             return
         self._write = transport.write
+        if self.port.tls_new is not NULL:
+            fp_addu(&(self.port.tls_resumed if transport.session_reused() else self.port.tls_new).v[0], 1)
         self.proto_lines = self.ls.proto_line
         if self.ls.tls_mode == TLS_MUTUAL and not self.identify(transport):
             return
@@ -2202,7 +2210,8 @@ cdef class _Connect:
         cdef Worker w = self.w
         cdef Cluster cl = self.cl
         self.link = TLSLink(w.client_tls(cl), Upstream(w, cl, self.ep), w.loop,
-                            server_name=cl.sni or self.ep.host, on_handshake=self.handshake_done)
+                            server_name=cl.sni or self.ep.host, on_handshake=self.handshake_done,
+                            session_store=self.ep)
         return self.link
 
     def timed_out(self):

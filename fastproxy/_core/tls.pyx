@@ -25,6 +25,7 @@ cdef extern from "openssl/ssl.h" nogil:
     ctypedef struct BIO_METHOD
     ctypedef struct X509
     ctypedef struct X509_VERIFY_PARAM
+    ctypedef struct SSL_SESSION
 
     unsigned long OpenSSL_version_num()
     SSL* SSL_new(SSL_CTX* ctx)
@@ -42,6 +43,11 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_shutdown(SSL* s)
     int SSL_get_error(const SSL* s, int ret)
     int SSL_session_reused(const SSL* s)
+    SSL_SESSION* SSL_get0_session(const SSL* s)
+    SSL_SESSION* SSL_get1_session(SSL* s)
+    int SSL_set_session(SSL* s, SSL_SESSION* session)
+    int SSL_SESSION_is_resumable(const SSL_SESSION* session)
+    void SSL_SESSION_free(SSL_SESSION* session)
     long SSL_get_verify_result(const SSL* s)
     X509* SSL_get1_peer_certificate(const SSL* s)
     void SSL_get0_alpn_selected(const SSL* s, const unsigned char** data, unsigned int* len)
@@ -168,12 +174,25 @@ cdef class TLSContext:
         self.check_hostname = context.check_hostname
 
 
+cdef class TLSSession:
+    """A client session to offer on the next connection to the same server (resumption
+    skips the certificates' signatures on both sides), with the context it came from."""
+    cdef SSL_SESSION* session
+    cdef TLSContext context
+
+    def __dealloc__(self):
+        if self.session is not NULL:
+            SSL_SESSION_free(self.session)
+
+
 cdef class TLSLink:
     """One TLS connection: uvloop's TCP transport below, `app` (an asyncio Protocol) above.
 
     The app learns of the connection (connection_made) once the handshake is done and then
     uses the link as its transport. A client link reports the handshake's outcome once to
     `on_handshake(link, error)`; a server link whose handshake fails never calls its app.
+    A client link with a `session_store` (anything with a `tls_session` attribute: the
+    endpoint) offers the session kept there and keeps there the one it gets.
     """
     cdef SSL* ssl
     cdef BIO* rbio                  # ciphertext received, owned by ssl
@@ -187,6 +206,7 @@ cdef class TLSLink:
     cdef double timeout             # server links: seconds the handshake may take (0: none)
     cdef object timer
     cdef public object on_handshake
+    cdef object session_store       # client links: where the session to resume is kept
     cdef int state
     cdef bint reading_paused
     cdef bint resume_scheduled
@@ -194,13 +214,14 @@ cdef class TLSLink:
     cdef object error               # why the connection failed, for the app's connection_lost
 
     def __init__(self, TLSContext context, app, loop, str server_name=None,
-                 on_handshake=None, double timeout=0.0):
+                 on_handshake=None, double timeout=0.0, session_store=None):
         self.context = context
         self.app = app
         self.loop = loop
         self.server_name = server_name
         self.on_handshake = on_handshake
         self.timeout = timeout
+        self.session_store = session_store
 
     def __dealloc__(self):
         if self.ssl is not NULL:
@@ -228,6 +249,7 @@ cdef class TLSLink:
                 self.timer = self.loop.call_later(self.timeout, self.handshake_timeout)
         else:
             self.set_server_name()
+            self.offer_session()
             SSL_set_connect_state(s)
         self.handshake()
 
@@ -385,6 +407,26 @@ cdef class TLSLink:
             else:
                 X509_VERIFY_PARAM_set1_ip(SSL_get0_param(self.ssl), ip, len(ip))
 
+    cdef void offer_session(self):
+        cdef TLSSession held
+        if self.session_store is None:
+            return
+        held = getattr(self.session_store, "tls_session", None)
+        if held is not None and held.context is self.context:   # not across a rotation
+            SSL_set_session(self.ssl, held.session)
+
+    cdef void keep_session(self):
+        """Once per connection: the session, as soon as it can be resumed."""
+        cdef TLSSession kept
+        cdef SSL_SESSION* current = SSL_get0_session(self.ssl)
+        if current is NULL or not SSL_SESSION_is_resumable(current):
+            return
+        kept = TLSSession.__new__(TLSSession)
+        kept.session = SSL_get1_session(self.ssl)
+        kept.context = self.context
+        self.session_store.tls_session = kept
+        self.session_store = None
+
     cdef void handshake(self):
         cdef int r
         cdef int err
@@ -397,6 +439,8 @@ cdef class TLSLink:
                 self.timer.cancel()
                 self.timer = None
             self.made = True
+            if self.session_store is not None:
+                self.keep_session()
             self.app.connection_made(self)
             self.report(None)
             if self.state == L_OPEN:
@@ -427,6 +471,8 @@ cdef class TLSLink:
                     err = SSL_get_error(self.ssl, r)
                     break
                 n += r
+            if self.session_store is not None:
+                self.keep_session()   # a TLS 1.3 ticket comes after the handshake
             if n > 0:
                 self.app.data_received(PyBytes_FromStringAndSize(read_buffer, n))
             if err == SSL_ERROR_NONE:

@@ -45,11 +45,10 @@ def _load_chain(ctx: ssl.SSLContext, material: Material) -> None:
 def server_context(material: Material, require_client_cert: bool) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    # No session tickets: a ticket would let a client resume past a rotation that dropped
-    # its CA (tickets are decrypted with the front context's keys). Sidecar-to-sidecar
-    # connections are pooled, so full handshakes are rare anyway.
-    ctx.options |= ssl.OP_NO_TICKET
-    ctx.num_tickets = 0
+    # Sessions resume (one TLS 1.3 ticket per handshake, TLS 1.2 tickets and ids) only
+    # within this context: its ticket keys and session cache are its own, and a rotation
+    # makes a new context, so no client resumes past a rotation that dropped its CA.
+    ctx.num_tickets = 1
     _load_chain(ctx, material)
     ctx.set_alpn_protocols(["http/1.1"])
     if require_client_cert:
@@ -137,16 +136,18 @@ class IdentityState:
 
     def peer_id(self, link, usage: str) -> tuple[str | None, str | None]:
         """(SPIFFE id, None) for a verified peer that is a valid X509-SVID, else (None, why).
-        `link` is the connection's TLSLink."""
+        `link` is the connection's TLSLink. The answer is remembered per certificate until
+        the material changes."""
         der = link.peer_certificate()
         if not der:
             return None, "no peer certificate"
-        if link.session_reused() and not self._issued_by_trust(der):
-            # a TLS 1.2 session-id resumption skips verification: check the chain again
-            return None, "resumed session of a certificate the trust bundle no longer accepts"
         key = (der, usage)
         found = self._peers.get(key)
         if found is None:
+            if link.session_reused() and not self._issued_by_trust(der):
+                # a resumed session skipped verification, and this certificate was not
+                # verified under the current material: check its chain here
+                return None, "resumed session of a certificate the trust bundle no longer accepts"
             try:
                 found = (svid_id(x509.load_der_x509_certificate(der), self.trust_domains, usage), None)
             except (SVIDError, ValueError) as exc:

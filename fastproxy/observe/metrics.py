@@ -26,6 +26,9 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str, bool, tuple[float, ...] | N
     "fastproxy_tls_handshake_failures_total": (
         "counter", ("listener",), "Client TLS handshakes that failed or presented an "
         "unacceptable identity.", False, None),
+    "fastproxy_tls_handshakes_total": (
+        "counter", ("listener", "session"), "Client TLS handshakes completed, by session: "
+        "new (certificates checked) or resumed.", False, None),
     "fastproxy_config_reloads_total": (
         "counter", ("result",), "Configuration reloads, by result.", False, None),
     "fastproxy_upstream_connections": (

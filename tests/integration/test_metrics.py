@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import signal
+import socket
 import ssl
 import subprocess
 import uuid
@@ -253,6 +254,33 @@ def test_tls_handshake_failures_per_listener(env):
     after = {n: m.value("fastproxy_tls_handshake_failures_total", 0, listener=n) for n in listeners}
     assert after == {**before, "secure": before["secure"] + 2}, (before, after)
     assert family_type(m, "fastproxy_tls_handshake_failures_total") == "counter"
+
+
+def test_tls_handshakes_by_session(env):
+    """A full handshake counts as new; the same client offering its session back, resumed."""
+    proxy = env["proxy"]
+
+    def count(session):
+        return scrape(proxy).value("fastproxy_tls_handshakes_total", 0, listener="secure",
+                                   session=session)
+
+    before = {s: count(s) for s in ("new", "resumed")}
+    ctx = ssl.create_default_context(cafile=str(env["trust"]))
+    ctx.check_hostname = False
+    session = None
+    for _ in range(3):
+        with ctx.wrap_socket(socket.create_connection((LOOPBACK, proxy.port("secure"))),
+                             session=session) as s:
+            c = RawConn.wrap(s)
+            c.send(b"GET /status/200 HTTP/1.1\r\nHost: app\r\n\r\n")
+            assert c.read_response().status == 200   # the ticket came before it
+            session = s.session
+    wait_metric(proxy, lambda m: m.value("fastproxy_tls_handshakes_total", 0, listener="secure",
+                                         session="resumed") >= before["resumed"] + 2,
+                what="two resumed handshakes")
+    assert {s: count(s) for s in before} == {"new": before["new"] + 1,
+                                            "resumed": before["resumed"] + 2}
+    assert family_type(scrape(proxy), "fastproxy_tls_handshakes_total") == "counter"
 
 
 # ---------------------------------------------------------------- several workers

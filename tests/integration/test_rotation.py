@@ -320,9 +320,9 @@ def test_session_resumed_after_its_ca_left_the_bundle_is_refused(
         with https(port, ctx) as c:
             assert get_on(c, f"/echo/{version}") == 200  # the response carries the tickets
             sessions[version] = (ctx, c.sock.session)
-        # the session is offered again; the server may resume it (TLS 1.2 session ids) or,
-        # having no tickets to give, not — either way the client is served before rotation
+        # before the rotation the session is offered again and resumed
         with https(port, ctx, session=sessions[version][1]) as c:
+            assert c.sock.session_reused, f"{version}: the sidecar did not resume the session"
             assert get_on(c, f"/echo/{version}/resumed") == 200
 
     leaf = make_leaf(new_ca, BACKEND)  # move to the new CA; trust only the new CA

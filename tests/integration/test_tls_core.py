@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import ssl
 import time
 import uuid
 
@@ -200,6 +201,54 @@ def test_tls_cluster_refuses_a_server_certified_for_another_name(mesh, host, why
     assert_proxy_error(r, 503, "upstream_tls")
     assert why in r.body.decode(), r.body
     assert mesh.other.requests == before, "a request reached a server that failed the check"
+
+
+# ---------------------------------------------------------------- session resumption
+
+@pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
+def test_mtls_listener_resumes_sessions(mesh, version):
+    """A client that offers its session back skips the certificates; it is still
+    identified (the session carries its certificate) and served."""
+    ctx = client_context(mesh.frontend)
+    ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, version)
+    port = mesh.backend_proxy.port("inbound")
+    with https(port, ctx) as c:
+        c.send(b"GET /echo/first HTTP/1.1\r\nHost: app\r\n\r\n")
+        assert c.read_response().status == 200   # the response carries the ticket
+        session = c.sock.session
+    with https(port, ctx, session=session) as c:
+        assert c.sock.session_reused
+        c.send(b"GET /echo/again HTTP/1.1\r\nHost: app\r\n\r\n")
+        r = c.read_response()
+    assert r.status == 200, r
+    headers = dict((k.lower(), v) for k, v in json.loads(r.body)["headers"])
+    assert headers["x-forwarded-client-cert"] == f"By={BACKEND};URI={FRONTEND}"
+
+
+@pytest.mark.parametrize("tls", ["tls", "mtls"])
+def test_clusters_resume_sessions_on_new_connections(mesh, tmp_path, module_fastproxy, tls):
+    """The server closes after each response, so every request is a new connection: after
+    the first, each one resumes the session the last one got."""
+    server = TLSUpstream(tmp_path / "resuming")
+    try:
+        if tls == "mtls":
+            leaf = make_leaf(mesh.ca.issuer, BACKEND)
+            server.use(leaf.cert_pem, leaf.key_pem, client_trust=mesh.ca.ca_pem.read_bytes())
+            cluster = {"endpoints": [server.addr], "tls": "mtls", "peer": BACKEND}
+        else:
+            leaf = make_leaf(mesh.ca.issuer, None, ips=["127.0.0.1"])
+            server.use(leaf.cert_pem, leaf.key_pem, client_trust=None)
+            cluster = {"endpoints": [server.addr], "tls": "tls"}
+        proxy = module_fastproxy(sidecar_config(mesh.frontend, FRONTEND, [
+            {"name": "outbound", "bind": "${listen:outbound}", "route": [{"cluster": "up"}]},
+        ], {"up": cluster}), name=f"resuming-{tls}")
+        for i in range(4):
+            r = get(proxy.port("outbound"), f"/{i}")
+            assert r.status == 200 and r.body == b"ok", r
+        assert server.handshakes == 4
+        assert server.resumed == 3, f"{server.resumed} of 4 handshakes resumed"
+    finally:
+        server.stop()
 
 
 # ---------------------------------------------------------------- handshakes

@@ -283,7 +283,8 @@ class TLSUpstream:
     """A small HTTPS upstream in this process (threads, loopback) presenting whatever
     certificate `use()` set last: for server certificates our CA tooling would never
     issue. Answers every request with `200 ok` and closes the connection (so a proxy never
-    pools it). `.requests` counts requests received, `.handshakes` completed handshakes."""
+    pools it). `.requests` counts requests received, `.handshakes` completed handshakes,
+    `.resumed` those that resumed a session."""
 
     def __init__(self, workdir: Path):
         self.workdir = Path(workdir)
@@ -294,6 +295,7 @@ class TLSUpstream:
         self.ctx: ssl.SSLContext | None = None
         self.requests = 0
         self.handshakes = 0
+        self.resumed = 0
         self.errors: list[str] = []
         self._stop = False
         import threading
@@ -333,6 +335,7 @@ class TLSUpstream:
             with ctx.wrap_socket(conn, server_side=True) as s:
                 with self._lock:
                     self.handshakes += 1
+                    self.resumed += s.session_reused
                 data = b""
                 while b"\r\n\r\n" not in data:
                     chunk = s.recv(65536)
