@@ -50,8 +50,6 @@ cdef extern from "openssl/ssl.h" nogil:
     void SSL_SESSION_free(SSL_SESSION* session)
     long SSL_get_verify_result(const SSL* s)
     X509* SSL_get1_peer_certificate(const SSL* s)
-    void SSL_get0_alpn_selected(const SSL* s, const unsigned char** data, unsigned int* len)
-    const char* SSL_get_version(const SSL* s)
     int SSL_CTX_get_verify_mode(const SSL_CTX* ctx)
     unsigned long SSL_CTX_get_options(const SSL_CTX* ctx)
 
@@ -377,17 +375,6 @@ cdef class TLSLink:
 
     def session_reused(self):
         return self.ssl is not NULL and SSL_session_reused(self.ssl) == 1
-
-    def selected_alpn_protocol(self):
-        cdef const unsigned char* p = NULL
-        cdef unsigned int n = 0
-        if self.ssl is NULL:
-            return None
-        SSL_get0_alpn_selected(self.ssl, &p, &n)
-        return (<char*>p)[:n].decode() if n else None
-
-    def version(self):
-        return SSL_get_version(self.ssl).decode() if self.ssl is not NULL else None
 
     # internals ---------------------------------------------------------------------------
     cdef void set_server_name(self):
