@@ -3,7 +3,9 @@
 Every figure of a contender is the median over its rounds, shown with the min-max range.
 Ratios divide a contender's median by the median of nginx or HAProxy measured in the same
 scenario of the same run - never by a figure from another run - so results.json carries
-everything needed to recompute them. For the fixed-rate scenario the latency a proxy adds
+everything needed to recompute them. Paired ratios divide round i of a contender by round i
+of the comparator (they ran back to back, so the machine's drift between minutes cancels)
+and take the median of those. For the fixed-rate scenario the latency a proxy adds
 is its median minus direct's median.
 Must not run anything; it only reads the run record the runner filled in.
 """
@@ -35,6 +37,7 @@ METRICS = [
 COMPARATORS = ("nginx", "haproxy")
 COMPARATOR_LABELS = {"nginx": "nginx", "haproxy": "HAProxy", "fastproxy": "fastproxy"}
 LATENCY_KEYS = ("p50_us", "p99_us", "p999_us")
+PAIRED_KEYS = ("rps", "cpu_us_per_request")
 
 
 def summarize(rounds: list[dict]) -> dict:
@@ -55,6 +58,14 @@ def ratio(value: dict | None, reference: dict | None) -> float | None:
     return value["median"] / reference["median"]
 
 
+def paired_ratio(rounds: list[dict], reference: list[dict], key: str) -> float | None:
+    """Median over round numbers of this round's figure ÷ the reference's same round."""
+    by_round = {r["round"]: r.get(key) for r in reference}
+    values = [r[key] / by_round[r["round"]] for r in rounds
+              if r.get(key) is not None and by_round.get(r["round"])]
+    return statistics.median(values) if values else None
+
+
 def add_figures(scenario: dict) -> None:
     """Fill in each contender's summary, its ratios to the comparators, and added latency."""
     contenders = scenario["contenders"]
@@ -70,6 +81,9 @@ def add_figures(scenario: dict) -> None:
             if reference and contender is not contenders[comparator]:
                 contender["ratios"][comparator] = {
                     m.key: ratio(contender["summary"][m.key], reference[m.key]) for m in METRICS}
+                contender.setdefault("paired_ratios", {})[comparator] = {
+                    key: paired_ratio(contender["rounds"], contenders[comparator]["rounds"], key)
+                    for key in PAIRED_KEYS}
     direct = contenders.get("direct", {}).get("summary")
     for name, contender in contenders.items():
         if scenario["fixed_rate"] and direct and contender["summary"] and name != "direct":
@@ -187,6 +201,16 @@ def _scenario_section(scenario: dict) -> list[str]:
                                 else "·" for c in comparators) for m in METRICS]
             out.append(f"| {name} | " + " | ".join(cells) + " |")
         out.append("")
+        paired = [(n, c["paired_ratios"]) for n, c in with_ratios if c.get("paired_ratios")]
+        labels = {m.key: m.label for m in METRICS}
+        out += [f"Paired-round ratios, median of round i ÷ the comparator's round i ({against}):", "",
+                "| contender | " + " | ".join(labels[k] for k in PAIRED_KEYS) + " |",
+                "|" + "---|" * (len(PAIRED_KEYS) + 1)]
+        for name, ratios in paired:
+            cells = [" / ".join(format_ratio(ratios[c][k]) if c in ratios else "·" for c in comparators)
+                     for k in PAIRED_KEYS]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
 
     added = [(n, c["added_latency_us"]) for n, c in scenario["contenders"].items() if c.get("added_latency_us")]
     if added:
@@ -208,6 +232,8 @@ def _reading_notes(run: dict) -> list[str]:
         "contenders (A B C, A B C, ...) after one warm-up per contender (open-loop generator, 5,000 req/s).",
         "- req/s: higher is better; every other figure: lower is better. A ratio below 1.00× in a "
         "lower-is-better column means cheaper/faster than that comparator; '·' marks the comparator itself.",
+        "- Paired-round ratios compare rounds that ran back to back, so they are steadier than the "
+        "ratio of medians when the machine's speed drifts during the run (it does on shared machines).",
         "- Latency in the closed-loop scenarios comes from wrk, where a slow response also delays the "
         "requests behind it; the fixed-rate `latency` scenario counts latency from each request's "
         "intended send time (no coordinated omission) and is the one to quote for added latency.",

@@ -185,3 +185,16 @@ def test_tls_costs_tool_writes_a_table_with_numbers(tmp_path):
     for cell in (handshakes_per_cpu_s, per_wall_s):
         assert float(cell.replace(",", "")) > 0, row
     float(kib_per_connection.replace(",", ""))     # a number; 20 connections are too few to insist on > 0
+
+
+def test_paired_ratios_cancel_drift_between_rounds():
+    """Round i against the comparator's round i: a machine that slows down for a round
+    moves both, so the paired ratio stays where the ratio of medians does not."""
+    from bench.report import paired_ratio
+
+    nginx = [{"round": 1, "cpu_us_per_request": 10.0}, {"round": 2, "cpu_us_per_request": 20.0},
+             {"round": 3, "cpu_us_per_request": 20.0}]
+    fast = [{"round": 1, "cpu_us_per_request": 9.0}, {"round": 2, "cpu_us_per_request": 18.0},
+            {"round": 3, "cpu_us_per_request": None}]
+    assert paired_ratio(fast, nginx, "cpu_us_per_request") == pytest.approx(0.9)
+    assert paired_ratio(fast, nginx, "rps") is None
