@@ -782,6 +782,7 @@ cdef class Worker:
         if self.default_tls is None:
             self.default_tls = ssl.create_default_context()
             self.default_tls.keylog_filename = None   # SSLKEYLOGFILE: not through the core
+            self.default_tls.options |= ssl.OP_NO_RENEGOTIATION
         return self.tls_context(self.default_tls)
 
     def protocol_factory(self, Port port):
@@ -2201,6 +2202,7 @@ cdef class _Connect:
     cdef object timer
     cdef object fut          # the TCP connection
     cdef object link         # the TLSLink, once its TCP connection is made
+    cdef bint over           # reported: later news of this attempt is ignored
 
     def upstream(self):
         return Upstream(self.w, self.cl, self.ep)
@@ -2216,32 +2218,41 @@ cdef class _Connect:
 
     def timed_out(self):
         self.timer = None
+        if self.over:
+            return
+        link = self.link
+        if link is not None:
+            link.on_handshake = None   # a cancelled connect closes it: that is not news
         if not self.fut.done():
-            self.fut.cancel()        # done() reports it
-        elif self.link is not None and self.link.on_handshake is not None:
-            self.link.on_handshake = None
-            self.link.abort()
+            self.fut.cancel()          # done() reports it
+        elif link is not None:
+            self.over = True
+            link.abort()
             self.ex.connect_failed(self.ep, "connect timeout (TLS handshake)")
 
     def done(self, fut):
         """The TCP connection is made, or failed."""
+        if self.over:
+            return
         if fut.cancelled():
-            self.stop_timer()
+            self.end()
             self.ex.connect_failed(self.ep, "connect timeout")
             return
         exc = fut.exception()
         if exc is not None:
-            self.stop_timer()
+            self.end()
             self.ex.connect_failed(self.ep, exc.strerror if isinstance(exc, OSError) and exc.strerror
                                    else str(exc) or type(exc).__name__)
             return
         if self.link is None:
-            self.stop_timer()
+            self.end()
             self.connected(<Upstream>fut.result()[1])
         # TLS: handshake_done follows
 
     def handshake_done(self, link, exc):
-        self.stop_timer()
+        if self.over:
+            return
+        self.end()
         if exc is None:
             self.connected(<Upstream>link.app)
         elif isinstance(exc, TLSError):
@@ -2249,7 +2260,9 @@ cdef class _Connect:
         else:
             self.ex.connect_failed(self.ep, str(exc) or type(exc).__name__)
 
-    cdef void stop_timer(self):
+    cdef void end(self):
+        """The attempt's outcome is known: it is reported once, and the timer stops."""
+        self.over = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

@@ -26,6 +26,7 @@ cdef extern from "openssl/ssl.h" nogil:
     ctypedef struct X509
     ctypedef struct X509_VERIFY_PARAM
     ctypedef struct SSL_SESSION
+    ctypedef struct SSL_METHOD
 
     unsigned long OpenSSL_version_num()
     SSL* SSL_new(SSL_CTX* ctx)
@@ -52,6 +53,10 @@ cdef extern from "openssl/ssl.h" nogil:
     X509* SSL_get1_peer_certificate(const SSL* s)
     int SSL_CTX_get_verify_mode(const SSL_CTX* ctx)
     unsigned long SSL_CTX_get_options(const SSL_CTX* ctx)
+    const SSL_METHOD* SSL_CTX_get_ssl_method(const SSL_CTX* ctx)
+    const SSL_METHOD* TLS_method()
+    const SSL_METHOD* TLS_client_method()
+    const SSL_METHOD* TLS_server_method()
 
     enum:
         SSL_ERROR_NONE
@@ -67,6 +72,7 @@ cdef extern from "openssl/ssl.h" nogil:
 
 cdef extern from "openssl/bio.h" nogil:
     BIO* BIO_new(const BIO_METHOD* method)
+    int BIO_free(BIO* b)
     const BIO_METHOD* BIO_s_mem()
     int BIO_write(BIO* b, const void* data, int dlen)
     int BIO_read(BIO* b, void* data, int dlen)
@@ -94,8 +100,7 @@ cdef extern from "openssl/crypto.h" nogil:
 # The SSL_CTX pointer is the first field of CPython's PySSLContext (Modules/_ssl.c, every
 # version since 3.0). TLSContext checks what it reads against the Python object.
 ctypedef struct PySSLContextHead:
-    Py_ssize_t ob_refcnt
-    void* ob_type
+    PyObject ob_base
     SSL_CTX* ctx
 
 if OpenSSL_version_num() != ssl.OPENSSL_VERSION_NUMBER:
@@ -138,7 +143,7 @@ cdef str openssl_error(SSL* s, int err):
             if verify != X509_V_OK:
                 why += ": " + X509_verify_cert_error_string(verify).decode()
     elif err == SSL_ERROR_SYSCALL or err == SSL_ERROR_SSL:
-        why = "the peer closed the connection in the middle of a TLS record"
+        why = "TLS failed (OpenSSL gave no reason)"
     else:
         why = f"unexpected SSL_get_error {err}"
     ERR_clear_error()
@@ -154,6 +159,7 @@ cdef class TLSContext:
     cdef bint check_hostname
 
     def __init__(self, context):
+        cdef const SSL_METHOD* method
         if not isinstance(context, ssl.SSLContext):
             raise TypeError("an ssl.SSLContext is needed")
         if context.sni_callback is not None or context.keylog_filename is not None \
@@ -163,7 +169,13 @@ cdef class TLSContext:
                              "keylog_filename or _msg_callback")
         self.context = context
         self.ctx = (<PySSLContextHead*><PyObject*>context).ctx
-        if self.ctx is NULL or SSL_CTX_get_options(self.ctx) != <unsigned long>context.options \
+        method = SSL_CTX_get_ssl_method(self.ctx) if self.ctx is not NULL else NULL
+        if method != TLS_method() and method != TLS_client_method() and method != TLS_server_method():
+            # the methods are static objects of one libssl: another copy (a Python with its
+            # own OpenSSL) has others
+            raise RuntimeError("Python's ssl module uses another copy of OpenSSL than "
+                               "fastproxy's TLS core: rebuild fastproxy against it")
+        if SSL_CTX_get_options(self.ctx) != <unsigned long>context.options \
                 or bool(SSL_CTX_get_verify_mode(self.ctx) & SSL_VERIFY_PEER) \
                 != (context.verify_mode != ssl.CERT_NONE):
             raise RuntimeError("this Python's ssl.SSLContext layout is not the one fastproxy "
@@ -177,6 +189,7 @@ cdef class TLSSession:
     skips the certificates' signatures on both sides), with the context it came from."""
     cdef SSL_SESSION* session
     cdef TLSContext context
+    cdef str server_name             # resumption skips the name check: only for this name
 
     def __dealloc__(self):
         if self.session is not NULL:
@@ -205,11 +218,15 @@ cdef class TLSLink:
     cdef object timer
     cdef public object on_handshake
     cdef object session_store       # client links: where the session to resume is kept
+    cdef TLSSession offered         # the session this link offered, if any
     cdef int state
     cdef bint reading_paused
     cdef bint resume_scheduled
     cdef bint made                  # the app has had connection_made
     cdef object error               # why the connection failed, for the app's connection_lost
+    cdef bint eof_held              # the peer's FIN came with records still to hand up
+    cdef bint eof_told              # the app had eof_received (once, as asyncio's)
+    cdef bint eof_keep              # and its answer
 
     def __init__(self, TLSContext context, app, loop, str server_name=None,
                  on_handshake=None, double timeout=0.0, session_store=None):
@@ -237,6 +254,12 @@ cdef class TLSLink:
         self.raw_write = transport.write
         self.rbio = BIO_new(BIO_s_mem())
         self.wbio = BIO_new(BIO_s_mem())
+        if self.rbio is NULL or self.wbio is NULL:
+            BIO_free(self.rbio)
+            BIO_free(self.wbio)
+            ERR_clear_error()
+            transport.abort()
+            raise MemoryError("BIO_new")
         SSL_set_bio(s, self.rbio, self.wbio)
         SSL_set_mode(s, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY
                      | SSL_MODE_RELEASE_BUFFERS)
@@ -246,7 +269,10 @@ cdef class TLSLink:
             if self.timeout > 0:
                 self.timer = self.loop.call_later(self.timeout, self.handshake_timeout)
         else:
-            self.set_server_name()
+            if not self.set_server_name():
+                ERR_clear_error()
+                self.fail(TLSError(f"cannot check the server's name {self.server_name!r}"))
+                return
             self.offer_session()
             SSL_set_connect_state(s)
         self.handshake()
@@ -268,10 +294,13 @@ cdef class TLSLink:
             self.fail(ConnectionResetError("the peer closed the connection during the TLS handshake"))
             return False
         if self.state == L_OPEN:
-            if not self.reading_paused and (BIO_ctrl_pending(self.rbio) or SSL_pending(self.ssl)):
+            if not self.reading_paused and self.buffered():
                 self.read_records()   # what came before the end goes up first
             if self.state == L_OPEN:
-                return self.app.eof_received()
+                if self.buffered():   # paused meanwhile: the end waits for the rest
+                    self.eof_held = True
+                    return True
+                return self.tell_eof()
         return False
 
     def connection_lost(self, exc):
@@ -283,6 +312,8 @@ cdef class TLSLink:
             self.report(exc if exc is not None else
                         ConnectionResetError("the connection closed during the TLS handshake"))
         self.free()
+        # the app holds this link as its transport: part the two, as uvloop parts from us
+        self.app = self.raw = self.raw_write = self.on_handshake = self.session_store = None
 
     def pause_writing(self):
         if self.made:
@@ -300,12 +331,13 @@ cdef class TLSLink:
         if self.state != L_OPEN:
             return
         while done < n:   # SSL_write takes an int: a huge write goes in pieces
+            ERR_clear_error()
             r = SSL_write(self.ssl, PyBytes_AS_STRING(b) + done, <int>min(n - done, WRITE_PIECE))
             if r <= 0:
                 self.fail(TLSError(openssl_error(self.ssl, SSL_get_error(self.ssl, r))))
                 return
             done += r
-        self.flush()
+            self.flush()
 
     def close(self):
         """Send close_notify and close; the app's connection_lost follows, as asyncio's."""
@@ -313,12 +345,12 @@ cdef class TLSLink:
             SSL_shutdown(self.ssl)   # ours only: waiting for the peer's gains nothing
             ERR_clear_error()
             self.flush()
-        if self.state != L_NEW:
+        if self.state != L_CLOSED and self.raw is not None:
             self.mark_closed()
             self.raw.close()
 
     def abort(self):
-        if self.state != L_NEW:
+        if self.raw is not None:
             self.mark_closed()
             self.raw.abort()
 
@@ -336,7 +368,7 @@ cdef class TLSLink:
             self.reading_paused = False
             if self.raw is not None and self.state == L_OPEN:
                 self.raw.resume_reading()
-                if not self.resume_scheduled and (BIO_ctrl_pending(self.rbio) or SSL_pending(self.ssl)):
+                if not self.resume_scheduled and (self.buffered() or self.eof_held):
                     # records that came before the pause: hand them up from the loop, not
                     # from inside the app's call
                     self.resume_scheduled = True
@@ -377,46 +409,54 @@ cdef class TLSLink:
         return self.ssl is not NULL and SSL_session_reused(self.ssl) == 1
 
     # internals ---------------------------------------------------------------------------
-    cdef void set_server_name(self):
+    cdef bint set_server_name(self) except -1:
+        """SNI and, when the context checks names, the name or address to check (as
+        CPython does). False: OpenSSL refused the name."""
         name = self.server_name
         if not name:
-            return
+            return True
         try:
             ip = ipaddress.ip_address(name).packed
         except ValueError:
             ip = None
         encoded = name.encode("idna") if ip is None else None
-        if ip is None:
-            SSL_set_tlsext_host_name(self.ssl, encoded)
+        if ip is None and not SSL_set_tlsext_host_name(self.ssl, encoded):
+            return False
         if self.context.check_hostname:
             if ip is None:
-                X509_VERIFY_PARAM_set1_host(SSL_get0_param(self.ssl), encoded, len(encoded))
-            else:
-                X509_VERIFY_PARAM_set1_ip(SSL_get0_param(self.ssl), ip, len(ip))
+                return X509_VERIFY_PARAM_set1_host(SSL_get0_param(self.ssl), encoded, len(encoded)) == 1
+            return X509_VERIFY_PARAM_set1_ip(SSL_get0_param(self.ssl), ip, len(ip)) == 1
+        return True
 
     cdef void offer_session(self):
         cdef TLSSession held
         if self.session_store is None:
             return
         held = getattr(self.session_store, "tls_session", None)
-        if held is not None and held.context is self.context:   # not across a rotation
-            SSL_set_session(self.ssl, held.session)
+        # not across a rotation, nor for another name (resuming skips the name check)
+        if held is not None and held.context is self.context and held.server_name == self.server_name:
+            if SSL_set_session(self.ssl, held.session):
+                self.offered = held
+            ERR_clear_error()
 
     cdef void keep_session(self):
         """Once per connection: the session, as soon as it can be resumed."""
         cdef TLSSession kept
         cdef SSL_SESSION* current = SSL_get0_session(self.ssl)
-        if current is NULL or not SSL_SESSION_is_resumable(current):
-            return
+        if current is NULL or not SSL_SESSION_is_resumable(current) \
+                or (self.offered is not None and current == self.offered.session):
+            return   # a resumed TLS 1.3 session is replaced by its new ticket a little later
         kept = TLSSession.__new__(TLSSession)
         kept.session = SSL_get1_session(self.ssl)
         kept.context = self.context
+        kept.server_name = self.server_name
         self.session_store.tls_session = kept
         self.session_store = None
 
     cdef void handshake(self):
         cdef int r
         cdef int err
+        ERR_clear_error()   # a stale error would turn WANT_READ into a failure
         r = SSL_do_handshake(self.ssl)
         err = SSL_get_error(self.ssl, r) if r != 1 else SSL_ERROR_NONE
         self.flush()
@@ -451,6 +491,7 @@ cdef class TLSLink:
         while self.state == L_OPEN and not self.reading_paused:
             n = 0
             err = SSL_ERROR_NONE
+            ERR_clear_error()
             while n < READ_CHUNK:
                 r = SSL_read(self.ssl, read_buffer + n, READ_CHUNK - n)
                 if r <= 0:
@@ -469,10 +510,14 @@ cdef class TLSLink:
             if BIO_ctrl_pending(self.wbio):
                 self.flush()    # a post-handshake reply (key update)
             if err == SSL_ERROR_WANT_READ:
+                if self.eof_held:   # the peer's FIN, held back until now
+                    self.eof_held = False
+                    if not self.tell_eof():
+                        self.close()
                 return
             if err == SSL_ERROR_ZERO_RETURN:   # the peer's close_notify
                 ERR_clear_error()
-                if not self.app.eof_received():
+                if not self.tell_eof():
                     self.close()
                 return
             self.fail(TLSError(openssl_error(self.ssl, err)))
@@ -483,12 +528,25 @@ cdef class TLSLink:
         if self.state == L_OPEN:
             self.read_records()
 
+    cdef inline bint buffered(self):
+        """Records received and not yet handed up."""
+        return BIO_ctrl_pending(self.rbio) > 0 or SSL_pending(self.ssl) > 0
+
+    cdef bint tell_eof(self) except -1:
+        """The app hears of the end of the peer's data once; its answer (keep the
+        connection open for writing) stands for later ends (FIN after close_notify)."""
+        if not self.eof_told:
+            self.eof_told = True
+            self.eof_keep = bool(self.app.eof_received())
+        return self.eof_keep
+
     cdef void flush(self):
         cdef size_t n = BIO_ctrl_pending(self.wbio)
-        if n:
+        cdef int got
+        if n:   # at most what one SSL_write piece made
             out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
-            BIO_read(self.wbio, PyBytes_AS_STRING(out), <int>n)
-            self.raw_write(out)
+            got = BIO_read(self.wbio, PyBytes_AS_STRING(out), <int>n)
+            self.raw_write(out if got == <int>n else out[:max(got, 0)])
 
     cdef void fail(self, error):
         """The TLS connection cannot go on: close it; the app (or the handshake's waiter)
@@ -500,7 +558,8 @@ cdef class TLSLink:
         else:
             self.error = error
         self.mark_closed()
-        self.raw.close()   # sends what is queued (a TLS alert) first
+        if self.raw is not None:
+            self.raw.close()   # sends what is queued (a TLS alert) first
 
     cdef void mark_closed(self):
         if self.timer is not None:

@@ -185,6 +185,55 @@ def test_request_head_in_one_byte_records(mesh):
     assert r.status == 200 and json.loads(r.body)["path"] == "/echo/split"
 
 
+def test_client_that_sends_close_notify_after_its_request_is_answered(mesh):
+    """TLS 1.3 lets a client end its half (close_notify) and still read: the request that
+    came before it is answered, then the proxy closes. Python's ssl over memory buffers
+    plays the client, since SSLSocket.unwrap() would wait for the server's close_notify."""
+    ctx = client_context(trust=mesh.ca.ca_pem)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing)
+    sock = socket.create_connection((LOOPBACK, mesh.backend_proxy.port("https")), timeout=10)
+
+    def pump() -> bool:
+        """Send what the client wrote; read what came (False: the server closed)."""
+        if outgoing.pending:
+            sock.sendall(outgoing.read())
+        data = sock.recv(65536)
+        if not data:
+            incoming.write_eof()
+            return False
+        incoming.write(data)
+        return True
+
+    with sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                assert pump(), "closed during the handshake"
+        tls.write(b"GET /echo/half-closed HTTP/1.1\r\nHost: app\r\n\r\n")
+        try:
+            tls.unwrap()   # sends close_notify, then wants the server's
+        except ssl.SSLWantReadError:
+            pass
+        sock.sendall(outgoing.read())
+        got, open_ = b"", True
+        while open_:
+            open_ = pump()
+            try:
+                while True:
+                    got += tls.read(65536)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                pass
+            except ssl.SSLError as exc:   # data after our close_notify: OpenSSL may refuse
+                pytest.fail(f"reading the answer failed: {exc}")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), got[:200]
+    assert json.loads(body)["path"] == "/echo/half-closed"
+
+
 # ---------------------------------------------------------------- tls clusters
 
 @pytest.mark.parametrize("host", ["by-name", "by-ip"])
