@@ -239,8 +239,7 @@ cdef class TLSLink:
         self.session_store = session_store
 
     def __dealloc__(self):
-        if self.ssl is not NULL:
-            SSL_free(self.ssl)
+        self.free()
 
     # the TCP transport's protocol --------------------------------------------------------
     def connection_made(self, transport):
