@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from support.app_upstream import PATTERN
+from support.app_upstream import PATTERN, pattern_sha256
 from support.checks import RssSampler, wait_stalled
 from support.configs import simple_config
 from support.procs import LOOPBACK
@@ -41,14 +41,6 @@ def _size(text: str) -> int:
 
 BIG = _size(os.environ.get("FASTPROXY_TEST_BIG_BODY", "1GiB"))
 
-
-def expected_sha(n: int) -> str:
-    h = hashlib.sha256()
-    full, rest = divmod(n, len(PATTERN))
-    for _ in range(full):
-        h.update(PATTERN)
-    h.update(PATTERN[:rest])
-    return h.hexdigest()
 
 
 @pytest.fixture
@@ -95,7 +87,7 @@ def test_big_download_streams_with_bounded_memory(proxy):
         assert f"content-length: {BIG}".encode() in head.lower()
         got, digest = read_body_streaming(s, rest, BIG)
     assert got == BIG
-    assert digest == expected_sha(BIG)
+    assert digest == pattern_sha256(BIG)
     assert rss.peak - base < RSS_GROWTH_LIMIT, f"RSS grew {(rss.peak - base) / MiB:.1f} MiB"
 
 
@@ -111,7 +103,7 @@ def test_big_upload_streams_with_bounded_memory(proxy):
     assert r.status == 200, r
     echo = json.loads(r.body)
     assert echo["body_len"] == BIG
-    assert echo["body_sha256"] == expected_sha(BIG)
+    assert echo["body_sha256"] == pattern_sha256(BIG)
     assert rss.peak - base < RSS_GROWTH_LIMIT, f"RSS grew {(rss.peak - base) / MiB:.1f} MiB"
 
 
@@ -134,7 +126,7 @@ def test_slow_reading_client_backpressures_the_upstream(proxy, shared_app):
             assert grown < RSS_GROWTH_LIMIT, f"RSS grew {grown / MiB:.1f} MiB while the client was not reading"
             # now read everything: nothing was lost
             got, digest = read_body_streaming(c.sock, bytes(c.buf), BIG)
-        assert got == BIG and digest == expected_sha(BIG)
+        assert got == BIG and digest == pattern_sha256(BIG)
     assert rss.peak - base < RSS_GROWTH_LIMIT
 
 
@@ -174,4 +166,4 @@ def test_slow_upstream_reader_backpressures_the_client(proxy, shared_app):
         assert not t.is_alive() and "error" not in result, result
         r = c.read_response(timeout=60)
     echo = json.loads(r.body)
-    assert echo["body_len"] == BIG and echo["body_sha256"] == expected_sha(BIG)
+    assert echo["body_len"] == BIG and echo["body_sha256"] == pattern_sha256(BIG)

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from support.app_upstream import PATTERN
+from support.app_upstream import PATTERN, pattern_sha256
 from support.certs import make_leaf
 from support.checks import assert_proxy_error, wait_stalled
 from support.mesh import MeshCA, TLSUpstream, client_context, https, sid, sidecar_config
@@ -33,14 +33,6 @@ FRONTEND = sid("ns/default/sa/frontend")
 BACKEND = sid("ns/default/sa/backend")
 HANDSHAKE_TIMEOUT = 1.0   # header_timeout of the backend's listeners
 
-
-def pattern_sha(n: int) -> str:
-    h = hashlib.sha256()
-    full, rest = divmod(n, len(PATTERN))
-    for _ in range(full):
-        h.update(PATTERN)
-    h.update(PATTERN[:rest])
-    return h.hexdigest()
 
 
 class Mesh:
@@ -139,15 +131,15 @@ def download(conn: RawConn, host: str, size: int) -> tuple[int, str]:
 def test_bodies_both_ways_through_two_tls_hops(mesh, size):
     """client -> sidecar -> mTLS -> sidecar -> app and back, record boundaries and all."""
     with RawConn(mesh.frontend_proxy.port("outbound"), timeout=60) as c:
-        assert upload(c, "backend", size) == {"body_len": size, "body_sha256": pattern_sha(size)}
-        assert download(c, "backend", size) == (size, pattern_sha(size))
+        assert upload(c, "backend", size) == {"body_len": size, "body_sha256": pattern_sha256(size)}
+        assert download(c, "backend", size) == (size, pattern_sha256(size))
 
 
 def test_bodies_both_ways_through_a_tls_listener(mesh):
     size = 8 * MiB + 3
     with https_conn(mesh) as c:
-        assert upload(c, "app", size) == {"body_len": size, "body_sha256": pattern_sha(size)}
-        assert download(c, "app", size) == (size, pattern_sha(size))
+        assert upload(c, "app", size) == {"body_len": size, "body_sha256": pattern_sha256(size)}
+        assert download(c, "app", size) == (size, pattern_sha256(size))
 
 
 def test_slow_tls_client_backpressures_the_upstream(mesh):
@@ -166,7 +158,7 @@ def test_slow_tls_client_backpressures_the_upstream(mesh):
         assert sent < size // 2, f"the app wrote {sent / MiB:.0f} MiB of {size / MiB:.0f} into the proxy"
         rest = bytes(c.buf)
         c.buf.clear()
-        assert read_body(c.sock, rest, size) == (size, pattern_sha(size))
+        assert read_body(c.sock, rest, size) == (size, pattern_sha256(size))
 
 
 def test_pipelined_requests_in_one_tls_record(mesh):

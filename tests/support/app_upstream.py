@@ -56,6 +56,16 @@ def pattern_bytes(n: int) -> bytes:
     return (PATTERN * reps)[:n]
 
 
+def pattern_sha256(n: int) -> str:
+    """The SHA-256 (hex) of the first n bytes of the /bytes body, without making them."""
+    h = hashlib.sha256()
+    full, rest = divmod(n, len(PATTERN))
+    for _ in range(full):
+        h.update(PATTERN)
+    h.update(PATTERN[:rest])
+    return h.hexdigest()
+
+
 class State:
     def __init__(self):
         self.progress: dict[str, dict] = {}
