@@ -40,15 +40,19 @@ LATENCY_KEYS = ("p50_us", "p99_us", "p999_us")
 PAIRED_KEYS = ("rps", "cpu_us_per_request")
 
 
+def figure(values: list[float]) -> dict | None:
+    """Median, min and max of a figure over rounds (None without values)."""
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def summarize(rounds: list[dict]) -> dict:
-    """Median, min and max of each metric over the rounds (None where a figure does not apply)."""
+    """Each metric's figure over the rounds (None where it does not apply to every round)."""
     summary = {}
     for metric in METRICS:
         values = [r[metric.key] for r in rounds if r.get(metric.key) is not None]
-        if not values or len(values) < len(rounds):
-            summary[metric.key] = None
-            continue
-        summary[metric.key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        summary[metric.key] = figure(values) if len(values) == len(rounds) else None
     return summary
 
 
@@ -154,8 +158,8 @@ def _header(run: dict) -> list[str]:
         f"proxy: CPU {run['placement']['proxy_cpu']})",
         f"- backend: {run['backend']}",
         f"- duration: {run['elapsed_s']:.0f} s" + (" — INTERRUPTED, results are partial" if run.get("interrupted") else ""),
-        f"- load average (1 min) at start / end: {_load(run.get('load_average_at_start'))} / "
-        f"{_load(run.get('load_average_at_end'))}" + (" — the machine was busy with other work: figures are noisy"
+        f"- load average (1 min) at start / end: {format_load(run.get('load_average_at_start'))} / "
+        f"{format_load(run.get('load_average_at_end'))}" + (" — the machine was busy with other work: figures are noisy"
                                                        if (run.get("load_average_at_start") or 0) > 0.5 else ""),
     ]
     if run.get("error"):
@@ -166,7 +170,7 @@ def _header(run: dict) -> list[str]:
     return out + [""]
 
 
-def _load(value: float | None) -> str:
+def format_load(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.2f}"
 
 

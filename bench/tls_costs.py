@@ -34,7 +34,6 @@ import shlex
 import shutil
 import signal
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -220,14 +219,9 @@ def measure_handshakes(running: dict[str, Running], openssl: Tool, placement: Pl
             progress.say(f"{label}  {figures['connections']:,} connections, "
                          f"{figures['proxy_cpu_s']:.2f} s proxy CPU")
     for name in running:
-        entries[name]["handshakes"] = {m.key: _median(entries[name]["rounds"], m.key) for m in (HANDSHAKES, WALL)}
-
-
-def _median(rounds: list[dict], key: str) -> dict | None:
-    values = [r[key] for r in rounds if r.get(key) is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        entries[name]["handshakes"] = {
+            m.key: report.figure([r[m.key] for r in entries[name]["rounds"] if r.get(m.key) is not None])
+            for m in (HANDSHAKES, WALL)}
 
 
 def measure_memory(running: dict[str, Running], count: int, entries: dict[str, dict],
@@ -274,8 +268,8 @@ def render_markdown(run: dict) -> str:
         f"- placement: {placement['note']} (load + backend: CPU {placement['load_and_backend_cpu']}, "
         f"proxy: CPU {placement['proxy_cpu']})",
         f"- backend: {run['backend']}",
-        f"- load average (1 min) at start / end: {_load(run['load_average_at_start'])} / "
-        f"{_load(run['load_average_at_end'])}",
+        f"- load average (1 min) at start / end: {report.format_load(run['load_average_at_start'])} / "
+        f"{report.format_load(run['load_average_at_end'])}",
     ]
     if run["error"]:
         lines += ["", f"**The run stopped early:** {run['error']}"]
@@ -311,10 +305,6 @@ def render_markdown(run: dict) -> str:
         "memory the proxy touched (nginx's shared TLS session cache). Lower is better.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _load(value: float | None) -> str:
-    return "unknown" if value is None else f"{value:.2f}"
 
 
 def _results_file(parent: Path) -> Path:

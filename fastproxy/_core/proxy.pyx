@@ -24,7 +24,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import ssl
 
 from fastproxy._core.tls import TLSContext, TLSError, TLSLink
 
@@ -780,9 +779,8 @@ cdef class Worker:
         if self.identity is not None and self.identity.material is not None:
             return self.tls_context(self.identity.client_tls)
         if self.default_tls is None:
-            self.default_tls = ssl.create_default_context()
-            self.default_tls.keylog_filename = None   # SSLKEYLOGFILE: not through the core
-            self.default_tls.options |= ssl.OP_NO_RENEGOTIATION
+            from fastproxy.identity.tls import tls_client_context
+            self.default_tls = tls_client_context(None)   # the system's trust
         return self.tls_context(self.default_tls)
 
     def protocol_factory(self, Port port):

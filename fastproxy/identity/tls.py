@@ -42,16 +42,24 @@ def _load_chain(ctx: ssl.SSLContext, material: Material) -> None:
         ctx.load_cert_chain(cert, key)
 
 
-def server_context(material: Material, require_client_cert: bool) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+def _common(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """What every context of the core has: TLS 1.2 at least, no renegotiation (never
+    needed here), ALPN http/1.1, and no key log (the core's SSL objects are not the ones
+    CPython's key-log callback expects; create_default_context follows SSLKEYLOGFILE)."""
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_RENEGOTIATION   # TLS 1.2 renegotiation: never needed here
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.keylog_filename = None
+    return ctx
+
+
+def server_context(material: Material, require_client_cert: bool) -> ssl.SSLContext:
+    ctx = _common(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     # Sessions resume (one TLS 1.3 ticket per handshake, TLS 1.2 tickets and ids) only
     # within this context: its ticket keys and session cache are its own, and a rotation
     # makes a new context, so no client resumes past a rotation that dropped its CA.
     ctx.num_tickets = 1
     _load_chain(ctx, material)
-    ctx.set_alpn_protocols(["http/1.1"])
     if require_client_cert:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(cadata=material.trust_pem.decode())
@@ -59,31 +67,21 @@ def server_context(material: Material, require_client_cert: bool) -> ssl.SSLCont
 
 
 def mtls_client_context(material: Material) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_RENEGOTIATION   # TLS 1.2 renegotiation: never needed here
+    ctx = _common(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     # the server is identified by the SPIFFE id in its certificate, checked after the
     # handshake against the cluster's `peer`, not by a host name
     ctx.check_hostname = False
-    ctx.keylog_filename = None
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cadata=material.trust_pem.decode())
     _load_chain(ctx, material)
-    ctx.set_alpn_protocols(["http/1.1"])
     return ctx
 
 
 def tls_client_context(material: Material | None) -> ssl.SSLContext:
     """Plain server-authenticated TLS: the mesh trust bundle if there is one, else the system's."""
     if material is not None:
-        ctx = ssl.create_default_context(cadata=material.trust_pem.decode())
-    else:
-        ctx = ssl.create_default_context()
-    ctx.keylog_filename = None   # create_default_context follows SSLKEYLOGFILE: not here
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_RENEGOTIATION   # TLS 1.2 renegotiation: never needed here
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
+        return _common(ssl.create_default_context(cadata=material.trust_pem.decode()))
+    return _common(ssl.create_default_context())
 
 
 @dataclass

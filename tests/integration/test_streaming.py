@@ -9,7 +9,6 @@ flows; growth is measured against the value after a warm-up request.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -23,7 +22,7 @@ from support.app_upstream import PATTERN, pattern_sha256
 from support.checks import RssSampler, wait_stalled
 from support.configs import simple_config
 from support.procs import LOOPBACK
-from support.rawhttp import RawConn
+from support.rawhttp import RawConn, read_body_sha256
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -53,21 +52,6 @@ def proxy(fastproxy, shared_app):
     return p
 
 
-def read_body_streaming(sock: socket.socket, head_and_more: bytes, length: int) -> tuple[int, str]:
-    """Read `length` body bytes (some may already be in head_and_more), hashing as we go."""
-    h = hashlib.sha256(head_and_more)
-    got = len(head_and_more)
-    buf = bytearray(4 * MiB)
-    view = memoryview(buf)
-    while got < length:
-        n = sock.recv_into(view, min(len(buf), length - got))
-        if n == 0:
-            break
-        h.update(view[:n])
-        got += n
-    return got, h.hexdigest()
-
-
 def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
     data = b""
     while b"\r\n\r\n" not in data:
@@ -85,7 +69,7 @@ def test_big_download_streams_with_bounded_memory(proxy):
         head, rest = read_head(s)
         assert head.startswith(b"HTTP/1.1 200"), head
         assert f"content-length: {BIG}".encode() in head.lower()
-        got, digest = read_body_streaming(s, rest, BIG)
+        got, digest = read_body_sha256(s, rest, BIG)
     assert got == BIG
     assert digest == pattern_sha256(BIG)
     assert rss.peak - base < RSS_GROWTH_LIMIT, f"RSS grew {(rss.peak - base) / MiB:.1f} MiB"
@@ -125,7 +109,7 @@ def test_slow_reading_client_backpressures_the_upstream(proxy, shared_app):
             assert sent < BIG // 2, f"upstream wrote {sent / MiB:.0f} MiB of {BIG / MiB:.0f} into the proxy"
             assert grown < RSS_GROWTH_LIMIT, f"RSS grew {grown / MiB:.1f} MiB while the client was not reading"
             # now read everything: nothing was lost
-            got, digest = read_body_streaming(c.sock, bytes(c.buf), BIG)
+            got, digest = read_body_sha256(c.sock, bytes(c.buf), BIG)
         assert got == BIG and digest == pattern_sha256(BIG)
     assert rss.peak - base < RSS_GROWTH_LIMIT
 

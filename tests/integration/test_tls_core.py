@@ -10,7 +10,6 @@ The app is the aiohttp test app (echo, /bytes/N, /stream-upload).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 import ssl
@@ -24,7 +23,7 @@ from support.certs import make_leaf
 from support.checks import assert_proxy_error, wait_stalled
 from support.mesh import MeshCA, TLSUpstream, client_context, https, sid, sidecar_config
 from support.procs import LOOPBACK
-from support.rawhttp import RawConn, get
+from support.rawhttp import RawConn, get, read_body_sha256
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -91,18 +90,6 @@ def https_conn(mesh, timeout=60.0) -> RawConn:
     return https(mesh.backend_proxy.port("https"), client_context(trust=mesh.ca.ca_pem), timeout)
 
 
-def read_body(sock: socket.socket, already: bytes, length: int) -> tuple[int, str]:
-    h = hashlib.sha256(already)
-    got = len(already)
-    while got < length:
-        chunk = sock.recv(min(1 << 20, length - got))
-        if not chunk:
-            break
-        h.update(chunk)
-        got += len(chunk)
-    return got, h.hexdigest()
-
-
 def upload(conn: RawConn, host: str, size: int) -> dict:
     """POST `size` pattern bytes to /stream-upload; the app's JSON (length, sha256)."""
     conn.send(f"POST /stream-upload HTTP/1.1\r\nHost: {host}\r\n"
@@ -122,7 +109,7 @@ def download(conn: RawConn, host: str, size: int) -> tuple[int, str]:
     assert head.status == 200, head
     rest = bytes(conn.buf)
     conn.buf.clear()
-    return read_body(conn.sock, rest, size)
+    return read_body_sha256(conn.sock, rest, size)
 
 
 # ---------------------------------------------------------------- bodies
@@ -158,7 +145,7 @@ def test_slow_tls_client_backpressures_the_upstream(mesh):
         assert sent < size // 2, f"the app wrote {sent / MiB:.0f} MiB of {size / MiB:.0f} into the proxy"
         rest = bytes(c.buf)
         c.buf.clear()
-        assert read_body(c.sock, rest, size) == (size, pattern_sha256(size))
+        assert read_body_sha256(c.sock, rest, size) == (size, pattern_sha256(size))
 
 
 def test_pipelined_requests_in_one_tls_record(mesh):

@@ -7,6 +7,7 @@ instead of hiding it. Every read has a deadline.
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
 from dataclasses import dataclass, field
@@ -263,3 +264,18 @@ def get(port: int, path: str = "/", host: str = "app", headers: list[tuple[str, 
         **kw) -> Response:
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
     return request(port, f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode("latin-1"), **kw)
+
+
+def read_body_sha256(sock: socket.socket, already: bytes, length: int) -> tuple[int, str]:
+    """Read a body of `length` bytes (`already` holds its start), hashing as it comes:
+    (bytes got, SHA-256 hex). Stops early if the connection closes."""
+    h = hashlib.sha256(already)
+    got = len(already)
+    view = memoryview(bytearray(4 << 20))
+    while got < length:
+        n = sock.recv_into(view, min(len(view), length - got))
+        if n == 0:
+            break
+        h.update(view[:n])
+        got += n
+    return got, h.hexdigest()
