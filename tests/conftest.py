@@ -50,12 +50,14 @@ class ProxyLauncher:
         self.started: list[ProxyProcess] = []
 
     def __call__(self, config: str | dict, *, workers: int | None = None, args: tuple = (),
-                 wait: bool = True, name: str | None = None, **values) -> ProxyProcess:
+                 wait: bool = True, name: str | None = None, nofile: int | None = None,
+                 **values) -> ProxyProcess:
         if isinstance(config, dict):
             config = to_toml(config)
         text, _ = render(config, **values)
         proxy = ProxyProcess(self.workdir, text, name=name or f"fastproxy{len(self.started)}",
-                             workers=workers, extra_args=tuple(args), wait=False)
+                             workers=workers, extra_args=tuple(args), wait=False,
+                             nofile=nofile)
         self.started.append(proxy)
         if wait:
             proxy.wait_ready()

@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import logging
 import os
+from collections import deque
 
 from fastproxy._core.tls import TLSContext, TLSError, TLSLink
 
@@ -69,6 +70,13 @@ cdef enum:
     P_QUEUE = 2      # the upstream is still connecting and enough is queued
     P_PIPELINE = 4   # enough pipelined requests are waiting
     P_ADMISSION = 8  # over max_connections: waits until a slot frees
+
+# why a worker stopped accepting connections (Worker.accept_paused bits)
+cdef enum:
+    A_WAITING = 1      # as many connections wait for a slot as max_connections
+    A_DESCRIPTORS = 2  # file descriptors are running short
+
+cdef double PAUSE_LOG_EVERY = 10.0   # seconds between warnings that accepting stopped
 
 cdef dict REASONS = {
     100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 400: b"Bad Request",
@@ -596,8 +604,17 @@ cdef class Worker:
     cdef readonly dict listeners     # name -> ListenerState
     cdef readonly dict clusters      # name -> Cluster
     cdef readonly set connections    # open Downstream
-    cdef list waiting                # Downstream paused for admission
+    cdef readonly int admitted       # of those, the ones let in (at most max_connections)
+    cdef object waiting              # deque: Downstream paused for admission, in arrival order
+    cdef readonly int waiting_count  # live ones in it (it keeps closed ones until they come up)
     cdef readonly int max_connections
+    cdef readonly int sockets        # client and upstream sockets open: descriptors in use
+    cdef int sockets_high            # pause accepting at this many (0: no limit known)
+    cdef int sockets_low             # and resume below this many
+    cdef readonly int accept_paused  # A_* bits: why new connections stay in the backlog
+    cdef public object on_accepting  # called (no arguments) when accept_paused turns on or off
+    cdef readonly dict accept_pauses # reason -> times accepting stopped for it
+    cdef double pause_logged         # when accepting stopping was last logged
     cdef readonly bint draining
     cdef unsigned long long rid_seed
     cdef unsigned long long rid_counter
@@ -626,8 +643,10 @@ cdef class Worker:
         self.listeners = {}
         self.clusters = {}
         self.connections = set()
-        self.waiting = []
+        self.waiting = deque()
         self.max_connections = 10000
+        self.accept_pauses = {"max_connections": 0, "file_descriptors": 0}
+        self.pause_logged = -PAUSE_LOG_EVERY
         seed = os.urandom(16)
         self.rid_seed = int.from_bytes(seed[:8], "little")
         self.rid_counter = int.from_bytes(seed[8:], "little") >> 16  # ids unique per worker
@@ -727,6 +746,7 @@ cdef class Worker:
         self.clusters = clusters
         self.listeners = listeners
         self.max_connections = config.limits.max_connections
+        self.admit_waiting()          # a higher limit lets waiting connections in now
         tracing = config.tracing
         self.trace_families = (PROPAGATE_W3C if "w3c" in tracing.propagate else 0) | \
             (PROPAGATE_B3 if "b3" in tracing.propagate else 0)
@@ -805,6 +825,69 @@ cdef class Worker:
                            Downstream(self, port), self.loop,
                            timeout=(<ListenerState>current).header_timeout)
         return tls_factory
+
+    # -- admission: max_connections and the file descriptors (SPEC §2 [limits]) -----------
+    #
+    # Up to max_connections client connections are served; as many again are accepted and
+    # wait, paused, in arrival order (header_timeout runs for them). Beyond that, or when
+    # descriptors run short, the worker stops accepting: new connections wait in the
+    # kernel's listen backlog until it accepts again (the runtime closes and re-opens its
+    # servers when on_accepting tells it).
+
+    def set_descriptor_limit(self, int limit, int in_use):
+        """RLIMIT_NOFILE and the descriptors open besides sockets (files, listeners, the
+        loop's own). A reserve stays free for the admin listener, upstream connections
+        made meanwhile and the connections one accept burst takes from the backlog."""
+        cdef int reserve = min(max(limit // 8, 64), 4096)
+        self.sockets_high = max(limit - in_use - reserve, 16)
+        self.sockets_low = max(self.sockets_high - max(reserve // 4, 8), 8)
+
+    @property
+    def accepting(self):
+        return self.accept_paused == 0 and not self.draining
+
+    @property
+    def short_of_descriptors(self):
+        return bool(self.accept_paused & A_DESCRIPTORS)
+
+    cdef void admit_waiting(self):
+        """Let waiting connections in, oldest first, while slots are free."""
+        cdef Downstream d
+        while self.waiting_count and self.admitted < self.max_connections:
+            d = <Downstream>self.waiting.popleft()
+            if d.paused & P_ADMISSION:     # else it closed while it waited
+                self.waiting_count -= 1
+                d.admit()
+        self.check_accepting()
+
+    cdef void check_accepting(self):
+        """Pause or resume accepting as the waiting connections and the descriptors say."""
+        cdef int want = 0
+        if self.waiting_count >= self.max_connections:
+            want = A_WAITING
+        if self.sockets_high and (self.sockets >= self.sockets_high or (
+                self.accept_paused & A_DESCRIPTORS and self.sockets >= self.sockets_low)):
+            want |= A_DESCRIPTORS
+        if want == self.accept_paused:
+            return
+        cdef int started = want & ~self.accept_paused
+        cdef bint was_paused = self.accept_paused != 0
+        self.accept_paused = want
+        if started:
+            reason = "file_descriptors" if started & A_DESCRIPTORS else "max_connections"
+            self.accept_pauses[reason] += 1
+            if self.now() - self.pause_logged >= PAUSE_LOG_EVERY:
+                self.pause_logged = self.now()
+                if started & A_DESCRIPTORS:
+                    log.warning("file descriptors: %d sockets open, near the limit; not accepting "
+                                "connections until some close (they wait in the listen backlog)",
+                                self.sockets)
+                else:
+                    log.warning("max_connections: %d connections served and %d waiting; not "
+                                "accepting more until some close (they wait in the listen backlog)",
+                                self.admitted, self.waiting_count)
+        if was_paused != (want != 0) and self.on_accepting is not None:
+            self.on_accepting()
 
     def close_port(self, Port port):
         """A reload removed or moved this socket's listener: its connections wind down."""
@@ -907,20 +990,31 @@ cdef class Downstream:
     cdef object _write           # transport.write, looked up once
     cdef readonly Port port
     cdef bint made               # connection_made came (for TLS: the handshake succeeded)
+    cdef bint admitted           # holds one of the worker's max_connections slots
+    cdef bint counted            # its socket is counted in Worker.sockets
     cdef MetricSlot* tls_failures
 
     def __init__(self, Worker w, Port port):
+        # made by the protocol factory, as the socket is accepted
         self.w = w
         self.port = port
         self.listener_name = port.listener
         self.tls_failures = port.tls_failures
         self.head = RequestHead()
+        self.counted = True
+        w.sockets += 1
+        if w.sockets_high and w.sockets >= w.sockets_high:
+            w.check_accepting()
 
     def __dealloc__(self):
         # a TLS listener's TLSLink creates its Downstream before the handshake and drops it
         # unused when the handshake fails (or times out): that is where failures are counted
         if not self.made and self.tls_failures is not NULL:
             fp_addu(&self.tls_failures.v[0], 1)
+        if self.counted:
+            self.w.sockets -= 1
+            if self.w.accept_paused:
+                self.w.check_accepting()
 
     # asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport):
@@ -946,11 +1040,16 @@ cdef class Downstream:
         if w.draining:
             self.close()
             return
-        if len(w.connections) > w.max_connections:
+        self.set_deadline(w.now() + self.ls.header_timeout)
+        if w.admitted < w.max_connections and not w.waiting_count:
+            w.admitted += 1
+            self.admitted = True
+        else:                        # waits for a slot; header_timeout runs meanwhile
             self.pause(P_ADMISSION)
             w.waiting.append(self)
-            return
-        self.set_deadline(w.now() + self.ls.header_timeout)
+            w.waiting_count += 1
+            if w.waiting_count >= w.max_connections:
+                w.check_accepting()
 
     def data_received(self, data):
         cdef int st = self.state
@@ -997,13 +1096,21 @@ cdef class Downstream:
             self.ex.client_gone()
             self.ex = None
         w.connections.discard(self)
-        if self.paused & P_ADMISSION:
-            try:
-                w.waiting.remove(self)
-            except ValueError:
-                pass
-        elif w.waiting and len(w.connections) <= w.max_connections:
-            (<Downstream>w.waiting.pop(0)).admit()
+        if self.counted:
+            self.counted = False
+            w.sockets -= 1
+        if self.admitted:
+            self.admitted = False
+            w.admitted -= 1
+            w.admit_waiting()
+        elif self.paused & P_ADMISSION:
+            self.paused &= ~P_ADMISSION     # its entry in w.waiting is skipped
+            w.waiting_count -= 1
+            if len(w.waiting) > 2 * w.waiting_count + 64:
+                w.waiting = deque(d for d in w.waiting if (<Downstream>d).paused & P_ADMISSION)
+            w.check_accepting()
+        elif w.accept_paused:
+            w.check_accepting()
         w._check_drained()
 
     def pause_writing(self):
@@ -1047,8 +1154,10 @@ cdef class Downstream:
         return not ok
 
     cdef void admit(self):
+        """A slot is free: read and serve (header_timeout runs on from the accept)."""
+        self.w.admitted += 1
+        self.admitted = True
         self.resume(P_ADMISSION)
-        self.set_deadline(self.w.now() + self.ls.header_timeout)
         if self.pending is not None:
             buf = self.pending
             self.pending = None
@@ -1194,7 +1303,8 @@ cdef class Downstream:
         cdef Worker w = self.w
         cdef ListenerState ls = self.ls
         cdef double now
-        cdef Py_ssize_t sent = self.send_error(status, reason, detail, None, True)
+        cdef bytes rid = w.new_request_id_line()   # every error the proxy makes carries one
+        cdef Py_ssize_t sent = self.send_error(status, reason, detail, rid, True)
         cdef uint64_t hi = 0, lo = 0, span = 0
         cdef bint sampled = False
         if w.count_requests:
@@ -1205,11 +1315,13 @@ cdef class Downstream:
         now = unix_time()
         if w.log_all:
             w.log.line(now, 0, ls.json_name, None, b"", 0, b"", 0, b"", 0, status, 0, sent, None,
-                       None, self.peer_id, w.trace_families != 0, hi, lo, NULL, 0, reason)
+                       None, self.peer_id, w.trace_families != 0, hi, lo,
+                       PyBytes_AS_STRING(rid) + 14, PyBytes_GET_SIZE(rid) - 16, reason)
         w.add_record((now, now, ls.name, ls.direction, None, None, None, "", "", "", status,
                       reason, 0, sent, self.peer_id,
                       f"{hi:016x}{lo:016x}" if w.trace_families else None,
-                      f"{span:016x}" if w.trace_families else None, None, sampled, None, 0.0))
+                      f"{span:016x}" if w.trace_families else None, None, sampled,
+                      rid[14:PyBytes_GET_SIZE(rid) - 2].decode("latin-1"), 0.0))
 
     cdef inline bint ending(self):
         """Draining, or the listener went away: answer what is in flight, then close."""
@@ -1250,11 +1362,14 @@ cdef class Downstream:
             self.set_deadline(self.deadline)
             return
         if self.state == S_IDLE:
-            if self.requests == 0 and not (self.paused & P_ADMISSION) and not self.ending():
+            if self.paused & P_ADMISSION and self.pending is not None:
+                self.refuse(503, "overloaded", "no connection slot (max_connections) "
+                            "within header_timeout")
+            elif self.requests == 0 and not self.ending():
                 # SPEC §11: 408 from accept; but a connection that never sent a byte made
                 # no request, so nothing is counted or logged (a preconnect, a probe)
                 self.send_error(408, "request_timeout", "no request head within header_timeout",
-                                None, True)
+                                self.w.new_request_id_line(), True)
             else:
                 self.close()
         elif self.state == S_HEAD:
@@ -2101,13 +2216,21 @@ cdef class Upstream:
     cdef bint reusable
     cdef double deadline
     cdef object timer
+    cdef bint counted            # its socket is counted in Worker.sockets
 
     def __init__(self, Worker w, Cluster cl, Endpoint ep):
+        # made by the protocol factory, once the socket is connected
         self.w = w
         self.cl = cl
         self.ep = ep
         self.reusable = True
         self.resp = ResponseHead()
+        self.counted = True
+        w.sockets += 1
+
+    def __dealloc__(self):
+        if self.counted:   # a TLS link whose handshake failed never told us it closed
+            self.uncount()
 
     def connection_made(self, transport):
         self.transport = transport
@@ -2156,6 +2279,7 @@ cdef class Upstream:
         if self.closed:
             return
         self.closed = True
+        self.uncount()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -2166,9 +2290,18 @@ cdef class Upstream:
             else:
                 ex.upstream_closed(why, tls)
 
+    cdef void uncount(self):
+        cdef Worker w = self.w
+        if self.counted:
+            self.counted = False
+            w.sockets -= 1
+            if w.accept_paused:
+                w.check_accepting()
+
     cdef void close(self):
         if not self.closed:
             self.closed = True
+            self.uncount()
             self.ep.forget(self)
             if self.timer is not None:
                 self.timer.cancel()

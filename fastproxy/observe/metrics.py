@@ -35,6 +35,13 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str, bool, tuple[float, ...] | N
         "gauge", ("cluster", "state"), "Upstream connections, active or idle in the pool.", True, None),
     "fastproxy_downstream_connections": (
         "gauge", ("listener",), "Open client connections.", True, None),
+    "fastproxy_downstream_connections_waiting": (
+        "gauge", (), "Client connections accepted and waiting for a slot (max_connections).",
+        True, None),
+    "fastproxy_accept_paused_total": (
+        "counter", ("reason",), "Times a worker stopped accepting connections, by reason: "
+        "max_connections (as many wait as max_connections) or file_descriptors (near the "
+        "descriptor limit).", True, None),
     "fastproxy_records_dropped_total": (
         "counter", (), "Request records dropped because the drain fell behind.", True, None),
     "fastproxy_access_log_dropped_total": (

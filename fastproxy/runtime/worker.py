@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -29,6 +30,8 @@ log = logging.getLogger("fastproxy")
 DNS_REFRESH = 30.0     # seconds between re-resolutions of endpoint names
 FILE_POLL = 1.0        # seconds between looks at the configuration file (SPEC: within 5 s)
 GAUGES_EVERY = 1.0     # seconds between publications of this worker's gauges
+BACKLOG = 4096         # connections the kernel queues for a listener (as sockets.py listens)
+PAUSED_BACKLOG = 64    # ... while descriptors are short
 
 
 async def resolve_endpoints(loop: asyncio.AbstractEventLoop, core: Worker) -> None:
@@ -66,13 +69,16 @@ class ReloadRefused(Exception):
 
 
 class Serving:
-    """One listener's socket and server in this worker."""
+    """One listener's socket and server in this worker. The server serves a duplicate of
+    the socket: closing it stops accepting, and the socket itself stays listening (new
+    connections wait in its backlog) until a new server takes it up again."""
 
-    def __init__(self, listener, sock: socket.socket, port: Port, server):
+    def __init__(self, listener, sock: socket.socket, port: Port):
         self.listener = listener
         self.sock = sock
         self.port = port
-        self.server = server
+        self.server = None
+        self.resuming = False
 
     def same_socket(self, listener) -> bool:
         return (listener.bind, listener.tls) == (self.listener.bind, self.listener.tls)
@@ -92,6 +98,7 @@ class WorkerProcess:
         asyncio.set_event_loop(self.loop)
         self.core = Worker(self.loop)
         self.core.index = index
+        self.core.on_accepting = lambda: self.loop.call_soon(self._follow_admission)
         if shared is not None:
             self.core.attach_shared(shared.breaker, shared.metrics)
         self.failed = FailedRing(shared.failed if shared is not None else None, index=index)
@@ -161,6 +168,7 @@ class WorkerProcess:
             for listener in self.config.listeners:
                 sock = self.sockets.get(listener.name) or bind_one(listener, probe=False)
                 self.serving[listener.name] = await self._serve(listener, sock)
+            self._count_descriptors()
             self.ready = True
         self.background.append(loop.create_task(self._refresh_dns()))
         self.background.append(loop.create_task(self._watch_file()))
@@ -190,11 +198,54 @@ class WorkerProcess:
         return 0
 
     async def _serve(self, listener, sock: socket.socket) -> Serving:
+        serving = Serving(listener, sock, Port(listener.name))
+        if self.core.accepting:
+            await self._accept(serving)
+        return serving
+
+    async def _accept(self, serving: Serving) -> None:
         # TLS is the core's (its protocol factory wraps each connection in a TLSLink)
-        port = Port(listener.name)
-        server = await self.loop.create_server(
-            self.core.protocol_factory(port), sock=sock, backlog=4096)
-        return Serving(listener, sock, port, server)
+        serving.server = await self.loop.create_server(
+            self.core.protocol_factory(serving.port), sock=serving.sock.dup(), backlog=BACKLOG)
+
+    def _follow_admission(self) -> None:
+        """The core stopped or resumed accepting (max_connections, file descriptors)."""
+        if not self.ready:     # starting (the listeners open later) or draining
+            return
+        accepting = self.core.accepting
+        for serving in self.serving.values():
+            if not accepting and serving.server is not None:
+                serving.server.close()
+                serving.server = None
+                if self.core.short_of_descriptors:
+                    # a short backlog: resuming must not accept more than the reserve holds
+                    serving.sock.listen(PAUSED_BACKLOG)
+            elif accepting and serving.server is None and not serving.resuming:
+                serving.resuming = True
+                self.loop.create_task(self._resume(serving))
+
+    async def _resume(self, serving: Serving) -> None:
+        try:
+            await self._accept(serving)
+        except OSError as exc:
+            log.error("listener %s: cannot accept again: %s", serving.listener.name, exc)
+            return
+        finally:
+            serving.resuming = False
+        if not self.ready or self.serving.get(serving.listener.name) is not serving:
+            _stop_listening(serving)      # drained or reloaded away meanwhile
+        elif not self.core.accepting:
+            self._follow_admission()      # paused again meanwhile
+
+    def _count_descriptors(self) -> None:
+        """Tell the core how many descriptors it may use for sockets."""
+        try:
+            in_use = len(os.listdir("/proc/self/fd")) - 1   # less the listing's own
+        except OSError:
+            return     # not Linux: no limit known, none enforced
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if limit != resource.RLIM_INFINITY:
+            self.core.set_descriptor_limit(limit, in_use - self.core.sockets)
 
     def reopen_log(self) -> None:
         """SIGUSR1 (as nginx): reopen the access log file, after logrotate moved it."""
@@ -264,17 +315,21 @@ class WorkerProcess:
         self.drain.access_log = self.access_log
         self.drain.exporter = self.exporter
 
-    def counter_totals(self) -> dict[str, int]:
-        """This worker's counters kept in Python, by metric name."""
+    def counter_totals(self) -> dict[tuple[str, ...], int]:
+        """This worker's counters kept in Python: (metric name, *label values) -> total."""
         logs = [o for o in (self.access_log, *self.old_logs) if o is not None]
         exporters = [o for o in (self.exporter, *self.old_exporters) if o is not None]
-        return {
-            "fastproxy_records_dropped_total": self.core.records_dropped,
-            "fastproxy_access_log_dropped_total": self.core.log.dropped + sum(o.dropped for o in logs),
-            "fastproxy_spans_exported_total": sum(o.exported for o in exporters),
-            "fastproxy_spans_dropped_total": sum(o.dropped for o in exporters),
-            "fastproxy_span_export_failures_total": sum(o.export_failures for o in exporters),
+        totals = {
+            ("fastproxy_records_dropped_total",): self.core.records_dropped,
+            ("fastproxy_access_log_dropped_total",):
+                self.core.log.dropped + sum(o.dropped for o in logs),
+            ("fastproxy_spans_exported_total",): sum(o.exported for o in exporters),
+            ("fastproxy_spans_dropped_total",): sum(o.dropped for o in exporters),
+            ("fastproxy_span_export_failures_total",): sum(o.export_failures for o in exporters),
         }
+        for reason, times in self.core.accept_pauses.items():
+            totals["fastproxy_accept_paused_total", reason] = times
+        return totals
 
     def publish_gauges(self) -> None:
         """This worker's share of the gauges and of the counters Python keeps (added as
@@ -291,13 +346,15 @@ class WorkerProcess:
         for name in self.core.connection_listeners():
             key = metrics.key("fastproxy_downstream_connections", name, worker=i)
             gauges[key] = gauges.get(key, 0) + 1
+        gauges[metrics.key("fastproxy_downstream_connections_waiting", worker=i)] = \
+            self.core.waiting_count
         for key in self.gauges - gauges.keys():   # a reload removed its cluster or listener
             gauges[key] = 0
         for key, value in gauges.items():
             table.set(key, value)
         self.gauges = {key for key, value in gauges.items() if value}
-        for name, total in self.counter_totals().items():
-            key = metrics.key(name, worker=i)
+        for series, total in self.counter_totals().items():
+            key = metrics.key(*series, worker=i)
             delta = total - self.published.get(key, 0)
             if delta > 0:
                 table.add(key, 0, delta)
@@ -447,6 +504,7 @@ class WorkerProcess:
             if listener.name in fresh:
                 self.serving[listener.name] = await self._serve(listener, fresh[listener.name])
                 log.info("listener %s: serving on %s", listener.name, listener.bind)
+        self._count_descriptors()
 
     def _close_listener(self, serving: Serving) -> None:
         """A removed (or moved) listener: no new connections; open ones wind down."""
@@ -478,8 +536,10 @@ class WorkerProcess:
 
 
 def _stop_listening(serving: Serving) -> None:
-    """Close a listener's socket for good (uvloop serves a duplicate of ours)."""
-    serving.server.close()
+    """Close a listener's socket for good."""
+    if serving.server is not None:
+        serving.server.close()
+        serving.server = None
     _shut(serving.sock)
 
 

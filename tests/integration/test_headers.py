@@ -192,3 +192,21 @@ def test_client_sent_xfcc_removed(env):
     _, rec = exchange(env, (b"GET /xfcc HTTP/1.1\r\nHost: app\r\n"
                             b"X-Forwarded-Client-Cert: By=spiffe://evil/x;URI=spiffe://evil/y\r\n\r\n"))
     assert rec.header_all("x-forwarded-client-cert") == []
+
+
+def test_x_request_id_on_errors_before_any_exchange(env):
+    """Every error the proxy makes carries an x-request-id, also a 400 for a request it
+    could not even parse (and a 408 for a head that never came)."""
+    proxy, up = env
+    snap = up.snapshot()
+    ids = set()
+    for garbage in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: app\r\nBad Header: x\r\n\r\n"):
+        with RawConn(proxy.port()) as c:
+            c.send(garbage)
+            resp = c.read_response()
+        assert resp.status == 400, resp
+        rid = resp.header_all("x-request-id")
+        assert len(rid) == 1 and len(rid[0]) == 36, resp
+        ids.add(rid[0])
+    assert len(ids) == 2
+    assert up.bytes_since(snap) == b""

@@ -10,6 +10,7 @@ Placeholders use `${...}` so TOML inline tables (`{ a = 1 }`) need no escaping.
 from __future__ import annotations
 
 import os
+import resource
 import re
 import signal
 import subprocess
@@ -62,7 +63,7 @@ class ProxyProcess:
 
     def __init__(self, workdir: Path, config_text: str, *, name: str = "fastproxy",
                  workers: int | None = None, extra_args: tuple[str, ...] = (),
-                 wait: bool = True, ready_timeout: float = 20.0):
+                 wait: bool = True, ready_timeout: float = 20.0, nofile: int | None = None):
         self.workdir = workdir
         self.name = name
         self.config_path = workdir / f"{name}.toml"
@@ -78,6 +79,9 @@ class ProxyProcess:
             fastproxy_cmd(*args, *extra_args), cwd=workdir, stdin=subprocess.DEVNULL,
             stdout=open(self.stdout_path, "wb"), stderr=open(self.stderr_path, "wb"),
             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # nofile: a file descriptor limit of the process's own (soft and hard)
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+            if nofile else None,
         )
         if wait:
             self.wait_ready(ready_timeout)
