@@ -865,8 +865,10 @@ cdef class Worker:
         cdef int want = 0
         if self.waiting_count >= self.max_connections:
             want = A_WAITING
-        if self.sockets_high and (self.sockets >= self.sockets_high or (
-                self.accept_paused & A_DESCRIPTORS and self.sockets >= self.sockets_low)):
+        # a connection let in may need an upstream connection too: count one for each
+        cdef int needed = self.sockets + self.admitted
+        if self.sockets_high and (needed >= self.sockets_high or (
+                self.accept_paused & A_DESCRIPTORS and needed >= self.sockets_low)):
             want |= A_DESCRIPTORS
         if want == self.accept_paused:
             return
@@ -879,9 +881,9 @@ cdef class Worker:
             if self.now() - self.pause_logged >= PAUSE_LOG_EVERY:
                 self.pause_logged = self.now()
                 if started & A_DESCRIPTORS:
-                    log.warning("file descriptors: %d sockets open, near the limit; not accepting "
-                                "connections until some close (they wait in the listen backlog)",
-                                self.sockets)
+                    log.warning("file descriptors: %d sockets open for %d connections let in, "
+                                "near the limit; not accepting connections until some close "
+                                "(they wait in the listen backlog)", self.sockets, self.admitted)
                 else:
                     log.warning("max_connections: %d connections served and %d waiting; not "
                                 "accepting more until some close (they wait in the listen backlog)",
@@ -1003,7 +1005,7 @@ cdef class Downstream:
         self.head = RequestHead()
         self.counted = True
         w.sockets += 1
-        if w.sockets_high and w.sockets >= w.sockets_high:
+        if w.sockets_high and w.sockets + w.admitted >= w.sockets_high:
             w.check_accepting()
 
     def __dealloc__(self):

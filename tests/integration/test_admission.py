@@ -146,6 +146,7 @@ def test_running_short_of_file_descriptors_pauses_accepting(fastproxy, shared_ap
     answers its admin listener, and serves the rest from the backlog as the first ones
     leave. Nobody is dropped unanswered."""
     proxy = fastproxy(admin_config(shared_app.addr(), ""), nofile=256)
+    started = time.monotonic()
     conns = [RawConn(proxy.port()) for _ in range(140)]
     for c in conns:
         c.send(GET)
@@ -153,9 +154,10 @@ def test_running_short_of_file_descriptors_pauses_accepting(fastproxy, shared_ap
                                          reason="file_descriptors"), what="accepting paused")
     assert ready_status(proxy) == 200
     answered = []
+    time.sleep(1)
     for c in conns:            # those accepted are answered; the others wait their turn
         try:
-            assert c.read_response(timeout=0.3).status == 200
+            assert c.read_response(timeout=0.05).status == 200
         except TimeoutError:
             continue
         answered.append(c)
@@ -167,4 +169,5 @@ def test_running_short_of_file_descriptors_pauses_accepting(fastproxy, shared_ap
             assert c.read_response(timeout=15).status == 200
             c.close()
     wait_until(lambda: "file descriptors" in proxy.stderr(), deadline_s=10, what="the pause logged")
-    assert proxy.stderr().count("file descriptors:") == 1   # rate-limited
+    logged = proxy.stderr().count("file descriptors:")     # at most once per 10 s
+    assert logged <= 1 + (time.monotonic() - started) / 10
