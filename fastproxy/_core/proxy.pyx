@@ -2359,9 +2359,12 @@ cdef class _Connect:
         if not self.fut.done():
             self.fut.cancel()          # done() reports it
         elif link is not None:
+            # connected, but the server never finished (or failed) the handshake: a TLS
+            # failure, most often a plain-text server waiting for a request head
             self.over = True
             link.abort()
-            self.ex.connect_failed(self.ep, "connect timeout (TLS handshake)")
+            self.ex.tls_failed(self.ep, f"no TLS handshake within connect_timeout "
+                               f"({self.cl.connect_timeout:g}s): is it a TLS server?")
 
     def done(self, fut):
         """The TCP connection is made, or failed."""
@@ -2390,8 +2393,8 @@ cdef class _Connect:
             self.connected(<Upstream>link.app)
         elif isinstance(exc, TLSError):
             self.ex.tls_failed(self.ep, exc.reason)
-        else:
-            self.ex.connect_failed(self.ep, str(exc) or type(exc).__name__)
+        else:   # the server closed or reset the connection instead of answering
+            self.ex.tls_failed(self.ep, (str(exc) or type(exc).__name__) + ": is it a TLS server?")
 
     cdef void end(self):
         """The attempt's outcome is known: it is reported once, and the timer stops."""

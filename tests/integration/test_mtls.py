@@ -11,7 +11,9 @@ clients directly against the backend's listeners.
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
 
 import pytest
 from cryptography import x509
@@ -35,6 +37,27 @@ INTRUDER = sid("ns/default/sa/intruder")
 
 class Mesh:
     pass
+
+
+class HangUpServer:
+    """Reads what a client sends first, then closes the connection without a word."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return   # closed
+            with conn:
+                conn.recv(65536)
+
+    def stop(self):
+        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +93,13 @@ def mesh(tmp_path_factory, module_fastproxy, module_upstreams):
 
     inbound = f"127.0.0.1:{m.backend_proxy.port('inbound')}"
     m.odd = TLSUpstream(d / "odd-upstream")  # presents certificates no sidecar would load
+    m.plain = module_upstreams.app()         # a plain HTTP server (aiohttp)
+    m.hangup = HangUpServer()
 
     def mtls_cluster(peer, endpoint=inbound):
-        return {"endpoints": [endpoint], "tls": "mtls", "peer": peer}
+        # a connect timeout far longer than the tests wait: a failed handshake must be
+        # reported when it fails, not when the timer runs out
+        return {"endpoints": [endpoint], "tls": "mtls", "peer": peer, "connect_timeout": "30s"}
 
     m.frontend_proxy = module_fastproxy(sidecar_config(m.frontend, FRONTEND, [
         {"name": "outbound", "bind": "${listen:outbound}", "route": [
@@ -82,6 +109,9 @@ def mesh(tmp_path_factory, module_fastproxy, module_upstreams):
             {"host": "foreign", "cluster": "foreign"},
             {"host": "odd", "cluster": "odd"},
             {"host": "byname", "cluster": "byname"},
+            {"host": "plain", "cluster": "plain"},
+            {"host": "silent", "cluster": "silent"},
+            {"host": "hangup", "cluster": "hangup"},
         ]},
     ], {
         "backend": mtls_cluster(BACKEND),
@@ -90,9 +120,14 @@ def mesh(tmp_path_factory, module_fastproxy, module_upstreams):
         "foreign": mtls_cluster(BACKEND, f"127.0.0.1:{m.rogue_proxy.port('inbound')}"),
         "odd": mtls_cluster(BACKEND, m.odd.addr),
         "byname": mtls_cluster(BACKEND, f"localhost:{m.backend_proxy.port('inbound')}"),  # sends SNI
+        "plain": mtls_cluster(BACKEND, m.plain.addr()),
+        # waits for a request head that a ClientHello never completes, as h11 servers do
+        "silent": {**mtls_cluster(BACKEND, m.up.addr), "connect_timeout": "500ms"},
+        "hangup": mtls_cluster(BACKEND, m.hangup.addr),
     }), name="frontend")
     yield m
     m.odd.stop()
+    m.hangup.stop()
 
 
 def recorded_since(up, snap):
@@ -157,7 +192,31 @@ def test_upstream_with_another_CAs_certificate_is_503_upstream_tls(mesh):
     snap = mesh.up.snapshot()
     r = get(mesh.frontend_proxy.port("outbound"), "/foreign", host="foreign")
     assert_proxy_error(r, 503, "upstream_tls")
+    assert "certificate verify failed" in r.body.decode(), r
     assert mesh.up.bytes_since(snap) == b"", "a request reached the app through the rogue"
+
+
+def test_plain_http_server_behind_an_mtls_cluster_is_503_upstream_tls(mesh):
+    """The server answers the ClientHello with an HTTP 400: the handshake has failed."""
+    r = get(mesh.frontend_proxy.port("outbound"), "/plain", host="plain")
+    assert_proxy_error(r, 503, "upstream_tls")
+    assert "connect timeout" not in r.body.decode(), r
+
+
+def test_server_that_hangs_up_on_the_client_hello_is_503_upstream_tls(mesh):
+    """BUG at the time of writing: reported as `503 connect_failed`, as if nothing listened."""
+    r = get(mesh.frontend_proxy.port("outbound"), "/hangup", host="hangup")
+    assert_proxy_error(r, 503, "upstream_tls")
+    assert "is it a TLS server?" in r.body.decode(), r
+
+
+def test_plain_server_silent_after_the_client_hello_is_503_upstream_tls(mesh):
+    """Nothing comes back to tell sooner: at connect_timeout the TCP connection is up and
+    the handshake is not, a TLS failure. BUG at the time of writing: `503 connect_failed
+    ... connect timeout (TLS handshake)`."""
+    r = get(mesh.frontend_proxy.port("outbound"), "/silent", host="silent")
+    assert_proxy_error(r, 503, "upstream_tls")
+    assert "no TLS handshake within connect_timeout (0.5s)" in r.body.decode(), r
 
 
 def _server(**kw):
@@ -174,6 +233,7 @@ ODD_SERVERS = {
     "expired": _server(not_before=-7200, not_after=-60),
     "EKU-without-serverAuth": _server(eku=("client",)),
     "wrong-trust-domain": _server(spiffe_id="spiffe://other.local/ns/default/sa/backend"),
+    "another-CA": lambda mesh: make_leaf(make_ca("mesh.local"), BACKEND),
 }
 
 

@@ -331,23 +331,33 @@ class TLSUpstream:
 
     def _serve(self, conn: socket.socket, ctx: ssl.SSLContext) -> None:
         conn.settimeout(10)
+        s = ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         try:
-            with ctx.wrap_socket(conn, server_side=True) as s:
-                with self._lock:
-                    self.handshakes += 1
-                    self.resumed += s.session_reused
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                with self._lock:
-                    self.requests += 1
-                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            s.do_handshake()
+            with self._lock:
+                self.handshakes += 1
+                self.resumed += s.session_reused
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            with self._lock:
+                self.requests += 1
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
         except (ssl.SSLError, OSError) as exc:
             self.errors.append(repr(exc))
-            conn.close()
+            # a lingering close, as nginx's: closing with the client's request unread
+            # would send a RST that can overtake the TLS alert just written
+            try:
+                s.shutdown(socket.SHUT_WR)
+                while s.recv(65536):
+                    pass
+            except OSError:
+                pass
+        finally:
+            s.close()
 
     def stop(self) -> None:
         self._stop = True
