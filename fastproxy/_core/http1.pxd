@@ -96,6 +96,7 @@ cdef class ChunkedReader:
     cdef readonly str error
     cdef void reset(self)
     cdef Py_ssize_t feed(self, const char* p, Py_ssize_t n, list data_out) except -2
+    cdef bint _extension(self, char c) noexcept
     cdef Py_ssize_t _fail(self, str why) noexcept
 
 cdef Py_ssize_t parse_request(RequestHead h, object buf, Py_ssize_t max_bytes, int max_headers) except -2

@@ -12,7 +12,8 @@ length, 0 for "need more bytes", or -1 with `error_status`/`error_detail` set.
 
 Where we are stricter than RFC 9112 (and h11): bare LF line endings, control characters
 (other than HTAB) in field values and the reason phrase (RFC 9110 §5.5 forbids them; h11
-lets them through), whitespace in a chunk size other than before a chunk extension, a
+lets them through), whitespace in a chunk size other than before a chunk extension, chunk
+extensions outside RFC 9112 §7.1.1's grammar (h11 takes anything after `;`), a
 Host list, an empty Host, an empty or over-long Host port, and versions other than
 HTTP/1.0 and HTTP/1.1 (`HTTP/1.2` included) are refused; a request with
 Transfer-Encoding under HTTP/1.0 is refused instead of being read with faulty framing.
@@ -832,7 +833,17 @@ cdef enum ChunkState:
     C_SIZE_START = 0
     C_SIZE
     C_SIZE_BWS       # whitespace after the size: only before a chunk extension (RFC 9112 §7.1.1)
-    C_EXT
+    # chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ), where the
+    # name is a token and the value a token or a quoted-string (RFC 9112 §7.1.1)
+    C_EXT_NAME_START
+    C_EXT_NAME
+    C_EXT_NAME_BWS
+    C_EXT_VALUE_START
+    C_EXT_VALUE
+    C_EXT_QUOTED
+    C_EXT_QUOTED_ESC
+    C_EXT_QUOTED_END
+    C_EXT_VALUE_BWS
     C_SIZE_LF
     C_DATA
     C_DATA_CR
@@ -902,7 +913,7 @@ cdef class ChunkedReader:
                     self.remaining = self.remaining * 16 + d
                     self.state = C_SIZE
                 elif self.state == C_SIZE and c == 59:  # ';'
-                    self.state = C_EXT
+                    self.state = C_EXT_NAME_START
                 elif self.state == C_SIZE and c == CR:
                     self.state = C_SIZE_LF
                 elif self.state == C_SIZE and (c == SP or c == HTAB):
@@ -911,18 +922,15 @@ cdef class ChunkedReader:
                     return self._fail("invalid chunk size")
             elif self.state == C_SIZE_BWS:
                 if c == 59:
-                    self.state = C_EXT
+                    self.state = C_EXT_NAME_START
                 elif c != SP and c != HTAB:
                     return self._fail("whitespace in chunk size")
-            elif self.state == C_EXT:
-                if c == CR:
-                    self.state = C_SIZE_LF
-                elif <unsigned char>c < 32 and c != HTAB or c == 127:
+            elif C_EXT_NAME_START <= self.state <= C_EXT_VALUE_BWS:
+                self.line_bytes += 1
+                if self.line_bytes > MAX_LINE:
+                    return self._fail("chunk extension too long")
+                if not self._extension(c):
                     return self._fail("invalid chunk extension")
-                else:
-                    self.line_bytes += 1
-                    if self.line_bytes > MAX_LINE:
-                        return self._fail("chunk extension too long")
             elif self.state == C_SIZE_LF:
                 if c != LF:
                     return self._fail("missing LF after chunk size")
@@ -967,6 +975,49 @@ cdef class ChunkedReader:
                 self.done = True
                 return i
         return i
+
+    cdef bint _extension(self, char c) noexcept:
+        """One byte of a chunk extension: moves the state on, False if the grammar refuses."""
+        cdef unsigned char u = <unsigned char>c
+        cdef int s = self.state
+        cdef bint ws = c == SP or c == HTAB
+        if s == C_EXT_QUOTED:
+            if c == 34:  # '"'
+                self.state = C_EXT_QUOTED_END
+            elif c == 92:  # '\\'
+                self.state = C_EXT_QUOTED_ESC
+            elif u < 32 and c != HTAB or u == 127:
+                return False
+            return True
+        if s == C_EXT_QUOTED_ESC:
+            self.state = C_EXT_QUOTED
+            return not (u < 32 and c != HTAB or u == 127)
+        if TCHAR[u]:
+            if s == C_EXT_NAME_START:
+                self.state = C_EXT_NAME
+            elif s == C_EXT_VALUE_START:
+                self.state = C_EXT_VALUE
+            return s == C_EXT_NAME or s == C_EXT_NAME_START or s == C_EXT_VALUE \
+                or s == C_EXT_VALUE_START
+        if ws:
+            if s == C_EXT_NAME:
+                self.state = C_EXT_NAME_BWS
+            elif s == C_EXT_VALUE or s == C_EXT_QUOTED_END:
+                self.state = C_EXT_VALUE_BWS
+            return True
+        if c == 59:  # ';' starts the next extension after a name or a value
+            self.state = C_EXT_NAME_START
+            return s != C_EXT_NAME_START and s != C_EXT_VALUE_START
+        if c == 61:  # '='
+            self.state = C_EXT_VALUE_START
+            return s == C_EXT_NAME or s == C_EXT_NAME_BWS
+        if c == 34:
+            self.state = C_EXT_QUOTED
+            return s == C_EXT_VALUE_START
+        if c == CR:  # the line may end right after a name or a value, not after BWS
+            self.state = C_SIZE_LF
+            return s == C_EXT_NAME or s == C_EXT_VALUE or s == C_EXT_QUOTED_END
+        return False
 
     cdef Py_ssize_t _fail(self, str why) noexcept:
         self.error = why

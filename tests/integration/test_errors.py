@@ -162,10 +162,12 @@ def test_upstream_dies_mid_body_truncates(fastproxy, raw_upstream, framing, endi
     assert get(proxy.port(), "/after").status == 200
 
 
-def test_malformed_chunked_upstream_body_never_completes(fastproxy, raw_upstream):
+@pytest.mark.parametrize("second_chunk", ["zz\r\n", "5;\r\nworld\r\n0\r\n\r\n"],
+                         ids=["bad-size", "empty-extension"])
+def test_malformed_chunked_upstream_body_never_completes(fastproxy, raw_upstream, second_chunk):
     """A valid head with a broken chunked body: either 502 (if detected before the head
     went out) or a truncated 200 and a closed connection — never a complete response."""
-    bad = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+    bad = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n" + second_chunk
     up = raw_upstream({"rules": [{"prefix": "/badchunk", "actions": [{"send": bad}]}]})
     proxy = fastproxy(simple_config(up.addr))
     with RawConn(proxy.port()) as c:

@@ -119,6 +119,10 @@ VECTORS = [
     ("chunk-data-longer-than-size", post(H, CHUNKED, body=b"5\r\nhelloXX\r\n0\r\n\r\n"), 400),
     ("chunk-data-shorter-than-size", post(H, CHUNKED, body=b"5\r\nhel\r\n0\r\n\r\n"), 400),
     ("chunk-lines-bare-lf", post(H, CHUNKED, body=b"5\nhello\n0\n\n"), 400),
+    # chunk-ext-name is a token, chunk-ext-val a token or quoted-string (RFC 9112 §7.1.1)
+    ("chunk-extension-empty", post(H, CHUNKED, body=b"5;\r\nhello\r\n0\r\n\r\n"), 400),
+    ("chunk-extension-empty-name", post(H, CHUNKED, body=b"5;=x\r\nhello\r\n0\r\n\r\n"), 400),
+    ("chunk-extension-empty-value", post(H, CHUNKED, body=b"5;a=\r\nhello\r\n0\r\n\r\n"), 400),
     # ---- request line and version
     ("rl-double-space", get(H, start=b"GET  /v HTTP/1.1"), 400),
     ("rl-missing-version", get(H, start=b"GET /v"), 400),
@@ -193,6 +197,9 @@ ACCEPTED = [
                                          body=b"5\r\nhello\r\n0\r\n\r\n"), b"hello"),
     ("chunk-extension", post(H, CHUNKED, body=b"5;name=value\r\nhello\r\n0\r\n\r\n"), b"hello"),
     ("chunk-extension-bws", post(H, CHUNKED, body=b"5 ; name=value\r\nhello\r\n0\r\n\r\n"), b"hello"),
+    ("chunk-extension-name-only", post(H, CHUNKED, body=b"5;a\r\nhello\r\n0\r\n\r\n"), b"hello"),
+    ("chunk-extension-quoted-bws", post(H, CHUNKED, body=b'5 ; a = "q"\r\nhello\r\n0\r\n\r\n'),
+     b"hello"),
     ("chunk-size-leading-zeros", post(H, CHUNKED, body=b"0005\r\nhello\r\n0\r\n\r\n"), b"hello"),
     ("chunk-size-uppercase-hex", post(H, CHUNKED, body=b"A\r\n0123456789\r\n0\r\n\r\n"), b"0123456789"),
     ("chunk-trailers", post(H, CHUNKED, body=b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"), b"hello"),
