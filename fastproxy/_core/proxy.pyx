@@ -95,11 +95,6 @@ cdef enum:
 cdef dict TLS_MODES = {"off": TLS_OFF, "tls": TLS_SERVER, "mtls": TLS_MUTUAL}
 
 cdef enum:
-    RETRY_WINDOW = 10        # seconds
-    RETRY_FLOOR = 5          # retries always allowed per window, however few requests
-cdef double RETRY_RATIO = 0.2
-
-cdef enum:
     RETRY_CONNECT = 1
     RETRY_RESET = 2
     RETRY_5XX = 4
@@ -257,6 +252,7 @@ cdef class Route:
     cdef readonly double timeout
     cdef int retries
     cdef int retry_on          # RETRY_* bits
+    cdef RetryBudget budget    # the route's own, or None: its cluster's
     cdef tuple allow           # SPIFFE id patterns that may use this route, or None
 
     cdef bint matches(self, RequestHead h, const char* p):
@@ -454,9 +450,7 @@ cdef class Cluster:
     cdef int max_pending             # requests waiting for one; beyond: 503 overloaded
     cdef readonly int in_flight
     cdef list waiting                # Exchange, first come first served
-    cdef int64_t budget_sec[RETRY_WINDOW]
-    cdef int budget_requests[RETRY_WINDOW]
-    cdef int budget_retries[RETRY_WINDOW]
+    cdef RetryBudget budget          # shared by the routes that set none of their own
 
     def __init__(self, str name):
         self.name = name
@@ -543,32 +537,6 @@ cdef class Cluster:
                 ex.dialed()         # the wait for a busy cluster is not the proxy's time
                 ex.connect_endpoint()
 
-    # -- retry budget: retries at most RETRY_RATIO of requests over RETRY_WINDOW seconds -----
-    cdef inline int _bucket(self, int64_t now):
-        cdef int64_t sec = now // 1000
-        cdef int i = sec % RETRY_WINDOW
-        if self.budget_sec[i] != sec:
-            self.budget_sec[i] = sec
-            self.budget_requests[i] = 0
-            self.budget_retries[i] = 0
-        return i
-
-    cdef void count_request(self, int64_t now):
-        self.budget_requests[self._bucket(now)] += 1
-
-    cdef bint take_retry(self, int64_t now):
-        cdef int64_t oldest = now // 1000 - RETRY_WINDOW
-        cdef int i, requests = 0, retries = 0
-        self._bucket(now)
-        for i in range(RETRY_WINDOW):
-            if self.budget_sec[i] > oldest:
-                requests += self.budget_requests[i]
-                retries += self.budget_retries[i]
-        if retries >= max(RETRY_FLOOR, <int>(requests * RETRY_RATIO)):
-            return False
-        self.budget_retries[self._bucket(now)] += 1
-        return True
-
     cdef void endpoint_outcome(self, Endpoint ep, bint failure, int64_t now):
         """Outlier detection: eject an endpoint after consecutive failures (SPEC §2)."""
         cdef Endpoint e
@@ -614,6 +582,8 @@ cdef class Worker:
     cdef readonly int accept_paused  # A_* bits: why new connections stay in the backlog
     cdef public object on_accepting  # called (no arguments) when accept_paused turns on or off
     cdef readonly dict accept_pauses # reason -> times accepting stopped for it
+    cdef readonly dict retry_budget_denials  # cluster name -> retries a budget refused
+    cdef dict route_budgets          # (listener, route name) -> the route's RetryBudget
     cdef double pause_logged         # when accepting stopping was last logged
     cdef readonly bint draining
     cdef unsigned long long rid_seed
@@ -646,6 +616,8 @@ cdef class Worker:
         self.waiting = deque()
         self.max_connections = 10000
         self.accept_pauses = {"max_connections": 0, "file_descriptors": 0}
+        self.retry_budget_denials = {}
+        self.route_budgets = {}
         self.pause_logged = -PAUSE_LOG_EVERY
         seed = os.urandom(16)
         self.rid_seed = int.from_bytes(seed[:8], "little")
@@ -695,6 +667,7 @@ cdef class Worker:
         """Compile a validated fastproxy.config.Config; clusters keep their pools by name."""
         cdef Cluster cl
         cdef ListenerState ls
+        cdef Route r
         clusters = {}
         for name, c in config.clusters.items():
             cl = self.clusters.get(name) or Cluster(name)
@@ -718,9 +691,11 @@ cdef class Worker:
             else:
                 cl.outlier_failures = 0
             cl.breaker = make_breaker(self.shared, name, c.circuit_breaker) if c.circuit_breaker else None
+            cl.budget = make_budget(cl.budget, c.retry_budget)
             cl.set_endpoints([(e.host, e.port) for e in c.endpoints if e.is_ip])
             clusters[name] = cl
         listeners = {}
+        route_budgets = {}
         for lc in config.listeners:
             ls = ListenerState()
             ls.name = lc.name
@@ -731,6 +706,11 @@ cdef class Worker:
             ls.idle_timeout = lc.limits.idle_timeout
             ls.proto_line = b"x-forwarded-proto: " + (b"http" if lc.tls == "off" else b"https") + b"\r\n"
             ls.routes = [self._route(rc, clusters) for rc in lc.routes]
+            for rc, r in zip(lc.routes, ls.routes):
+                if rc.retry_budget is not None:   # counts kept across reloads, by name
+                    key = (lc.name, rc.name)
+                    r.budget = route_budgets[key] = make_budget(self.route_budgets.get(key),
+                                                                rc.retry_budget)
             ls.tls_mode = TLS_MODES[lc.tls]
             ls.allow = tuple(lc.allow)
             ls.allow_all = "*" in lc.allow
@@ -745,6 +725,7 @@ cdef class Worker:
                     ep.close_idle()
         self.clusters = clusters
         self.listeners = listeners
+        self.route_budgets = route_budgets
         self.max_connections = config.limits.max_connections
         self.admit_waiting()          # a higher limit lets waiting connections in now
         tracing = config.tracing
@@ -1488,7 +1469,7 @@ cdef class Exchange:
                     self.reject(503, "no_healthy_upstream", f"no cluster of route {route.name} has a healthy endpoint")
                 return False
             self.cluster = cl
-        cl.count_request(now)
+        self.budget().count_request(now)
         if cl.breaker is not None:
             self.gate = cl.breaker.gate(now)
             if self.gate == GATE_REJECT:
@@ -1506,12 +1487,22 @@ cdef class Exchange:
         if self.cluster.breaker is not None:
             self.cluster.breaker.record(failure, self.gate, monotonic_ms())
 
+    cdef inline RetryBudget budget(self):
+        return self.route.budget if self.route.budget is not None else self.cluster.budget
+
     cdef bint may_retry(self, int cause):
         """A retry is allowed: the route asks for it, nothing went to the client, the body
-        is all kept, attempts remain, and the cluster's retry budget has room."""
-        return (self.route.retry_on & cause) and self.retries_done < self.route.retries \
-            and not self.resp_started and self.req_done and not self.replay_lost \
-            and self.cluster.take_retry(monotonic_ms())
+        is all kept, attempts remain, and the retry budget (the route's, else the
+        cluster's) has room; a refusal is counted."""
+        cdef dict denials
+        if not ((self.route.retry_on & cause) and self.retries_done < self.route.retries
+                and not self.resp_started and self.req_done and not self.replay_lost):
+            return False
+        if self.budget().take_retry(monotonic_ms()):
+            return True
+        denials = self.w.retry_budget_denials
+        denials[self.cluster.name] = denials.get(self.cluster.name, 0) + 1
+        return False
 
     cdef void retry(self, str why):
         """Send the request again, preferably to another endpoint (SPEC §5)."""

@@ -236,6 +236,62 @@ def count_failures(SharedCounters shared, int slot, int n, double window=10.0):
     return b.failures(now)
 
 
+# -- retry budget ----------------------------------------------------------------------------
+
+cdef enum:
+    BUDGET_WINDOW = 10       # seconds of requests and retries a budget remembers
+
+
+cdef class RetryBudget:
+    """Linkerd's retry budget, per worker: over the last BUDGET_WINDOW seconds, retries
+    may number `min_per_second` * BUDGET_WINDOW plus `ratio` of the requests. The floor
+    lets a quiet service retry; the ratio keeps retries from multiplying load on a busy
+    one that is failing."""
+    cdef double ratio
+    cdef double floor                # min_per_second * BUDGET_WINDOW
+    cdef int64_t sec[BUDGET_WINDOW]
+    cdef int requests[BUDGET_WINDOW]
+    cdef int retries[BUDGET_WINDOW]
+
+    def __init__(self, double ratio, double min_per_second):
+        self.ratio = ratio
+        self.floor = min_per_second * BUDGET_WINDOW
+
+    cdef inline int _bucket(self, int64_t now_ms):
+        cdef int64_t sec = now_ms // 1000
+        cdef int i = sec % BUDGET_WINDOW
+        if self.sec[i] != sec:
+            self.sec[i] = sec
+            self.requests[i] = 0
+            self.retries[i] = 0
+        return i
+
+    cdef void count_request(self, int64_t now_ms):
+        self.requests[self._bucket(now_ms)] += 1
+
+    cdef bint take_retry(self, int64_t now_ms):
+        """One retry, if the budget has room for it."""
+        cdef int64_t oldest = now_ms // 1000 - BUDGET_WINDOW
+        cdef int i, requests = 0, retries = 0
+        cdef int now = self._bucket(now_ms)
+        for i in range(BUDGET_WINDOW):
+            if self.sec[i] > oldest:
+                requests += self.requests[i]
+                retries += self.retries[i]
+        if retries >= self.floor + requests * self.ratio:
+            return False
+        self.retries[now] += 1
+        return True
+
+
+cdef RetryBudget make_budget(RetryBudget old, conf):
+    """The budget for `conf` (a config RetryBudget), keeping `old`'s counts across a reload."""
+    cdef RetryBudget b = old if old is not None else RetryBudget(conf.ratio, conf.min_per_second)
+    b.ratio = conf.ratio
+    b.floor = conf.min_per_second * BUDGET_WINDOW
+    return b
+
+
 # -- weighted splits ------------------------------------------------------------------------
 
 cdef class Split:

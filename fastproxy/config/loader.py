@@ -33,6 +33,7 @@ from fastproxy.config.model import (
     Listener,
     Outlier,
     ProxySettings,
+    RetryBudget,
     Route,
     SplitMember,
     Tracing,
@@ -293,6 +294,11 @@ LISTENER: dict[str, Conv] = {
     "route": _passthrough,
 }
 
+RETRY_BUDGET = record(RetryBudget, {
+    "ratio": number(0, 1),
+    "min_per_second": number(0, 100000),
+})
+
 ROUTE: dict[str, Conv] = {  # "cluster" and "split" are added per file (they need the cluster names)
     "name": name,
     "host": string(_host_pattern),
@@ -303,6 +309,7 @@ ROUTE: dict[str, Conv] = {  # "cluster" and "split" are added per file (they nee
     "timeout": duration(positive=True),
     "retries": integer(min=0),
     "retry_on": array(choice(*RETRY_ON), unique=True),
+    "retry_budget": RETRY_BUDGET,
     "allow": _allow,
 }
 
@@ -330,6 +337,7 @@ CLUSTER: dict[str, Conv] = {
     "idle_timeout": duration(positive=True),
     "circuit_breaker": record(CircuitBreaker, CIRCUIT_BREAKER),
     "outlier": record(Outlier, OUTLIER),
+    "retry_budget": RETRY_BUDGET,
 }
 
 TOP_LEVEL = ("proxy", "limits", "identity", "tracing", "listener", "cluster")

@@ -139,6 +139,15 @@ class SplitMember:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """Retries allowed over the last 10 seconds, per worker: `min_per_second` * 10 plus
+    `ratio` of the requests (Linkerd's budget and defaults)."""
+
+    ratio: float = 0.2
+    min_per_second: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One [[listener.route]]; routes are tried in order and the first match wins.
 
@@ -161,6 +170,7 @@ class Route:
     timeout: float = 15.0
     retries: int = 0
     retry_on: tuple[str, ...] = ("connect-failure", "reset")
+    retry_budget: RetryBudget | None = None   # None: the cluster's
     allow: tuple[str, ...] | None = None
 
     @property
@@ -226,6 +236,7 @@ class Cluster:
     idle_timeout: float = 60.0
     circuit_breaker: CircuitBreaker | None = None
     outlier: Outlier | None = None
+    retry_budget: RetryBudget = RetryBudget()
 
 
 def _no_clusters() -> Mapping[str, Cluster]:

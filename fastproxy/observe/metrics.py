@@ -42,6 +42,9 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str, bool, tuple[float, ...] | N
         "counter", ("reason",), "Times a worker stopped accepting connections, by reason: "
         "max_connections (as many wait as max_connections) or file_descriptors (near the "
         "descriptor limit).", True, None),
+    "fastproxy_retry_budget_exhausted_total": (
+        "counter", ("cluster",), "Retries not made because the retry budget (the route's, "
+        "else the cluster's) was spent.", True, None),
     "fastproxy_records_dropped_total": (
         "counter", (), "Request records dropped because the drain fell behind.", True, None),
     "fastproxy_access_log_dropped_total": (

@@ -329,6 +329,8 @@ class WorkerProcess:
         }
         for reason, times in self.core.accept_pauses.items():
             totals["fastproxy_accept_paused_total", reason] = times
+        for cluster, times in self.core.retry_budget_denials.items():
+            totals["fastproxy_retry_budget_exhausted_total", cluster] = times
         return totals
 
     def publish_gauges(self) -> None:

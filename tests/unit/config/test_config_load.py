@@ -19,6 +19,7 @@ from fastproxy.config import (
     Limits,
     Outlier,
     ProxySettings,
+    RetryBudget,
     Tracing,
     load,
     loads,
@@ -113,16 +114,18 @@ def test_full_example_uses_every_key():
     assert canary.headers == (("x-canary", "1"),) and canary.method == "GET"
     assert [(m.cluster, m.weight) for m in split.split] == [("reviews-v1", 90), ("reviews-v2", 10)]
     assert (split.timeout, split.retries, split.retry_on) == (3.0, 2, ("connect-failure", "reset", "5xx"))
+    assert split.retry_budget == RetryBudget(0.1, 5.0) and canary.retry_budget is None
     assert ratings.host == "*.ratings.svc" and ratings.path == "/v1/ratings"
     reviews = config.clusters["reviews-v1"]
     assert reviews.circuit_breaker == CircuitBreaker(3, 10.0, 60.0, 1)
     assert reviews.outlier == Outlier(5, 30.0, 0.5)
+    assert reviews.retry_budget == RetryBudget() == RetryBudget(0.2, 10.0)
     assert reviews.endpoints[1] == Address("reviews-v1.default.svc", 15006) and not reviews.endpoints[1].is_ip
     assert config.clusters["reviews-v2"].endpoints[1] == Address("fd00::6", 15006)
     assert config.tracing.service_name == "web"
     # every key the SPEC documents appears in the example (commented-out identity alternatives included)
     text = (REPO / "config/example-full.toml").read_text()
-    for key in ("ca_url", "token_file", "ca_trust", "renew_at", "retry_on", "half_open_requests", "max_ejected"):
+    for key in ("ca_url", "token_file", "ca_trust", "renew_at", "retry_on", "half_open_requests", "max_ejected", "retry_budget", "min_per_second"):
         assert f"{key} =" in text
 
 
@@ -532,6 +535,10 @@ CASES = {
     "outlier fraction": (doc(tail="[cluster.app.outlier]\nmax_ejected = 2"), "cluster.app.outlier.max_ejected: must be a number between 0 and 1"),
     "outlier failures": (doc(tail="[cluster.app.outlier]\nconsecutive_failures = 0"), "cluster.app.outlier.consecutive_failures: must be an integer >= 1"),
     "outlier eject_for": (doc(tail="[cluster.app.outlier]\neject_for = 0"), "cluster.app.outlier.eject_for: must be greater than 0"),
+    "budget ratio": (doc(cluster="retry_budget = { ratio = 1.5 }"), "cluster.app.retry_budget.ratio: must be a number between 0 and 1"),
+    "budget floor": (doc(cluster="retry_budget = { min_per_second = -1 }"), "cluster.app.retry_budget.min_per_second: must be a number between 0 and 100000"),
+    "budget typo": (doc(route='cluster = "app"\nretry_budget = { ratios = 0.2 }'), "listener[0].route[0].retry_budget.ratios: unknown key (did you mean 'ratio'?)"),
+    "budget type": (doc(route='cluster = "app"\nretry_budget = 0.2'), "listener[0].route[0].retry_budget: must be a table"),
 }
 
 
