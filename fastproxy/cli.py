@@ -22,7 +22,7 @@ def _config_path(arg: str | None) -> str:
 def _setup_logging() -> None:
     logging.basicConfig(
         level=os.environ.get("FASTPROXY_LOG_LEVEL", "INFO").upper(),
-        format=f"%(asctime)s fastproxy[{os.getpid()}] %(levelname)s %(message)s",
+        format="%(asctime)s fastproxy[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
 

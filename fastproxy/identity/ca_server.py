@@ -551,7 +551,7 @@ def _setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=os.environ.get("FASTPROXY_LOG_LEVEL", "INFO").upper(),
-            format=f"%(asctime)s fastproxy-ca[{os.getpid()}] %(levelname)s %(message)s",
+            format="%(asctime)s fastproxy-ca[%(process)d] %(levelname)s %(message)s",
             stream=sys.stderr,
         )
 

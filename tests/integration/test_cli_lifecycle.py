@@ -5,6 +5,7 @@ drain, and `--workers N` with a supervisor that restarts a killed worker."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -223,3 +224,18 @@ def test_workers_share_the_port_and_a_killed_worker_is_restarted(fastproxy, shar
     for i in range(20):
         assert get(port, f"/echo?after={i}").status == 200
     assert proxy.proc.poll() is None, "the supervisor died with its worker"
+
+
+def test_each_worker_logs_its_own_pid(fastproxy, shared_app):
+    """BUG at the time of writing: the log format was built once, before the fork, so
+    every worker's lines carried the supervisor's pid."""
+    proxy = fastproxy(simple_config(shared_app.addr()), workers=2)
+    workers = wait_until(lambda: (w := proxy.workers()) and len(w) == 2 and w,
+                         deadline_s=20, what="two workers")
+
+    def serving_pids():
+        return {int(m) for m in re.findall(r"fastproxy\[(\d+)\] INFO serving ", proxy.stderr())}
+
+    assert wait_until(lambda: serving_pids() == set(workers), deadline_s=20,
+                      what="a 'serving' line from each worker, with its own pid")
+    assert re.search(rf"fastproxy\[{proxy.pid}\] INFO supervising 2 workers", proxy.stderr())
