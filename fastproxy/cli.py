@@ -39,9 +39,17 @@ def _load(path: str):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Like `nginx -t`: the configuration and the files it names, but no binding."""
     from fastproxy.config import summary
+    from fastproxy.runtime.launch import check_files
+    from fastproxy.runtime.worker import StartError
 
     config = _load(_config_path(args.config))
+    try:
+        check_files(config)
+    except StartError as exc:
+        print(f"fastproxy: {exc}", file=sys.stderr)
+        return 1
     print(f"ok: {summary(config)}")
     return 0
 

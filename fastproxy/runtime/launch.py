@@ -68,12 +68,18 @@ def check_access_log(config: Config) -> None:
                          f"{exc.strerror or exc}") from None
 
 
+def check_files(config: Config) -> None:
+    """What `run` refuses before binding, and `check` too: the identity files and the
+    access log file. Raises StartError naming the problem."""
+    check_identity(config)
+    check_access_log(config)
+
+
 def run(config: Config, workers: int | None = None) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean drain. Raises BindError."""
     count = workers or config.proxy.workers
     raise_fd_limit()
-    check_identity(config)
-    check_access_log(config)
+    check_files(config)
     per_worker = bind_listeners(config, count)
     shared = Shared.create(count)
     try:
@@ -89,4 +95,4 @@ def run(config: Config, workers: int | None = None) -> int:
         close_all(per_worker)
 
 
-__all__ = ["run", "BindError"]
+__all__ = ["run", "check_files", "BindError"]

@@ -466,6 +466,12 @@ def _startup_cases():
         m.cert.unlink()
         return m
 
+    def unreadable_key(mesh, d):   # root reads any file: a directory cannot be read
+        m = mesh.ca.issue(FRONTEND, d)
+        m.key.unlink()
+        m.key.mkdir()
+        return m
+
     return {
         "expired": (expired, "expired"),
         "wrong-id": (wrong_id, "somebody-else"),
@@ -474,14 +480,18 @@ def _startup_cases():
         "garbage-cert": (garbage, "not a PEM"),
         "empty-key": (empty_key, "empty"),
         "missing-cert": (missing_cert, "cert.pem"),
+        "unreadable-key": (unreadable_key, "key.pem"),
     }
 
 
 STARTUP = _startup_cases()
 
 
+@pytest.mark.parametrize("command", ["run", "check"])
 @pytest.mark.parametrize("case", list(STARTUP))
-def test_startup_with_invalid_identity_exits_1_naming_the_problem(mesh, tmp_path, free_port, case):
+def test_startup_with_invalid_identity_exits_1_naming_the_problem(mesh, tmp_path, free_port, case,
+                                                                  command):
+    """`check` loads the same files as `run` (BUG at the time of writing: it said ok)."""
     make, expect = STARTUP[case]
     material = make(mesh, tmp_path / "id")
     config = tmp_path / "sidecar.toml"
@@ -489,7 +499,7 @@ def test_startup_with_invalid_identity_exits_1_naming_the_problem(mesh, tmp_path
         {"name": "inbound", "bind": f"127.0.0.1:{free_port()}", "tls": "mtls", "route": [{"cluster": "app"}]},
     ], {"app": {"endpoints": ["127.0.0.1:9"]}})))
     try:
-        out = run_cli("run", "-c", str(config), timeout=20)
+        out = run_cli(command, "-c", str(config), timeout=20)
     except subprocess.TimeoutExpired:
         pytest.fail(f"{case}: fastproxy started with invalid identity files")
     assert out.returncode == 1, (out.returncode, out.stderr)

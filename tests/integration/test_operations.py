@@ -61,10 +61,11 @@ def test_an_access_log_that_cannot_be_opened_stops_the_start_and_refuses_a_reloa
     text = config(shared_app.addr(), access_log=str(bad)).replace("${listen:admin}", f"{LOOPBACK}:{free_port()}")
     text = text.replace("${listen:main}", f"{LOOPBACK}:{free_port()}")
     (tmp_path / "bad.toml").write_text(text)
-    done = run_cli("run", "-c", str(tmp_path / "bad.toml"), cwd=tmp_path, timeout=30)
-    assert done.returncode == 1
-    assert "proxy.access_log" in done.stderr and str(bad) in done.stderr
-    assert "Traceback" not in done.stderr
+    for command in ("check", "run"):   # BUG at the time of writing: check said ok
+        done = run_cli(command, "-c", str(tmp_path / "bad.toml"), cwd=tmp_path, timeout=30)
+        assert done.returncode == 1, (command, done.stdout, done.stderr)
+        assert "proxy.access_log" in done.stderr and str(bad) in done.stderr, (command, done.stderr)
+        assert "Traceback" not in done.stderr and not done.stdout.startswith("ok")
 
     proxy = fastproxy(config(shared_app.addr()))
     replace_config(proxy, proxy.config_path.read_text().replace('access_log = "off"',
