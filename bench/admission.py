@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.processes import free_port, port_accepts
+from bench.tools import core_not_built
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", type=float, default=5.0,
                         help="seconds the first clients keep their connections")
     args = parser.parse_args(argv)
+    if problem := core_not_built():
+        print(f"python -m bench.admission: {problem}", file=sys.stderr)
+        return 2
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < args.clients + 64:
         print(f"this shell allows {hard} descriptors; {args.clients} clients need more "

@@ -2,8 +2,9 @@
 
 Parses options into a `RunOptions` and hands it to bench.runner. Exit codes: 0 when the
 run completed (whatever each contender's fate - that is in the results), 1 when the
-backend could not start or the harness failed, 2 for a usage error, 130 when interrupted.
-Results are written in every case but a usage error.
+backend could not start or the harness failed, 2 for a usage error or a checkout whose
+Cython core is not built, 130 when interrupted. Results are written in every case but
+those two.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from bench.runner import DEFAULT_RESULTS_DIR, RunOptions, run
 from bench.scenarios import BY_NAME, SCENARIOS, TIMINGS
-from bench.tools import INSTALL_ALL
+from bench.tools import INSTALL_ALL, core_not_built
 
 CONTENDERS = ("direct", "fastproxy", "nginx", "haproxy")
 
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             timing = dataclasses.replace(timing, **{field: value})
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if "fastproxy" in contenders and (problem := core_not_built()):
+        print(f"python -m bench: {problem}", file=sys.stderr)
+        return 2
     options = RunOptions(
         scenarios=[BY_NAME[name] for name in scenario_names],
         contenders=contenders,
