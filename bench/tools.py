@@ -61,16 +61,16 @@ class Tool:
         return f"{self.name}: {where}; {self.install_hint()}"
 
 
-def core_not_built(python: str = sys.executable) -> str | None:
+def core_not_built() -> str | None:
     """Why fastproxy cannot run from this checkout (the harness runs it with the checkout
     first on its path, so an unbuilt in-place core shadows an installed one), or None."""
     probe = "import fastproxy._core.proxy, fastproxy._core.http1, fastproxy._core.tls"
-    done = subprocess.run([python, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True,
+                          text=True)
     if done.returncode == 0:
         return None
     last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-    return (f"fastproxy's Cython core is not built in {REPO_ROOT} ({last}): run `make build` "
-            f"there first (or run the harness from a checkout where it is built)")
+    return f"fastproxy's Cython core is not built in {REPO_ROOT} ({last}): run `make build` first"
 
 
 def find_tool(name: str, requested: str | None = None) -> Tool:

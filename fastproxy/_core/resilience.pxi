@@ -253,10 +253,6 @@ cdef class RetryBudget:
     cdef int requests[BUDGET_WINDOW]
     cdef int retries[BUDGET_WINDOW]
 
-    def __init__(self, double ratio, double min_per_second):
-        self.ratio = ratio
-        self.floor = min_per_second * BUDGET_WINDOW
-
     cdef inline int _bucket(self, int64_t now_ms):
         cdef int64_t sec = now_ms // 1000
         cdef int i = sec % BUDGET_WINDOW
@@ -286,7 +282,7 @@ cdef class RetryBudget:
 
 cdef RetryBudget make_budget(RetryBudget old, conf):
     """The budget for `conf` (a config RetryBudget), keeping `old`'s counts across a reload."""
-    cdef RetryBudget b = old if old is not None else RetryBudget(conf.ratio, conf.min_per_second)
+    cdef RetryBudget b = old if old is not None else RetryBudget()
     b.ratio = conf.ratio
     b.floor = conf.min_per_second * BUDGET_WINDOW
     return b
