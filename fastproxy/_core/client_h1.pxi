@@ -1,0 +1,425 @@
+# Included by proxy.pyx: Downstream, an HTTP/1.1 client connection - parsing request
+# heads, pipelining, timeouts, refusals - and the start of each exchange.
+
+# -- client side ---------------------------------------------------------------------------
+
+@cython.final
+cdef class Downstream:
+    """A client connection: parses its requests one at a time and answers them in order."""
+    cdef Worker w
+    cdef str listener_name
+    cdef ListenerState ls
+    cdef object transport
+    cdef readonly bytes client_ip
+    cdef object pending          # unparsed bytes: a partial head or pipelined requests
+    cdef RequestHead head
+    cdef Exchange ex
+    cdef int state
+    cdef int paused
+    cdef bint writing_paused
+    cdef int requests
+    cdef bint processing         # inside feed(): a finished request must not recurse
+    cdef bint client_eof         # the client half-closed: close once its requests are answered
+    cdef double deadline
+    cdef object timer
+    cdef double timer_at
+    cdef bytes forwarded_lines   # x-forwarded-for, -proto and -client-cert, for requests without XFF
+    cdef bytes proto_lines       # x-forwarded-proto and -client-cert, for requests with XFF
+    cdef readonly str peer_id    # the verified SPIFFE id of an mtls client
+    cdef bint denied             # the peer is not in the listener's allow
+    cdef dict route_allowed      # per-route allow decisions for this peer
+    cdef object _write           # transport.write, looked up once
+    cdef readonly Port port
+    cdef bint made               # connection_made came (for TLS: the handshake succeeded)
+    cdef bint admitted           # holds one of the worker's max_connections slots
+    cdef bint counted            # its socket is counted in Worker.sockets
+    cdef MetricSlot* tls_failures
+
+    def __init__(self, Worker w, Port port):
+        # made by the protocol factory, as the socket is accepted
+        self.w = w
+        self.port = port
+        self.listener_name = port.listener
+        self.tls_failures = port.tls_failures
+        self.head = RequestHead()
+        self.counted = True
+        w.sockets += 1
+        if w.sockets_high and w.sockets + w.admitted >= w.sockets_high:
+            w.check_accepting()
+
+    def __dealloc__(self):
+        # a TLS listener's TLSLink creates its Downstream before the handshake and drops it
+        # unused when the handshake fails (or times out): that is where failures are counted
+        if not self.made and self.tls_failures is not NULL:
+            fp_addu(&self.tls_failures.v[0], 1)
+        if self.counted:
+            self.w.sockets -= 1
+            if self.w.accept_paused:
+                self.w.check_accepting()
+
+    # asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport):
+        cdef Worker w = self.w
+        self.made = True
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client_ip = (peer[0] if peer else "unknown").encode()
+        self.ls = w.listeners.get(self.listener_name)
+        if self.ls is None or self.port.closing:   # accepted just as a reload removed it
+            self.state = S_CLOSED
+            transport.close()
+            return
+        self._write = transport.write
+        if self.port.tls_new is not NULL:
+            fp_addu(&(self.port.tls_resumed if transport.session_reused() else self.port.tls_new).v[0], 1)
+        self.proto_lines = self.ls.proto_line
+        if self.ls.tls_mode == TLS_MUTUAL and not self.identify(transport):
+            return
+        self.forwarded_lines = b"x-forwarded-for: " + self.client_ip + CRLF + self.proto_lines
+        self.state = S_IDLE
+        w.connections.add(self)
+        if w.draining:
+            self.close()
+            return
+        self.set_deadline(w.now() + self.ls.header_timeout)
+        if w.admitted < w.max_connections and not w.waiting_count:
+            w.admitted += 1
+            self.admitted = True
+        else:                        # waits for a slot; header_timeout runs meanwhile
+            self.pause(P_ADMISSION)
+            w.waiting.append(self)
+            w.waiting_count += 1
+            if w.waiting_count >= w.max_connections:
+                w.check_accepting()
+
+    def data_received(self, data):
+        cdef int st = self.state
+        cdef Py_ssize_t used
+        if self.paused & P_ADMISSION:
+            # uvloop starts reading after connection_made: keep what came, read no more
+            self.hold(data)
+            self.transport.pause_reading()
+            return
+        if st == S_EXCHANGE:
+            if self.ex.request_body_open():
+                used = self.ex.request_body(data, 0)
+                if 0 <= used < _len(data) and self.state == S_EXCHANGE:
+                    self.hold(data[used:])  # the next pipelined request
+            else:
+                self.hold(data)
+        elif st == S_TUNNEL:
+            self.ex.tunnel_to_upstream(data)
+        elif st == S_IDLE or st == S_HEAD:
+            if self.pending is not None:
+                self.pending += data
+                data = self.pending
+                self.pending = None
+            self.feed(data)
+
+    def eof_received(self):
+        if self.state == S_TUNNEL and self.ex is not None:
+            return self.ex.tunnel_eof(True)
+        if self.state == S_EXCHANGE and not self.ex.request_body_open() \
+                and not self.ex.resp_started:
+            # a client may half-close after its last request: answer what it sent. One
+            # that leaves while its response streams is gone (the upstream is closed).
+            self.client_eof = True
+            return True
+        return False
+
+    def connection_lost(self, exc):
+        cdef Worker w = self.w
+        self.state = S_CLOSED
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.ex is not None:
+            self.ex.client_gone()
+            self.ex = None
+        w.connections.discard(self)
+        if self.counted:
+            self.counted = False
+            w.sockets -= 1
+        if self.admitted:
+            self.admitted = False
+            w.admitted -= 1
+            w.admit_waiting()
+        elif self.paused & P_ADMISSION:
+            self.paused &= ~P_ADMISSION     # its entry in w.waiting is skipped
+            w.waiting_count -= 1
+            if len(w.waiting) > 2 * w.waiting_count + 64:
+                w.waiting = deque(d for d in w.waiting if (<Downstream>d).paused & P_ADMISSION)
+            w.check_accepting()
+        elif w.accept_paused:
+            w.check_accepting()
+        w._check_drained()
+
+    def pause_writing(self):
+        self.writing_paused = True
+        if self.ex is not None:
+            self.ex.pause_upstream_reading()
+
+    def resume_writing(self):
+        self.writing_paused = False
+        if self.ex is not None:
+            self.ex.resume_upstream_reading()
+
+    # internals --------------------------------------------------------------------------
+    cdef bint identify(self, transport):
+        """An mtls client: its SPIFFE id, once per connection. False: refused and closed."""
+        cdef ListenerState ls = self.ls
+        peer, why = self.w.identity.peer_id(transport, "client")
+        if peer is None:
+            log.warning("listener %s: refused %s: %s", ls.name, self.client_ip.decode(), why)
+            if self.tls_failures is not NULL:
+                fp_addu(&self.tls_failures.v[0], 1)
+            self.state = S_CLOSED
+            transport.close()
+            return False
+        self.peer_id = peer
+        self.denied = not ls.allow_all and not self.w.id_allowed(ls.allow, peer)
+        self.proto_lines = ls.proto_line + ls.xfcc_prefix + peer.encode() + CRLF
+        return True
+
+    cdef bint forbidden(self, Route route):
+        """Whether this mtls peer may not use the route (listener and route allow)."""
+        if self.denied:
+            return True
+        if route is None or route.allow is None:
+            return False
+        if self.route_allowed is None:
+            self.route_allowed = {}
+        ok = self.route_allowed.get(route)
+        if ok is None:
+            ok = self.route_allowed[route] = bool(self.w.id_allowed(route.allow, self.peer_id))
+        return not ok
+
+    cdef void admit(self):
+        """A slot is free: read and serve (header_timeout runs on from the accept)."""
+        self.w.admitted += 1
+        self.admitted = True
+        self.resume(P_ADMISSION)
+        if self.pending is not None:
+            buf = self.pending
+            self.pending = None
+            self.feed(buf)
+
+    cdef void pause(self, int why):
+        if self.paused == 0 and self.state != S_CLOSED:
+            self.transport.pause_reading()
+        self.paused |= why
+
+    cdef void resume(self, int why):
+        if self.paused == 0:
+            return
+        self.paused &= ~why
+        if self.paused == 0 and self.state != S_CLOSED:
+            self.transport.resume_reading()
+
+    cdef void hold(self, object data):
+        """Keep bytes that arrive while a request is in flight (pipelining)."""
+        if self.pending is None:
+            self.pending = bytearray(data)
+        else:
+            self.pending += data
+        if len(self.pending) > PIPELINE_LIMIT:
+            self.pause(P_PIPELINE)
+
+    cdef void feed(self, object buf):
+        """Start the requests in buf, one after another while each finishes at once.
+
+        A request can end synchronously (404, a refused body...), and the next pipelined
+        one starts from here, in a loop rather than by recursion, so a client cannot
+        deepen the C stack with thousands of tiny pipelined requests.
+        """
+        self.processing = True
+        try:
+            self.process(buf)
+            while self.state == S_IDLE and self.pending is not None:
+                buf = self.pending
+                self.pending = None
+                self.process(buf)
+        finally:
+            self.processing = False
+        if self.client_eof and (self.state == S_IDLE or self.state == S_HEAD):
+            self.close()
+
+    cdef void process(self, object buf):
+        """Parse the next request head from buf and start proxying it."""
+        cdef ListenerState ls = self.ls
+        cdef RequestHead h = self.head
+        cdef Py_ssize_t r = parse_request(h, buf, ls.max_header_bytes, ls.max_headers)
+        if r == 0:
+            if self.pending is None:
+                self.pending = bytearray(buf)
+            elif type(self.pending) is bytes:
+                self.pending = bytearray(self.pending)
+            if self.state == S_IDLE:
+                self.state = S_HEAD
+                if self.requests:  # later requests: header_timeout runs from the first byte
+                    self.set_deadline(self.w.now() + ls.header_timeout)
+            return
+        self.pending = None
+        if r < 0:
+            self.refuse(h.error_status, PARSE_REASONS.get(h.error_status, "bad_request"),
+                        h.error_detail)
+            self.state = S_CLOSED
+            return
+        self.state = S_EXCHANGE
+        self.start_exchange(h, buf, r)
+
+    cdef void start_exchange(self, RequestHead h, object buf, Py_ssize_t off):
+        cdef ListenerState ls = self.w.listeners.get(self.listener_name, self.ls)
+        self.ls = ls
+        cdef Route route = ls.route_for(h)
+        cdef Exchange ex = Exchange.__new__(Exchange)
+        cdef Py_ssize_t used
+        ex.init(self, h, route)
+        self.ex = ex
+        if off < _len(buf):
+            self.pending = buf[off:]   # the body, then maybe the next pipelined request
+        if self.peer_id is not None and self.forbidden(route):
+            log.info("listener %s: peer %s forbidden (route %s)", ls.name, self.peer_id,
+                     route.name if route is not None else "-")
+            ex.reject(403, "forbidden", f"peer {self.peer_id} is not allowed here")
+            return
+        if route is None:
+            ex.reject(404, "no_route", "no route matches " + h.authority.decode("latin-1")
+                      + h.path.decode("latin-1"))
+            return
+        self.set_deadline(self.w.now() + route.timeout)
+        if not ex.choose_cluster():
+            return
+        ex.up_head = ex.build_upstream_head()
+        self.pending = None
+        used = ex.request_body(buf, off)
+        if used < 0:
+            return
+        if off + used < _len(buf):
+            self.pending = buf[off + used:]
+        if h.expect_continue and not ex.req_done:
+            self.transport.write(CONTINUE_100)
+        ex.connect()
+
+    cdef void exchange_done(self, bint close):
+        """The response is complete: close, or go on with the next request."""
+        self.ex = None
+        self.requests += 1
+        if close or self.ending() or self.state == S_CLOSED:
+            self.close()
+            return
+        self.state = S_IDLE
+        self.head.reset()
+        self.set_deadline(self.w.now() + self.ls.idle_timeout)
+        self.resume(P_PIPELINE | P_UPSTREAM | P_QUEUE)
+        if self.pending is not None and not self.processing:
+            buf = self.pending
+            self.pending = None
+            self.feed(buf)
+        if self.client_eof and self.state == S_IDLE and not self.processing:
+            self.close()
+
+    cdef Py_ssize_t send_error(self, int status, str reason, str detail, bytes rid_line, bint close):
+        """A response the proxy makes itself (SPEC §4); returns its body's size."""
+        body = f"fastproxy: {reason}: {detail}\n".encode("utf-8", "replace")
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")),
+                 b"content-type: text/plain; charset=utf-8\r\n",
+                 b"fastproxy-error: " + reason.encode() + b"\r\n",
+                 b"content-length: %d\r\n" % len(body)]
+        if rid_line is not None:
+            lines.append(rid_line)
+        if close:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        lines.append(body)
+        if self.state != S_CLOSED:
+            self.transport.write(b"".join(lines))
+            if close:
+                self.close()
+        return len(body)
+
+    cdef void refuse(self, int status, str reason, str detail):
+        """A request refused before it became an exchange (malformed, too large, too slow):
+        counted and recorded, answered, and the connection closed."""
+        cdef Worker w = self.w
+        cdef ListenerState ls = self.ls
+        cdef double now
+        cdef bytes rid = w.new_request_id_line()   # every error the proxy makes carries one
+        cdef Py_ssize_t sent = self.send_error(status, reason, detail, rid, True)
+        cdef uint64_t hi = 0, lo = 0, span = 0
+        cdef bint sampled = False
+        if w.count_requests:
+            count_request(w.metrics, ls, "", status, 0, 0)
+        if w.trace_families:    # a response of our own gets a span (of a new trace) too
+            hi, lo, span = w.random64(), w.random64() or 1, w.random64() or 1
+            sampled = w.sample()
+        now = unix_time()
+        if w.log_all:
+            w.log.line(now, 0, ls.json_name, None, b"", 0, b"", 0, b"", 0, status, 0, sent, None,
+                       None, self.peer_id, w.trace_families != 0, hi, lo,
+                       PyBytes_AS_STRING(rid) + 14, PyBytes_GET_SIZE(rid) - 16, reason)
+        w.add_record((now, now, ls.name, ls.direction, None, None, None, "", "", "", status,
+                      reason, 0, sent, self.peer_id,
+                      f"{hi:016x}{lo:016x}" if w.trace_families else None,
+                      f"{span:016x}" if w.trace_families else None, None, sampled,
+                      rid[14:PyBytes_GET_SIZE(rid) - 2].decode("latin-1"), 0.0))
+
+    cdef inline bint ending(self):
+        """Draining, or the listener went away: answer what is in flight, then close."""
+        return self.w.draining or self.port.closing
+
+    cdef void wind_down(self):
+        """Drain or listener removal. A busy connection closes after its response (sent
+        with Connection: close); an idle one after a short grace, so a request already on
+        its way is still answered rather than met with a reset."""
+        if self.paused & P_ADMISSION:
+            self.close()
+        elif self.state == S_IDLE:
+            self.set_deadline(self.w.now() + WIND_DOWN_GRACE)
+
+    cdef void close(self):
+        if self.state != S_CLOSED:
+            self.state = S_CLOSED
+            self.transport.close()
+
+    cdef void write(self, bytes data):
+        if self.state != S_CLOSED:
+            self._write(data)
+
+    # one lazily re-armed timer per connection: deadlines move without timer churn
+    cdef void set_deadline(self, double when):
+        self.deadline = when
+        if self.timer is None or when < self.timer_at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = when
+            self.timer = self.w.loop.call_at(when, self.on_timer)
+
+    def on_timer(self):
+        self.timer = None
+        if self.state == S_CLOSED:
+            return
+        if self.w.now() < self.deadline - 0.0005:
+            self.set_deadline(self.deadline)
+            return
+        if self.state == S_IDLE:
+            if self.paused & P_ADMISSION and self.pending is not None:
+                self.refuse(503, "overloaded", "no connection slot (max_connections) "
+                            "within header_timeout")
+            elif self.requests == 0 and not self.ending():
+                # SPEC §11: 408 from accept; but a connection that never sent a byte made
+                # no request, so nothing is counted or logged (a preconnect, a probe)
+                self.send_error(408, "request_timeout", "no request head within header_timeout",
+                                self.w.new_request_id_line(), True)
+            else:
+                self.close()
+        elif self.state == S_HEAD:
+            self.refuse(408, "request_timeout", "request head incomplete after header_timeout")
+        elif self.state == S_EXCHANGE:
+            self.ex.timed_out()
+        else:
+            self.ex.tunnel_close()
+
+    cdef void touch(self):
+        """Push the deadline out by idle_timeout (activity on a tunnel)."""
+        self.deadline = self.w.now() + self.ls.idle_timeout

@@ -1,0 +1,208 @@
+# Included by proxy.pyx: upstream endpoints and clusters - the idle connection pool per
+# endpoint, balancing, admission (max_connections, max_pending), outlier ejection.
+
+cdef class Endpoint:
+    """One upstream address and its pool of idle keep-alive connections."""
+    cdef readonly str host
+    cdef readonly int port
+    cdef readonly str label          # "host:port", "[v6]:port"
+    cdef bytes json_label            # the label as a JSON string, for the access log
+    cdef list idle
+    cdef readonly int active
+    cdef public double idle_timeout
+    cdef readonly int consecutive_failures
+    cdef readonly int ejections
+    cdef int64_t ejected_until       # monotonic ms; 0 when not ejected
+    cdef public object tls_session   # tls/mtls clusters: the session the next connection offers
+
+    def __init__(self, str host, int port):
+        self.host = host
+        self.port = port
+        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.json_label = json_quoted(self.label)
+        self.idle = []
+        self.idle_timeout = 60.0
+
+    @property
+    def idle_count(self):
+        return len(self.idle)
+
+    def status(self):
+        """This endpoint for the admin API's /clusters."""
+        import datetime, time
+        address = self.label
+        left = (self.ejected_until - monotonic_ms()) / 1000.0
+        until = None
+        if left > 0:
+            until = datetime.datetime.fromtimestamp(time.time() + left, datetime.timezone.utc) \
+                .isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {"address": address, "healthy": until is None, "ejected_until": until,
+                "ejections": self.ejections, "active": self.active, "idle": len(self.idle)}
+
+    cdef Upstream take_idle(self):
+        cdef Upstream up
+        while self.idle:
+            up = self.idle.pop()
+            if not up.closed:
+                up.pooled = False
+                return up
+        return None
+
+    cdef void release(self, Upstream up, double now):
+        if len(self.idle) >= IDLE_PER_ENDPOINT:
+            up.close()
+            return
+        up.pooled = True
+        up.set_idle_deadline(now + self.idle_timeout)
+        self.idle.append(up)
+
+    cdef void forget(self, Upstream up):
+        if up.pooled:
+            up.pooled = False
+            try:
+                self.idle.remove(up)
+            except ValueError:
+                pass
+
+    def close_idle(self):
+        cdef Upstream up
+        for up in list(self.idle):
+            up.close()
+        self.idle.clear()
+
+
+cdef class Cluster:
+    """Endpoints of one upstream service and how to pick among them."""
+    cdef readonly str name
+    cdef bytes json_name             # the name as a JSON string, for the access log
+    cdef readonly list endpoints
+    cdef Py_ssize_t rr
+    cdef readonly double connect_timeout
+    cdef readonly double idle_timeout
+    cdef readonly tuple addresses    # as configured: ((host, port, is_ip), ...)
+    cdef readonly bytes default_host
+    cdef readonly int tls_mode
+    cdef readonly str peer           # the SPIFFE id pattern an mtls server must present
+    cdef readonly str sni            # server name for tls clusters (a configured DNS name)
+    cdef readonly Breaker breaker    # None unless [cluster.X.circuit_breaker]
+    cdef int balance                 # BALANCE_*
+    cdef uint64_t rng                # xorshift state for random and least_request
+    cdef int outlier_failures        # 0: no outlier detection
+    cdef int64_t eject_ms
+    cdef double max_ejected
+    cdef int max_connections         # upstream connections in use at once (per worker)
+    cdef int max_pending             # requests waiting for one; beyond: 503 overloaded
+    cdef readonly int in_flight
+    cdef list waiting                # Exchange, first come first served
+    cdef RetryBudget budget          # shared by the routes that set none of their own
+
+    def __init__(self, str name):
+        self.name = name
+        self.json_name = json_quoted(name)
+        self.endpoints = []
+        self.waiting = []
+
+    def set_endpoints(self, list addresses):
+        """Replace the resolved endpoint list, keeping pools of addresses that remain."""
+        cdef Endpoint ep
+        old = {(ep.host, ep.port): ep for ep in self.endpoints}
+        new = []
+        for host, port in addresses:
+            ep = old.pop((host, port), None)
+            if ep is None:
+                ep = Endpoint(host, port)
+            ep.idle_timeout = self.idle_timeout
+            new.append(ep)
+        for ep in old.values():
+            ep.close_idle()
+        self.endpoints = new
+
+    cdef inline uint64_t next_random(self) noexcept:
+        cdef uint64_t x = self.rng
+        x ^= x << 13
+        x ^= x >> 7
+        x ^= x << 17
+        self.rng = x
+        return x
+
+    cdef inline bint usable(self, Endpoint ep, set exclude, int64_t now):
+        return ep.ejected_until <= now and (exclude is None or ep not in exclude)
+
+    cdef bint has_healthy(self, int64_t now):
+        cdef Endpoint ep
+        for ep in self.endpoints:
+            if ep.ejected_until <= now:
+                return True
+        return False
+
+    cdef Endpoint pick(self, set exclude, int64_t now):
+        """The endpoint for a new request: balance policy, ejected and excluded ones skipped."""
+        cdef Py_ssize_t n = len(self.endpoints), i, start
+        cdef Endpoint ep, other
+        if n == 0:
+            return None
+        if self.balance == BALANCE_ROUND_ROBIN:
+            for i in range(n):
+                self.rr += 1
+                if self.rr >= n:
+                    self.rr = 0
+                ep = self.endpoints[self.rr]
+                if self.usable(ep, exclude, now):
+                    return ep
+            return None
+        start = self.next_random() % n
+        ep = None
+        for i in range(n):
+            other = self.endpoints[(start + i) % n]
+            if self.usable(other, exclude, now):
+                ep = other
+                break
+        if ep is None or self.balance == BALANCE_RANDOM or n == 1:
+            return ep
+        # least_request: the power of two choices on outstanding requests
+        start = self.next_random() % n
+        for i in range(n):
+            other = self.endpoints[(start + i) % n]
+            if other is not ep and self.usable(other, exclude, now):
+                return other if other.active < ep.active else ep
+        return ep
+
+    # -- admission (SPEC §2 max_connections / max_pending, per worker) ----------------------
+    cdef void release_slot(self):
+        """An exchange stopped using its upstream connection: the first waiting one goes."""
+        cdef Exchange ex
+        self.in_flight -= 1
+        while self.waiting and self.in_flight < self.max_connections:
+            ex = self.waiting.pop(0)
+            if ex.waiting_slot:
+                ex.waiting_slot = False
+                ex.holds_slot = True
+                self.in_flight += 1
+                ex.dialed()         # the wait for a busy cluster is not the proxy's time
+                ex.connect_endpoint()
+
+    cdef void endpoint_outcome(self, Endpoint ep, bint failure, int64_t now):
+        """Outlier detection: eject an endpoint after consecutive failures (SPEC §2)."""
+        cdef Endpoint e
+        cdef int ejected = 0, allowed
+        if self.outlier_failures == 0 or ep is None:
+            return
+        if not failure:
+            ep.consecutive_failures = 0
+            return
+        ep.consecutive_failures += 1
+        if ep.consecutive_failures < self.outlier_failures or ep.ejected_until > now:
+            return
+        for e in self.endpoints:
+            if e.ejected_until > now:
+                ejected += 1
+        allowed = max(1, <int>(self.max_ejected * len(self.endpoints)))
+        if ejected >= allowed:
+            return
+        ep.ejections += 1
+        ep.consecutive_failures = 0
+        # each ejection lasts longer than the last, up to ten times eject_for
+        ep.ejected_until = now + self.eject_ms * min(ep.ejections, 10)
+        log.warning("cluster %s: endpoint %s:%d ejected for %gs after %d consecutive failures",
+                    self.name, ep.host, ep.port, self.eject_ms * min(ep.ejections, 10) / 1000.0,
+                    self.outlier_failures)

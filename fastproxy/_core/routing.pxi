@@ -1,0 +1,124 @@
+# Included by proxy.pyx: the compiled configuration a request is matched against -
+# Route (match keys, cluster or split, timeout, retries), ListenerState (limits, routes,
+# identity checks, forwarded lines) and Port (what a listening socket serves).
+
+# -- compiled configuration ---------------------------------------------------------------
+
+cdef class Route:
+    """One route of a listener, compiled for matching against parsed offsets."""
+    cdef readonly str name
+    cdef bytes json_name       # the name as a JSON string, for the access log
+    cdef bytes host            # exact host, lowercase
+    cdef bytes host_suffix     # ".example.com" for "*.example.com"
+    cdef bytes prefix
+    cdef bytes path
+    cdef bytes method
+    cdef tuple headers         # ((lowercase name, value), ...)
+    cdef readonly Cluster cluster   # the one cluster, or None with a split
+    cdef readonly Split split
+    cdef readonly double timeout
+    cdef int retries
+    cdef int retry_on          # RETRY_* bits
+    cdef RetryBudget budget    # the route's own, or None: its cluster's
+    cdef tuple allow           # SPIFFE id patterns that may use this route, or None
+
+    cdef bint matches(self, RequestHead h, const char* p):
+        cdef Py_ssize_t n
+        if self.host is not None:
+            n = h.host_end - h.host_start
+            if n != PyBytes_GET_SIZE(self.host) or not ascii_ieq(p + h.host_start, self.host, n):
+                return False
+        elif self.host_suffix is not None:
+            n = PyBytes_GET_SIZE(self.host_suffix)
+            if h.host_end - h.host_start <= n or not ascii_ieq(p + h.host_end - n, self.host_suffix, n):
+                return False
+        if self.path is not None:
+            n = PyBytes_GET_SIZE(self.path)
+            if h.path_end - h.path_start != n or memcmp(p + h.path_start, <char*>self.path, n) != 0:
+                return False
+        elif self.prefix is not None:
+            n = PyBytes_GET_SIZE(self.prefix)
+            if h.path_end - h.path_start < n or memcmp(p + h.path_start, <char*>self.prefix, n) != 0:
+                return False
+        if self.method is not None:
+            n = PyBytes_GET_SIZE(self.method)
+            if h.method_end - h.start != n or memcmp(p + h.start, <char*>self.method, n) != 0:
+                return False
+        if self.headers:
+            for name, value in self.headers:
+                if h.get(name) != value:
+                    return False
+        return True
+
+
+cdef class ListenerState:
+    """A listener's compiled routes and limits; replaced whole on reload."""
+    cdef readonly str name
+    cdef bytes json_name        # the name as a JSON string, for the access log
+    cdef readonly list routes
+    cdef Py_ssize_t max_header_bytes
+    cdef int max_headers
+    cdef double header_timeout
+    cdef double idle_timeout
+    cdef bytes proto_line       # b"x-forwarded-proto: http\r\n"
+    cdef readonly int tls_mode
+    cdef tuple allow            # SPIFFE id patterns of peers that may connect (mtls)
+    cdef bint allow_all
+    cdef bytes xfcc_prefix      # b"x-forwarded-client-cert: By=<own id>;URI="
+    cdef readonly str direction # "inbound" | "outbound"
+    cdef dict pairs             # cluster name ("" without one) -> PairStats
+    cdef MetricSlot* overhead
+
+    cdef PairStats pair(self, MetricTable table, str cluster):
+        """This listener's series for a cluster, found once per configuration."""
+        cdef PairStats ps = self.pairs.get(cluster)
+        cdef bytes labels
+        if ps is None:
+            labels = (self.name + "\x1f" + cluster).encode()
+            ps = PairStats()
+            ps.prefix = b"fastproxy_requests_total\x1f" + labels + b"\x1f"
+            ps.duration = table.slot(b"fastproxy_request_duration_seconds\x1f" + labels)
+            self.pairs[cluster] = ps
+            if self.overhead is NULL:
+                self.overhead = table.slot(b"fastproxy_proxy_overhead_seconds\x1f" + self.name.encode())
+        return ps
+
+    def match(self, RequestHead h):
+        """The name of the route a parsed request takes, or None (tests, benchmarks)."""
+        cdef Route r = self.route_for(h)
+        return None if r is None else r.name
+
+    cdef Route route_for(self, RequestHead h):
+        cdef const char* p = PyBytes_AS_STRING(h.raw)
+        cdef Route r
+        for r in self.routes:
+            if r.matches(h, p):
+                return r
+        return None
+
+
+cdef void count_request(MetricTable table, ListenerState ls, str cluster, int status,
+                        int64_t duration_ns, int64_t overhead_ns):
+    """One request in fastproxy_requests_total and the two histograms (SPEC §8)."""
+    cdef PairStats ps = ls.pair(table, cluster)
+    cdef MetricSlot* slot = ps.code(table, status)
+    if slot is not NULL:
+        fp_addu(&slot.v[0], 1)
+    if ps.duration is not NULL:
+        hist_observe(ps.duration, DURATION_NS, N_DURATION, duration_ns)
+    if ls.overhead is not NULL:
+        hist_observe(ls.overhead, OVERHEAD_NS, N_OVERHEAD, overhead_ns)
+
+
+@cython.final
+cdef class Port:
+    """One listening socket of a listener. It closes when a reload removes or moves its
+    listener: its connections then finish what they carry and close, as in a drain."""
+    cdef readonly str listener
+    cdef public bint closing
+    cdef MetricSlot* tls_failures    # NULL unless the listener speaks TLS
+    cdef MetricSlot* tls_new         # handshakes, full and resumed (NULL likewise)
+    cdef MetricSlot* tls_resumed
+
+    def __init__(self, str listener):
+        self.listener = listener
