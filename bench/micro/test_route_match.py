@@ -17,6 +17,7 @@ proxy = pytest.importorskip("fastproxy._core.proxy")
 h11 = pytest.importorskip("h11")
 
 from fastproxy.config import loads  # noqa: E402
+from fastproxy.config.compile import compile_snapshot  # noqa: E402
 
 ROUTES = [
     dict(name="canary", host="reviews", headers={"x-canary": "1"}),
@@ -85,7 +86,7 @@ REQUESTS = {
 @pytest.fixture(scope="module")
 def listener():
     worker = proxy.Worker(None)
-    worker.configure(loads(_toml(), "bench.toml"))
+    worker.install(compile_snapshot(loads(_toml(), "bench.toml")))
     return worker.listeners["l"]
 
 

@@ -16,6 +16,7 @@ import pytest
 proxy = pytest.importorskip("fastproxy._core.proxy", reason="the Cython core is not built (make build)")
 
 from fastproxy.config import loads  # noqa: E402
+from fastproxy.config.compile import compile_snapshot  # noqa: E402
 
 CONFIG = """
 [proxy]
@@ -39,7 +40,7 @@ endpoints = ["127.0.0.1:4"]
 @pytest.fixture(scope="module")
 def worker():
     w = proxy.Worker(None)
-    w.configure(loads(CONFIG, "bench.toml"))
+    w.install(compile_snapshot(loads(CONFIG, "bench.toml")))
     return w
 
 

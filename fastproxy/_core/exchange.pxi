@@ -387,32 +387,33 @@ cdef class Exchange:
     # -- the upstream connection -----------------------------------------------------------
     cdef void connect(self):
         """Take a connection slot of the cluster, or wait for one, or 503 overloaded."""
-        cdef Cluster cl = self.cluster
+        cdef Admission slots = self.cluster.admission
         if not self.holds_slot:
-            if cl.in_flight >= cl.max_connections:
-                if len(cl.waiting) >= cl.max_pending:
-                    self.reject(503, "overloaded", f"cluster {cl.name}: {cl.in_flight} connections "
-                                f"in use and {len(cl.waiting)} requests waiting")
+            if slots.in_flight >= slots.max_connections:
+                if len(slots.waiting) >= slots.max_pending:
+                    self.reject(503, "overloaded", f"cluster {self.cluster.name}: "
+                                f"{slots.in_flight} connections in use and "
+                                f"{len(slots.waiting)} requests waiting")
                     return
                 self.waiting_slot = True
                 if not self.t_up:
                     self.t_dial = monotonic_ns()
-                cl.waiting.append(self)
+                slots.waiting.append(self)
                 return
             self.holds_slot = True
-            cl.in_flight += 1
+            slots.in_flight += 1
         self.connect_endpoint()
 
     cdef void release_slot(self):
         if self.waiting_slot:
             self.waiting_slot = False
             try:
-                self.cluster.waiting.remove(self)
+                self.cluster.admission.waiting.remove(self)
             except ValueError:
                 pass
         if self.holds_slot:
             self.holds_slot = False
-            self.cluster.release_slot()
+            self.cluster.admission.release()
 
     cdef void connect_endpoint(self):
         cdef Cluster cl = self.cluster

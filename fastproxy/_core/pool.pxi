@@ -71,8 +71,47 @@ cdef class Endpoint:
         self.idle.clear()
 
 
+cdef class Admission:
+    """A cluster's upstream connection slots, per worker: `max_connections` in use at
+    once, then up to `max_pending` requests waiting, first come first served. One per
+    cluster name, carried across reloads, so requests of the old and the new
+    configuration share the slots; a reload's new limits apply to the waiting ones."""
+    cdef int max_connections
+    cdef int max_pending
+    cdef readonly int in_flight
+    cdef list waiting                # Exchange
+
+    def __init__(self):
+        self.waiting = []
+
+    cdef void set_limits(self, int max_connections, int max_pending):
+        self.max_connections = max_connections
+        self.max_pending = max_pending
+        self.admit()
+
+    cdef void release(self):
+        """An exchange stopped using its upstream connection."""
+        self.in_flight -= 1
+        self.admit()
+
+    cdef void admit(self):
+        """Let waiting exchanges in while slots are free."""
+        cdef Exchange ex
+        while self.waiting and self.in_flight < self.max_connections:
+            ex = self.waiting.pop(0)
+            if ex.waiting_slot:
+                ex.waiting_slot = False
+                ex.holds_slot = True
+                self.in_flight += 1
+                ex.dialed()         # the wait for a busy cluster is not the proxy's time
+                ex.connect_endpoint()
+
+
 cdef class Cluster:
-    """Endpoints of one upstream service and how to pick among them."""
+    """One upstream service as one configuration snapshot describes it: its settings are
+    fixed for the requests that started under it. What outlives a reload is carried to
+    the next snapshot's Cluster of the same name: the endpoints (their pools, failures
+    and ejections), the admission slots, the retry budget, the balancer's position."""
     cdef readonly str name
     cdef bytes json_name             # the name as a JSON string, for the access log
     cdef readonly list endpoints
@@ -90,17 +129,50 @@ cdef class Cluster:
     cdef int outlier_failures        # 0: no outlier detection
     cdef int64_t eject_ms
     cdef double max_ejected
-    cdef int max_connections         # upstream connections in use at once (per worker)
-    cdef int max_pending             # requests waiting for one; beyond: 503 overloaded
-    cdef readonly int in_flight
-    cdef list waiting                # Exchange, first come first served
+    cdef readonly Admission admission
     cdef RetryBudget budget          # shared by the routes that set none of their own
 
-    def __init__(self, str name):
-        self.name = name
-        self.json_name = json_quoted(name)
-        self.endpoints = []
-        self.waiting = []
+    def __init__(self, spec, Cluster previous, SharedCounters shared):
+        """The cluster `spec` (a fastproxy.config.compile.ClusterSpec) describes, carrying
+        the state of `previous` (None for a new name): the same cluster under the
+        configuration before."""
+        cdef Endpoint ep
+        self.name = spec.name
+        self.json_name = json_quoted(spec.name)
+        self.connect_timeout = spec.connect_timeout
+        self.idle_timeout = spec.idle_timeout
+        self.addresses = spec.addresses
+        self.default_host = spec.default_host
+        self.tls_mode = spec.tls_mode
+        self.peer = spec.peer
+        self.sni = spec.sni
+        self.balance = spec.balance
+        self.outlier_failures = spec.outlier_failures
+        self.eject_ms = spec.eject_ms
+        self.max_ejected = spec.max_ejected
+        self.breaker = make_breaker(shared, spec.name, spec.breaker) if spec.breaker else None
+        if previous is None:
+            self.endpoints = []
+            self.admission = Admission()
+            self.rng = int.from_bytes(os.urandom(8), "little") | 1
+        else:
+            self.admission = previous.admission
+            self.rng = previous.rng
+            self.rr = previous.rr
+            if previous.tls_mode == self.tls_mode and previous.peer == self.peer \
+                    and previous.sni == self.sni:
+                self.endpoints = previous.endpoints
+            else:   # pooled connections were made for other TLS settings: not reused
+                self.endpoints = []
+                for ep in previous.endpoints:
+                    ep.close_idle()
+        self.admission.set_limits(spec.max_connections, spec.max_pending)
+        self.budget = make_budget(previous.budget if previous is not None else None, spec.budget)
+        if not self.endpoints or previous.addresses != spec.addresses:
+            self.set_endpoints([(host, port) for host, port, is_ip in spec.addresses if is_ip])
+        else:   # the same endpoints: keep what DNS resolved too
+            for ep in self.endpoints:
+                ep.idle_timeout = self.idle_timeout
 
     def set_endpoints(self, list addresses):
         """Replace the resolved endpoint list, keeping pools of addresses that remain."""
@@ -166,20 +238,6 @@ cdef class Cluster:
             if other is not ep and self.usable(other, exclude, now):
                 return other if other.active < ep.active else ep
         return ep
-
-    # -- admission (SPEC §2 max_connections / max_pending, per worker) ----------------------
-    cdef void release_slot(self):
-        """An exchange stopped using its upstream connection: the first waiting one goes."""
-        cdef Exchange ex
-        self.in_flight -= 1
-        while self.waiting and self.in_flight < self.max_connections:
-            ex = self.waiting.pop(0)
-            if ex.waiting_slot:
-                ex.waiting_slot = False
-                ex.holds_slot = True
-                self.in_flight += 1
-                ex.dialed()         # the wait for a busy cluster is not the proxy's time
-                ex.connect_endpoint()
 
     cdef void endpoint_outcome(self, Endpoint ep, bint failure, int64_t now):
         """Outlier detection: eject an endpoint after consecutive failures (SPEC §2)."""

@@ -101,12 +101,11 @@ cdef dict REASONS = {
 
 log = logging.getLogger("fastproxy")
 
+# the numbers fastproxy.config.compile gives: the order of the tuples in config.model
 cdef enum:
     TLS_OFF = 0
     TLS_SERVER = 1   # "tls": server-authenticated TLS
     TLS_MUTUAL = 2   # "mtls": both sides present SPIFFE certificates
-
-cdef dict TLS_MODES = {"off": TLS_OFF, "tls": TLS_SERVER, "mtls": TLS_MUTUAL}
 
 cdef enum:
     RETRY_CONNECT = 1
@@ -114,16 +113,10 @@ cdef enum:
     RETRY_5XX = 4
     RETRY_GATEWAY = 8
 
-cdef dict RETRY_ON = {"connect-failure": RETRY_CONNECT, "reset": RETRY_RESET, "5xx": RETRY_5XX,
-                      "gateway-error": RETRY_GATEWAY}
-
 cdef enum:
     BALANCE_ROUND_ROBIN = 0
     BALANCE_LEAST_REQUEST = 1
     BALANCE_RANDOM = 2
-
-cdef dict BALANCES = {"round_robin": BALANCE_ROUND_ROBIN, "least_request": BALANCE_LEAST_REQUEST,
-                      "random": BALANCE_RANDOM}
 
 cdef dict PARSE_REASONS = {400: "bad_request", 431: "header_too_large", 501: "not_implemented"}
 

@@ -97,6 +97,29 @@ cdef class ListenerState:
         return None
 
 
+cdef Route compile_route(spec, dict clusters):
+    """The route `spec` (a fastproxy.config.compile.RouteSpec) describes, over `clusters`."""
+    cdef Route r = Route()
+    r.name = spec.name
+    r.json_name = json_quoted(spec.name)
+    r.host = spec.host
+    r.host_suffix = spec.host_suffix
+    r.prefix = spec.prefix
+    r.path = spec.path
+    r.method = spec.method
+    r.headers = spec.headers
+    if spec.cluster is not None:
+        r.cluster = clusters[spec.cluster]
+    else:
+        r.split = make_split([clusters[name] for name, _ in spec.split],
+                             [weight for _, weight in spec.split])
+    r.timeout = spec.timeout
+    r.retries = spec.retries
+    r.retry_on = spec.retry_on
+    r.allow = spec.allow
+    return r
+
+
 cdef void count_request(MetricTable table, ListenerState ls, str cluster, int status,
                         int64_t duration_ns, int64_t overhead_ns):
     """One request in fastproxy_requests_total and the two histograms (SPEC §8)."""

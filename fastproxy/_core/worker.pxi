@@ -100,62 +100,44 @@ cdef class Worker:
         self.rng = x
         return x * 2685821657736338717ULL
 
-    def configure(self, config):
-        """Compile a validated fastproxy.config.Config; clusters keep their pools by name."""
-        cdef Cluster cl
+    def install(self, snapshot):
+        """Swap in a configuration snapshot (fastproxy.config.compile.Snapshot) whole.
+
+        Requests in flight keep the routes and clusters they started with. Carried to the
+        new snapshot, by name: each cluster's endpoints with their pools and ejections,
+        its admission slots, retry budget and balancer position (Cluster.__init__), the
+        circuit breakers (in shared memory, by cluster name) and routes' own retry
+        budgets (by listener and route name)."""
         cdef ListenerState ls
         cdef Route r
-        clusters = {}
-        for name, c in config.clusters.items():
-            cl = self.clusters.get(name) or Cluster(name)
-            cl.connect_timeout = c.connect_timeout
-            cl.idle_timeout = c.idle_timeout
-            cl.addresses = tuple((e.host, e.port, e.is_ip) for e in c.endpoints)
-            cl.default_host = str(c.endpoints[0]).encode()
-            cl.tls_mode = TLS_MODES[c.tls]
-            cl.peer = c.peer
-            cl.sni = next((e.host for e in c.endpoints if not e.is_ip), None)
-            # every worker numbers the clusters the same way: the slot is the sorted index
-            cl.balance = BALANCES[c.balance]
-            cl.max_connections = c.max_connections
-            cl.max_pending = c.max_pending
-            if cl.rng == 0:
-                cl.rng = int.from_bytes(os.urandom(8), "little") | 1
-            if c.outlier is not None:
-                cl.outlier_failures = c.outlier.consecutive_failures
-                cl.eject_ms = <int64_t>(c.outlier.eject_for * 1000)
-                cl.max_ejected = c.outlier.max_ejected
-            else:
-                cl.outlier_failures = 0
-            cl.breaker = make_breaker(self.shared, name, c.circuit_breaker) if c.circuit_breaker else None
-            cl.budget = make_budget(cl.budget, c.retry_budget)
-            cl.set_endpoints([(e.host, e.port) for e in c.endpoints if e.is_ip])
-            clusters[name] = cl
+        clusters = {spec.name: Cluster(spec, self.clusters.get(spec.name), self.shared)
+                    for spec in snapshot.clusters}
         listeners = {}
         route_budgets = {}
-        for lc in config.listeners:
+        for spec in snapshot.listeners:
             ls = ListenerState()
-            ls.name = lc.name
-            ls.json_name = json_quoted(lc.name)
-            ls.max_header_bytes = lc.limits.max_header_bytes
-            ls.max_headers = lc.limits.max_headers
-            ls.header_timeout = lc.limits.header_timeout
-            ls.idle_timeout = lc.limits.idle_timeout
-            ls.proto_line = b"x-forwarded-proto: " + (b"http" if lc.tls == "off" else b"https") + b"\r\n"
-            ls.routes = [self._route(rc, clusters) for rc in lc.routes]
-            for rc, r in zip(lc.routes, ls.routes):
-                if rc.retry_budget is not None:   # counts kept across reloads, by name
-                    key = (lc.name, rc.name)
-                    r.budget = route_budgets[key] = make_budget(self.route_budgets.get(key),
-                                                                rc.retry_budget)
-            ls.tls_mode = TLS_MODES[lc.tls]
-            ls.allow = tuple(lc.allow)
-            ls.allow_all = "*" in lc.allow
-            if config.identity is not None:
-                ls.xfcc_prefix = b"x-forwarded-client-cert: By=" + config.identity.id.encode() + b";URI="
-            ls.direction = lc.direction
+            ls.name = spec.name
+            ls.json_name = json_quoted(spec.name)
+            ls.max_header_bytes = spec.max_header_bytes
+            ls.max_headers = spec.max_headers
+            ls.header_timeout = spec.header_timeout
+            ls.idle_timeout = spec.idle_timeout
+            ls.proto_line = spec.proto_line
+            ls.xfcc_prefix = spec.xfcc_prefix
+            ls.tls_mode = spec.tls_mode
+            ls.allow = spec.allow
+            ls.allow_all = "*" in spec.allow
+            ls.direction = spec.direction
             ls.pairs = {}
-            listeners[lc.name] = ls
+            ls.routes = []
+            for rs in spec.routes:
+                r = compile_route(rs, clusters)
+                if rs.budget is not None:
+                    key = (spec.name, rs.name)
+                    r.budget = route_budgets[key] = make_budget(self.route_budgets.get(key),
+                                                                rs.budget)
+                ls.routes.append(r)
+            listeners[spec.name] = ls
         for name, cl in self.clusters.items():
             if name not in clusters:
                 for ep in cl.endpoints:
@@ -163,42 +145,15 @@ cdef class Worker:
         self.clusters = clusters
         self.listeners = listeners
         self.route_budgets = route_budgets
-        self.max_connections = config.limits.max_connections
+        self.max_connections = snapshot.max_connections
         self.admit_waiting()          # a higher limit lets waiting connections in now
-        tracing = config.tracing
-        self.trace_families = (PROPAGATE_W3C if "w3c" in tracing.propagate else 0) | \
-            (PROPAGATE_B3 if "b3" in tracing.propagate else 0)
-        self.sample_all = tracing.sample >= 1.0
-        self.sample_below = <uint64_t>(tracing.sample * 18446744073709551615.0) \
+        self.trace_families = snapshot.propagate
+        self.sample_all = snapshot.sample >= 1.0
+        self.sample_below = <uint64_t>(snapshot.sample * 18446744073709551615.0) \
             if not self.sample_all else 0
-        self.export_spans = tracing.export != "off" and self.trace_families != 0
-        self.log_all = config.proxy.access_log != "off"
-        self.count_requests = config.proxy.metrics
-
-    cdef Route _route(self, rc, dict clusters):
-        cdef Route r = Route()
-        r.name = rc.name
-        r.json_name = json_quoted(rc.name)
-        if rc.host is not None:
-            if rc.host.startswith("*."):
-                r.host_suffix = rc.host[1:].lower().encode()
-            else:
-                r.host = rc.host.lower().encode()
-        r.prefix = rc.prefix.encode() if rc.prefix is not None else None
-        r.path = rc.path.encode() if rc.path is not None else None
-        r.method = rc.method.encode() if rc.method is not None else None
-        r.headers = tuple((n.lower().encode(), v.encode()) for n, v in rc.headers)
-        if rc.cluster is not None:
-            r.cluster = clusters[rc.cluster]
-        else:
-            r.split = make_split([clusters[m.cluster] for m in rc.split], [m.weight for m in rc.split])
-        r.timeout = rc.timeout
-        r.retries = rc.retries
-        r.retry_on = 0
-        for name in rc.retry_on:
-            r.retry_on |= RETRY_ON[name]
-        r.allow = tuple(rc.allow) if rc.allow is not None else None
-        return r
+        self.export_spans = snapshot.export_spans
+        self.log_all = snapshot.access_log
+        self.count_requests = snapshot.metrics
 
     cdef object tls_context(self, context):
         """The core's handle on an ssl.SSLContext (made once per context: they change only

@@ -4,12 +4,13 @@
     print("ok:", summary(cfg))
 
 Owns the configuration contract of SPEC §2 (keys, defaults, validation and the
-"FILE: KEY.PATH: message" errors). It does not bind sockets, resolve names, read
-certificate files or compile the snapshot the Cython core runs on.
+"FILE: KEY.PATH: message" errors). It does not bind sockets, resolve names or read
+certificate files.
 
 Modules: `model` (the dataclasses and defaults), `values` (syntax of durations,
 addresses, SPIFFE ids...), `schema` (the generic error-collecting validator), `loader`
-(the sidecar schema and `load`), `ca` (the `fastproxy ca serve` file).
+(the sidecar schema and `load`), `compile` (the Snapshot the Cython core installs), `ca`
+(the `fastproxy ca serve` file).
 """
 
 from fastproxy.config.ca import CAServer, CAToken, load_ca

@@ -3,8 +3,8 @@ read-only mappings, so a loaded `Config` is an immutable snapshot that can be sh
 every task of a worker and swapped whole on reload.
 
 Defaults live here (and only here); the loader passes just the keys present in the file.
-Durations are float seconds. Nothing in this module parses text or touches files; the
-compiled form for the Cython core is built from these objects elsewhere.
+Durations are float seconds. Nothing in this module touches files; the compiled form for
+the Cython core is built from these objects by `fastproxy.config.compile`.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import uvloop
 
 from fastproxy._core.proxy import Port, Worker
 from fastproxy.config import Config, ConfigError, file_signature, load
+from fastproxy.config.compile import compile_snapshot
 from fastproxy.observe import metrics
 from fastproxy.observe.failed import FailedRing
 from fastproxy.observe.records import Drain
@@ -102,7 +103,7 @@ class WorkerProcess:
         if shared is not None:
             self.core.attach_shared(shared.breaker, shared.metrics)
         self.failed = FailedRing(shared.failed if shared is not None else None, index=index)
-        self.core.configure(config)
+        self.core.install(compile_snapshot(config))
         self.stopping = asyncio.Event()
         self.identity = None
         self.watcher = None
@@ -492,7 +493,7 @@ class WorkerProcess:
             for listener in self.config.listeners:
                 if binds.get(listener.name) != listener.bind and listener.name in self.sockets:
                     _shut(self.sockets.pop(listener.name))
-        self.core.configure(config)     # requests in flight keep the snapshot they started with
+        self.core.install(compile_snapshot(config))   # requests in flight keep theirs
         self.config = config
         self.loop.create_task(resolve_endpoints(self.loop, self.core))
         if not started:

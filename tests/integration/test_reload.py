@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import signal
 import threading
+import time
 import uuid
 
 import httpx
@@ -176,6 +177,37 @@ def test_invalid_file_keeps_the_old_configuration(env):
     body = admin_json(proxy, "/config")[1]
     assert body["last_error"] is None and body["generation"] > g, body
     assert reloads(proxy, "success") >= s + 1
+
+
+def test_a_request_waiting_for_a_cluster_slot_keeps_its_clusters_settings(env):
+    """Cluster settings come from the configuration a request started under: one queued
+    for the cluster's only connection slot when a reload turns the cluster's TLS on still
+    goes out in plain text, and the slot is shared with the requests that come after;
+    those are sent with TLS, never over a pooled plain-text connection. BUG at the time of
+    writing: the reload changed the live cluster in place and kept its pool, so new
+    requests went on over plain-text connections after TLS was turned on."""
+    app = env["app"]
+    limited = '[cluster.a]\nendpoints = ["%s"]\nmax_connections = 1\n' % app.addr("a")
+    text = env["config"]().replace('[cluster.a]\nendpoints = ["%s"]\n' % app.addr("a"), limited)
+    proxy = env["start"]()
+    replace_config(proxy, text)
+    assert admin_call(proxy, "POST", "/reload").status == 200
+    port = proxy.port()
+    tag = uuid.uuid4().hex
+    with RawConn(port, timeout=20) as held, RawConn(port, timeout=20) as queued:
+        held.send(f"GET /slow?hold={tag} HTTP/1.1\r\nHost: app\r\n\r\n".encode())
+        wait_until(lambda: app.seen(tag), deadline_s=10, what="the held request took the slot")
+        queued.send(b"GET /echo?queued HTTP/1.1\r\nHost: app\r\n\r\n")
+        time.sleep(0.3)   # the queued request is in (nothing observable tells)
+        replace_config(proxy, text.replace(limited, limited + 'tls = "tls"\n'))
+        assert admin_call(proxy, "POST", "/reload").status == 200
+        app.release(tag)
+        assert held.read_response().status == 200
+        r = queued.read_response()
+        assert (r.status, r.header("x-served-by")) == (200, "a"), r
+    r = get(port, "/echo?after")
+    assert (r.status, r.header("fastproxy-error")) == (503, "upstream_tls"), \
+        "the new configuration is in force for new requests"
 
 
 # ---------------------------------------------------------------- listeners
