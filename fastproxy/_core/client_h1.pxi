@@ -340,29 +340,9 @@ cdef class Downstream:
 
     cdef void refuse(self, int status, str reason, str detail):
         """A request refused before it became an exchange (malformed, too large, too slow):
-        counted and recorded, answered, and the connection closed."""
-        cdef Worker w = self.w
-        cdef ListenerState ls = self.ls
-        cdef double now
-        cdef bytes rid = w.new_request_id_line()   # every error the proxy makes carries one
-        cdef Py_ssize_t sent = self.send_error(status, reason, detail, rid, True)
-        cdef uint64_t hi = 0, lo = 0, span = 0
-        cdef bint sampled = False
-        if w.count_requests:
-            count_request(w.metrics, ls, "", status, 0, 0)
-        if w.trace_families:    # a response of our own gets a span (of a new trace) too
-            hi, lo, span = w.random64(), w.random64() or 1, w.random64() or 1
-            sampled = w.sample()
-        now = unix_time()
-        if w.log_all:
-            w.log.line(now, 0, ls.json_name, None, b"", 0, b"", 0, b"", 0, status, 0, sent, None,
-                       None, self.peer_id, w.trace_families != 0, hi, lo,
-                       PyBytes_AS_STRING(rid) + 14, PyBytes_GET_SIZE(rid) - 16, reason)
-        w.add_record((now, now, ls.name, ls.direction, None, None, None, "", "", "", status,
-                      reason, 0, sent, self.peer_id,
-                      f"{hi:016x}{lo:016x}" if w.trace_families else None,
-                      f"{span:016x}" if w.trace_families else None, None, sampled,
-                      rid[14:PyBytes_GET_SIZE(rid) - 2].decode("latin-1"), 0.0))
+        answered, the connection closed, and the outcome reported."""
+        cdef bytes rid = self.w.new_request_id_line()   # every error the proxy makes carries one
+        report_refusal(self, status, reason, rid, self.send_error(status, reason, detail, rid, True))
 
     cdef inline bint ending(self):
         """Draining, or the listener went away: answer what is in flight, then close."""

@@ -238,7 +238,14 @@ cdef class Exchange:
         """Continue the incoming trace or start one (SPEC §7); the lines for upstream."""
         cdef Worker w = self.w
         cdef TraceContext c
-        read_trace_context(self.head, w.trace_families, &c)
+        if self.head is not None:
+            read_trace_context(self.head, w.trace_families, &c)
+        else:   # a refusal before any head was read: a trace of its own
+            c.hi = c.lo = c.parent = 0
+            c.sampled = -1
+            c.source = TRACE_NONE
+            c.tracestate_bytes = 0
+            c.b3_single = False
         self.traced = True
         self.span_id = w.random64() or 1
         if c.source != TRACE_NONE:
@@ -292,13 +299,18 @@ cdef class Exchange:
 
     cdef void log_line(self, int status, str error, int64_t end):
         cdef RequestHead h = self.head
-        cdef const char* p = PyBytes_AS_STRING(h.raw)
+        cdef bytes raw = h.raw if h is not None else b""   # a refusal has no head
+        cdef const char* p = PyBytes_AS_STRING(raw)
+        cdef Py_ssize_t method = 0, method_n = 0, target = 0, target_n = 0, auth = 0, auth_n = 0
         cdef bytes rid = self.rid_line
+        if h is not None:
+            method, method_n = h.start, h.method_end - h.start
+            target, target_n = h.target_start, h.target_end - h.target_start
+            auth, auth_n = h.authority_start, h.authority_end - h.authority_start
         self.w.log.line(
             unix_time() - (end - self.t0) * 1e-9, end - self.t0, self.ls.json_name,
             self.route.json_name if self.route is not None else None,
-            p + h.start, h.method_end - h.start, p + h.target_start, h.target_end - h.target_start,
-            p + h.authority_start, h.authority_end - h.authority_start, status, self.bytes_in,
+            p + method, method_n, p + target, target_n, p + auth, auth_n, status, self.bytes_in,
             self.bytes_out, self.cluster.json_name if self.cluster is not None else None,
             self.endpoint.json_label if self.endpoint is not None else None, self.peer,
             self.traced, self.trace_hi, self.trace_lo,
@@ -308,15 +320,17 @@ cdef class Exchange:
     cdef tuple record(self, int status, str error, int64_t end, int64_t over):
         """A fastproxy.observe.records.Record, as a plain tuple (same field order)."""
         cdef RequestHead h = self.head
-        cdef bytes raw = h.raw
+        cdef bytes raw = h.raw if h is not None else None
         cdef double now = unix_time()
         cdef bytes rid = self.rid_line
         return (now - (end - self.t0) * 1e-9, now, self.ls.name, self.ls.direction,
                 self.route.name if self.route is not None else None,
                 self.cluster.name if self.cluster is not None else None,
                 self.endpoint.label if self.endpoint is not None else None,
-                h.method.decode("latin-1"), raw[h.target_start:h.target_end].decode("latin-1"),
-                h.authority.decode("latin-1"), status, error, self.bytes_in, self.bytes_out,
+                h.method.decode("latin-1") if h is not None else "",
+                raw[h.target_start:h.target_end].decode("latin-1") if h is not None else "",
+                h.authority.decode("latin-1") if h is not None else "",
+                status, error, self.bytes_in, self.bytes_out,
                 self.peer,
                 f"{self.trace_hi:016x}{self.trace_lo:016x}" if self.traced else None,
                 f"{self.span_id:016x}" if self.traced else None,
@@ -823,3 +837,17 @@ cdef class Exchange:
         if down is not None:
             self.down = None
             down.close()
+
+
+cdef void report_refusal(Downstream down, int status, str reason, bytes rid, Py_ssize_t sent):
+    """A request refused before it became an exchange (malformed, too large, too slow):
+    reported as an exchange with no head, route or cluster, so that one writer counts,
+    logs and records every outcome."""
+    cdef Exchange ex = Exchange.__new__(Exchange)
+    ex.t0 = monotonic_ns()
+    ex.w = down.w
+    ex.ls = down.ls
+    ex.peer = down.peer_id
+    ex.rid_line = rid
+    ex.bytes_out = sent
+    ex.report(status, reason)

@@ -1,7 +1,9 @@
 """The per-request record the core hands to Python, and its field order.
 
-The core builds a plain tuple (cheap) in exactly the order of `Record`'s fields; Python
-wraps it with `Record._make`. A unit test keeps the two in step.
+The core builds a plain tuple (cheap) in exactly the order of `Record`'s fields, in one
+place (`Exchange.record`, refusals included); Python wraps it with `Record._make`, which
+raises on a tuple of another length, so every test that reads /failed or a span keeps
+the two in step.
 """
 from __future__ import annotations
 
