@@ -400,6 +400,22 @@ cdef class Downstream:
         else:
             self.ex.tunnel_close()
 
+    cdef object become_tunnel(self):
+        """A 101 came: from now on bytes flow both ways untouched. The bytes the client
+        sent after its request head, which now belong to the tunnel (or None)."""
+        pending = self.pending
+        self.pending = None
+        self.state = S_TUNNEL
+        return bytes(pending) if pending is not None else None
+
+    cdef bint close_write(self):
+        """Pass the upstream's half-close on to the client, if the transport can (a TLS
+        connection cannot)."""
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            return True
+        return False
+
     cdef void touch(self):
         """Push the deadline out by idle_timeout (activity on a tunnel)."""
         self.deadline = self.w.now() + self.ls.idle_timeout

@@ -46,6 +46,7 @@ cdef class Exchange:
     cdef bint up_reading_paused
     cdef bint head_request
     cdef int tunnel_eofs
+    cdef bint tunneling          # a 101 came: bytes flow both ways until both ends close
     cdef int gate                # the breaker's answer: PASS or PROBE (REJECT never gets here)
     cdef str connect_error
     cdef bint holds_slot         # counts in its cluster's in_flight
@@ -802,17 +803,30 @@ cdef class Exchange:
         self.rstate = R_BODY
         self.resp_framing = BODY_UNTIL_CLOSE
         self.up.reusable = False
-        down.state = S_TUNNEL
-        down.write(_slice(data, 0, _len(data)))
-        down.touch()
-        if down.pending is not None:  # bytes the client sent after its request head
-            self.up.transport.write(bytes(down.pending))
-            down.pending = None
+        self.tunneling = True
+        pending = down.become_tunnel()   # bytes the client sent after its request head
+        self.tunnel_to_client(_slice(data, 0, _len(data)))
+        if pending is not None:
+            self.tunnel_to_upstream(pending)
 
     cdef void tunnel_to_upstream(self, object data):
         if self.up is not None:
             self.up.transport.write(data)
             self.down.touch()
+
+    cdef void tunnel_to_client(self, object data):
+        if self.down is not None:
+            self.down.write(data)
+            self.down.touch()
+
+    cdef void upstream_blocked(self, bint blocked):
+        """The upstream connection's write buffer filled up (or drained): stop (or go on)
+        reading the client."""
+        if self.down is not None:
+            if blocked:
+                self.down.pause(P_UPSTREAM)
+            else:
+                self.down.resume(P_UPSTREAM)
 
     cdef bint tunnel_eof(self, bint from_client):
         """One side of the tunnel finished sending: pass the half-close on; when both
@@ -821,11 +835,12 @@ cdef class Exchange:
         if self.tunnel_eofs >= 2:
             self.tunnel_close()
             return False
-        transport = (self.up.transport if from_client else self.down.transport) \
-            if self.up is not None and self.down is not None else None
-        if transport is not None and transport.can_write_eof():
-            transport.write_eof()
-            return True
+        if self.up is not None and self.down is not None:
+            if not from_client and self.down.close_write():
+                return True
+            if from_client and self.up.transport.can_write_eof():
+                self.up.transport.write_eof()
+                return True
         self.tunnel_close()
         return False
 

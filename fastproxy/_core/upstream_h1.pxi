@@ -49,16 +49,15 @@ cdef class Upstream:
 
     def data_received(self, data):
         if self.ex is not None:
-            if self.ex.down is not None and self.ex.down.state == S_TUNNEL:
-                self.ex.down.write(data)
-                self.ex.down.touch()
+            if self.ex.tunneling:
+                self.ex.tunnel_to_client(data)
             else:
                 self.ex.upstream_data(data)
         else:
             self.close()  # bytes nobody asked for: the connection cannot be trusted
 
     def eof_received(self):
-        if self.ex is not None and self.ex.down is not None and self.ex.down.state == S_TUNNEL:
+        if self.ex is not None and self.ex.tunneling:
             return self.ex.tunnel_eof(False)
         self.lost("closed the connection")
         return False
@@ -70,12 +69,12 @@ cdef class Upstream:
             self.lost("reset the connection" if exc is not None else "closed the connection")
 
     def pause_writing(self):
-        if self.ex is not None and self.ex.down is not None:
-            self.ex.down.pause(P_UPSTREAM)
+        if self.ex is not None:
+            self.ex.upstream_blocked(True)
 
     def resume_writing(self):
-        if self.ex is not None and self.ex.down is not None:
-            self.ex.down.resume(P_UPSTREAM)
+        if self.ex is not None:
+            self.ex.upstream_blocked(False)
 
     cdef void lost(self, str why, bint tls=False):
         cdef Exchange ex = self.ex
@@ -88,7 +87,7 @@ cdef class Upstream:
             self.timer = None
         self.ep.forget(self)
         if ex is not None:
-            if ex.down is not None and ex.down.state == S_TUNNEL:
+            if ex.tunneling:
                 ex.tunnel_close()
             else:
                 ex.upstream_closed(why, tls)
