@@ -1,4 +1,4 @@
-"""The admin API on `[proxy] admin` (SPEC §8): HTTP/1.1 with h11, JSON answers.
+"""The admin API on `[proxy] admin` (docs/observability.md): HTTP/1.1 with h11, JSON answers.
 
 Owns the operator's view of the proxy: `/ready`, `/metrics`, `/config`, `/clusters`,
 `/certs`, `/requests/failed`, `POST /reload` and `POST /shutdown`. It is meant for

@@ -1,4 +1,4 @@
-"""The `fastproxy` command: run, check, demo, ca init|issue|serve (SPEC §1).
+"""The `fastproxy` command: run, check, demo, ca init|issue|serve (docs/operations.md).
 
 Exit codes: 0 after a clean shutdown, 2 for a configuration or usage error, 1 for a
 runtime failure. Expected errors are one clear line each, never a traceback.

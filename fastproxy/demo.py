@@ -1,4 +1,4 @@
-"""`fastproxy demo`: a whole mesh on loopback in one command (SPEC §1).
+"""`fastproxy demo`: a whole mesh on loopback in one command (docs/operations.md).
 
 Owns the demo's orchestration: a throw-away directory with a mesh CA made by our own CA
 code and an SVID per workload; the demo apps (fastproxy.demo_apps, one helper process);
@@ -6,7 +6,7 @@ one real sidecar per app (`python -m fastproxy run -c <generated toml>`), mTLS b
 them, a 90/10 split of `reviews`, a circuit breaker on `ratings` (which fails in phases),
 tracing exported to a small OTLP sink; a load generator; and the live summary, whose
 view of the mesh comes from what any operator can read: the sidecars' admin APIs
-(SPEC §8: /metrics, /clusters, /requests/failed, /certs). Ctrl-C or
+(the admin API: /metrics, /clusters, /requests/failed, /certs). Ctrl-C or
 SIGTERM stops every child (SIGTERM, then SIGKILL after a grace) and removes the directory.
 
     load ──> frontend sidecar :B+0 (ingress) ──> frontend app

@@ -1,4 +1,4 @@
-# Included by proxy.pyx: access log lines (SPEC §8, §11), written by the core itself.
+# Included by proxy.pyx: access log lines (docs/observability.md), written by the core itself.
 #
 # With the access log on, every request costs one JSON line. Building a record tuple, a
 # dict and orjson's output for it in Python cost about 5 µs a request; here the line is
@@ -161,7 +161,7 @@ cdef class LogBuffer:
                    long long bytes_in, long long bytes_out, bytes cluster, bytes upstream, str peer,
                    bint traced, uint64_t trace_hi, uint64_t trace_lo,
                    const char* request_id, Py_ssize_t request_id_len, str error) noexcept:
-        """One access log line, the fields of SPEC §8 in its order. listener, route,
+        """One access log line, the fields of docs/observability.md in their order. listener, route,
         cluster and upstream come JSON-quoted (json_quoted), or None."""
         cdef Py_ssize_t need = 512 + 6 * (method_len + path_len + authority_len + request_id_len) \
             + PyBytes_GET_SIZE(listener) + (PyBytes_GET_SIZE(route) if route is not None else 0) \

@@ -320,7 +320,7 @@ cdef class Downstream:
             self.close()
 
     cdef Py_ssize_t send_error(self, int status, str reason, str detail, bytes rid_line, bint close):
-        """A response the proxy makes itself (SPEC §4); returns its body's size."""
+        """A response the proxy makes itself (docs/http.md); returns its body's size."""
         body = f"fastproxy: {reason}: {detail}\n".encode("utf-8", "replace")
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")),
                  b"content-type: text/plain; charset=utf-8\r\n",
@@ -387,7 +387,7 @@ cdef class Downstream:
                 self.refuse(503, "overloaded", "no connection slot (max_connections) "
                             "within header_timeout")
             elif self.requests == 0 and not self.ending():
-                # SPEC §11: 408 from accept; but a connection that never sent a byte made
+                # 408 from accept; but a connection that never sent a byte made
                 # no request, so nothing is counted or logged (a preconnect, a probe)
                 self.send_error(408, "request_timeout", "no request head within header_timeout",
                                 self.w.new_request_id_line(), True)

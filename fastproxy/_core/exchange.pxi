@@ -113,7 +113,7 @@ cdef class Exchange:
         return True
 
     cdef void judge(self, bint failure):
-        """Tell the cluster's breaker how the request went (once; SPEC §2's failures only)."""
+        """Tell the cluster's breaker how the request went (once; see docs/traffic.md)."""
         if self.judged or self.cluster is None:
             return
         self.judged = True
@@ -139,7 +139,7 @@ cdef class Exchange:
         return False
 
     cdef void retry(self, str why):
-        """Send the request again, preferably to another endpoint (SPEC §5)."""
+        """Send the request again, preferably to another endpoint (docs/traffic.md)."""
         cdef Endpoint failed = self.endpoint
         self.judge(True)            # each failed attempt counts for breaker and outlier
         self.judged = False
@@ -236,7 +236,7 @@ cdef class Exchange:
         return hw.build(raw, NULL, 0)
 
     cdef bytes trace(self):
-        """Continue the incoming trace or start one (SPEC §7); the lines for upstream."""
+        """Continue the incoming trace or start one; the lines for upstream."""
         cdef Worker w = self.w
         cdef TraceContext c
         if self.head is not None:
@@ -498,7 +498,7 @@ cdef class Exchange:
             self.pause_upstream_reading()
 
     cdef void tls_failed(self, Endpoint ep, str why):
-        """The upstream TLS handshake or the server's identity check failed (SPEC §6)."""
+        """The upstream TLS handshake or the server's identity check failed (docs/identity.md)."""
         self.connecting = False
         self.dialed()
         if self.down is None or self.rstate == R_DONE:
@@ -746,7 +746,7 @@ cdef class Exchange:
         if self.rstate == R_HEAD and not self.got_response_bytes and self.reused \
                 and not self.resent and self.req_done and not self.replay_lost:
             # the keep-alive race: the upstream closed an idle connection just as we sent
-            # on it. Send again, once, on a fresh connection (SPEC §3).
+            # on it. Send again, once, on a fresh connection (docs/http.md).
             self.drop_upstream()
             self.resent = True
             self.replay_on_attach = True

@@ -240,7 +240,7 @@ cdef class Cluster:
         return ep
 
     cdef void endpoint_outcome(self, Endpoint ep, bint failure, int64_t now):
-        """Outlier detection: eject an endpoint after consecutive failures (SPEC §2)."""
+        """Outlier detection: eject an endpoint after consecutive failures (docs/traffic.md)."""
         cdef Endpoint e
         cdef int ejected = 0, allowed
         if self.outlier_failures == 0 or ep is None:

@@ -59,13 +59,12 @@ from fastproxy._core.http1 cimport (
 )
 
 cdef enum:
-    REPLAY_LIMIT = 65536       # request bytes kept for a resend (SPEC §3, §5)
+    REPLAY_LIMIT = 65536       # request bytes kept for a resend (docs/http.md, docs/traffic.md)
     QUEUE_LIMIT = 65536        # bytes held for an upstream that is still connecting
     PIPELINE_LIMIT = 65536     # pipelined bytes held while a request is in flight
     MAX_RESPONSE_HEAD = 65536
     MAX_RESPONSE_FIELDS = 256
     IDLE_PER_ENDPOINT = 1024
-    MAX_SPANS = 64
     RECORD_LIMIT = 16384       # records waiting for the drain timer; beyond: dropped, counted
 
 cdef double WIND_DOWN_GRACE = 0.5   # seconds an idle connection stays open once told to close

@@ -1,6 +1,6 @@
 # Included by proxy.pyx: the circuit breaker (shared by every worker) and weighted splits.
 #
-# Circuit breaker, SPEC §2/§11: "more than max_failures failures within window opens the
+# Circuit breaker (docs/traffic.md): "more than max_failures failures within window opens the
 # circuit for open_for; then half_open_requests probes: success closes, failure
 # re-opens". Counts and state live in one slot of a shared anonymous mapping made before
 # the workers fork, updated with GCC atomics, so every worker's failures count and a trip

@@ -122,7 +122,7 @@ cdef Route compile_route(spec, dict clusters):
 
 cdef void count_request(MetricTable table, ListenerState ls, str cluster, int status,
                         int64_t duration_ns, int64_t overhead_ns):
-    """One request in fastproxy_requests_total and the two histograms (SPEC §8)."""
+    """One request in fastproxy_requests_total and the two histograms (docs/observability.md)."""
     cdef PairStats ps = ls.pair(table, cluster)
     cdef MetricSlot* slot = ps.code(table, status)
     if slot is not NULL:

@@ -1,4 +1,4 @@
-# Included by proxy.pyx: metrics in shared memory and trace context (SPEC §7, §8).
+# Included by proxy.pyx: metrics in shared memory and trace context (docs/observability.md).
 #
 # Metrics. Every series is one slot of a table in an anonymous shared mapping made before
 # the workers fork, so every figure covers every worker and a restarted worker goes on

@@ -199,7 +199,7 @@ cdef class Worker:
                            timeout=(<ListenerState>current).header_timeout)
         return tls_factory
 
-    # -- admission: max_connections and the file descriptors (SPEC §2 [limits]) -----------
+    # -- admission: [limits] max_connections and the file descriptors ---------------------
     #
     # Up to max_connections client connections are served; as many again are accepted and
     # wait, paused, in arrival order (header_timeout runs for them). Beyond that, or when

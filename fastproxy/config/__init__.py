@@ -3,7 +3,7 @@
     cfg = load("config/fastproxy.toml")   # or raises ConfigError with every problem found
     print("ok:", summary(cfg))
 
-Owns the configuration contract of SPEC §2 (keys, defaults, validation and the
+Owns the configuration contract (docs/configuration.md: keys, defaults, validation and the
 "FILE: KEY.PATH: message" errors). It does not bind sockets, resolve names or read
 certificate files.
 

@@ -1,4 +1,4 @@
-"""The configuration of `fastproxy ca serve` (SPEC §6): a separate TOML file with one
+"""The configuration of `fastproxy ca serve` (docs/identity.md): a separate TOML file with one
 [ca] table, validated with the same machinery and error format as the sidecar's.
 
 Owns the [ca] keys only; signing, token checks and the HTTPS server live in the identity

@@ -1,4 +1,4 @@
-"""The sidecar configuration schema (SPEC §2) and its loader: file -> TOML -> `Config`.
+"""The sidecar configuration schema and its loader: file -> TOML -> `Config`.
 
 Owns: reading the file, TOML syntax errors with line/column, every key, type, range and
 cross-reference rule, and the "FILE: KEY.PATH: message" wording. `load()` either returns

@@ -84,7 +84,7 @@ class ProxySettings:
     admin: Address | None = Address("127.0.0.1", 9901)
     drain_timeout: float = 10.0
     access_log: str = "stdout"
-    metrics: bool = True      # request counters and histograms (SPEC §8)
+    metrics: bool = True      # request counters and histograms (docs/observability.md)
 
 
 @dataclass(frozen=True, slots=True)

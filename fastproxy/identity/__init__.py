@@ -1,4 +1,4 @@
-"""Workload identity: SPIFFE ids, the mesh CA, X.509-SVIDs (SPEC §6, §11 "Identity").
+"""Workload identity: SPIFFE ids, the mesh CA, X.509-SVIDs (docs/identity.md).
 
 This package owns everything about *who* a workload is, independent of how bytes move:
 

@@ -1,4 +1,4 @@
-"""`fastproxy ca serve`: the identity service that signs workload CSRs (SPEC §6).
+"""`fastproxy ca serve`: the identity service that signs workload CSRs (docs/identity.md).
 
 The [ca] file (`fastproxy ca serve -c FILE`, default config/ca.toml; validated by
 `fastproxy.config.load_ca`, errors exit 2)::

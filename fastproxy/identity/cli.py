@@ -1,4 +1,4 @@
-"""`fastproxy ca init` and `fastproxy ca issue` (SPEC §1); the argparse wiring is in
+"""`fastproxy ca init` and `fastproxy ca issue` (docs/operations.md); the argparse wiring is in
 fastproxy/cli.py, which imports this module only when a `ca` command runs.
 
 Exit codes: 0 on success; 2 for a usage error (invalid trust domain, SPIFFE id or ttl, an

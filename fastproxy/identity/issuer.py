@@ -1,4 +1,4 @@
-"""Automatic issuance in the sidecar (SPEC §2 [identity] ca_url, §6): obtain this
+"""Automatic issuance in the sidecar ([identity] ca_url; docs/identity.md): obtain this
 workload's X509-SVID from `fastproxy ca serve` and keep renewing it.
 
     issuer = AutoIssuer(identity.id, identity.ca_url, identity.token_file, identity.ca_trust,

@@ -1,4 +1,4 @@
-"""The access log: one JSON object per request (SPEC §8, §11), written off the event loop.
+"""The access log: one JSON object per request (docs/observability.md), written off the event loop.
 
 The core writes the lines itself (fastproxy/_core/accesslog.pxi) into a buffer; the drain
 timer takes it and hands the bytes to a writer thread here, so a slow disk or a full

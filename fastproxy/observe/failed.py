@@ -25,7 +25,7 @@ def shared_bytes(workers: int) -> int:
 
 
 def entry(record: Record) -> dict:
-    """What /requests/failed shows of one request (SPEC §11, and a little more)."""
+    """What /requests/failed shows of one request (docs/observability.md)."""
     return {
         "time": record.end, "listener": record.listener, "route": record.route,
         "cluster": record.cluster, "status": record.status, "reason": record.error,

@@ -23,7 +23,7 @@ class Record(NamedTuple):
     authority: str          # Host / authority
     status: int             # the status sent to the client; 499 (as nginx logs it) when the
                             # client left before any response head
-    error: str | None       # the SPEC §4 reason of a proxy-made response, else None
+    error: str | None       # the reason of a proxy-made response (docs/http.md), else None
     bytes_in: int           # request body bytes
     bytes_out: int          # response body bytes
     peer: str | None        # the verified SPIFFE id of an mtls client
@@ -36,7 +36,7 @@ class Record(NamedTuple):
 
     @property
     def failed(self) -> bool:
-        """SPEC §8 /requests/failed: status >= 500 or a proxy-made error."""
+        """What /requests/failed keeps: status >= 500 or a proxy-made error."""
         return self.status >= 500 or self.error is not None
 
     @property

@@ -1,4 +1,4 @@
-"""Tracing (SPEC §7): the trace-context rules, and the export of spans over OTLP/HTTP.
+"""Tracing (docs/observability.md): the trace-context rules, and the export of spans over OTLP/HTTP.
 
 Two parts live here:
 
@@ -113,7 +113,7 @@ def outgoing(ctx: Context | None, trace_id: str, span_id: str, sampled: bool,
         x-b3-spanid: {span_id}
         x-b3-sampled: {1|0}
         x-b3-parentspanid: {ctx.parent_id}  only when continuing
-    An unsampled trace is still propagated (SPEC §11), and B3-only input is written as
+    An unsampled trace is still propagated, and B3-only input is written as
     traceparent too when "w3c" is propagated.
     """
     flag = "1" if sampled else "0"

@@ -29,7 +29,7 @@ from fastproxy.runtime.sockets import ADMIN, BindError, bind_one
 log = logging.getLogger("fastproxy")
 
 DNS_REFRESH = 30.0     # seconds between re-resolutions of endpoint names
-FILE_POLL = 1.0        # seconds between looks at the configuration file (SPEC: within 5 s)
+FILE_POLL = 1.0        # seconds between looks at the configuration file (changes apply within 5 s)
 GAUGES_EVERY = 1.0     # seconds between publications of this worker's gauges
 BACKLOG = 4096         # connections the kernel queues for a listener (as sockets.py listens)
 PAUSED_BACKLOG = 64    # ... while descriptors are short
@@ -431,7 +431,7 @@ class WorkerProcess:
                 await self.reload("the file changed")
 
     async def reload(self, why: str) -> dict:
-        """Apply the configuration file again (SPEC §9): parsed, validated and compiled
+        """Apply the configuration file again (docs/operations.md): parsed, validated and compiled
         first; anything wrong leaves the running configuration in force. The result is
         what POST /reload answers. One reload at a time."""
         async with self.reloading:
