@@ -4,36 +4,36 @@
 # -- client side ---------------------------------------------------------------------------
 
 @cython.final
-cdef class Downstream:
-    """A client connection: parses its requests one at a time and answers them in order."""
-    cdef Worker w
+cdef class Downstream(ClientSide):
+    """A client connection, and the client side of the one request it has in flight:
+    parses its requests one at a time, reads their bodies, and answers them in order."""
     cdef str listener_name
-    cdef ListenerState ls
     cdef object transport
-    cdef readonly bytes client_ip
     cdef object pending          # unparsed bytes: a partial head or pipelined requests
     cdef RequestHead head
     cdef Exchange ex
     cdef int state
     cdef int paused
-    cdef bint writing_paused
     cdef int requests
     cdef bint processing         # inside feed(): a finished request must not recurse
     cdef bint client_eof         # the client half-closed: close once its requests are answered
     cdef double deadline
     cdef object timer
     cdef double timer_at
-    cdef bytes forwarded_lines   # x-forwarded-for, -proto and -client-cert, for requests without XFF
-    cdef bytes proto_lines       # x-forwarded-proto and -client-cert, for requests with XFF
-    cdef readonly str peer_id    # the verified SPIFFE id of an mtls client
-    cdef bint denied             # the peer is not in the listener's allow
-    cdef dict route_allowed      # per-route allow decisions for this peer
     cdef object _write           # transport.write, looked up once
     cdef readonly Port port
     cdef bint made               # connection_made came (for TLS: the handshake succeeded)
     cdef bint admitted           # holds one of the worker's max_connections slots
     cdef bint counted            # its socket is counted in Worker.sockets
     cdef MetricSlot* tls_failures
+    # the request in flight: its body's framing, and how its response is framed
+    cdef bint body_open          # request body bytes are still to come
+    cdef int body_framing
+    cdef long long body_remaining
+    cdef ChunkedReader body_chunks
+    cdef bint responding         # a response head went out
+    cdef bint close_after        # close the connection once the response is out
+    cdef ChunkedReader dechunker # a chunked response to an HTTP/1.0 client: sent as plain data
 
     def __init__(self, Worker w, Port port):
         # made by the protocol factory, as the socket is accepted
@@ -101,13 +101,14 @@ cdef class Downstream:
             self.transport.pause_reading()
             return
         if st == S_EXCHANGE:
-            if self.ex.request_body_open():
-                used = self.ex.request_body(data, 0)
+            if self.body_open:
+                used = self.request_body(data, 0)
                 if 0 <= used < _len(data) and self.state == S_EXCHANGE:
                     self.hold(data[used:])  # the next pipelined request
             else:
                 self.hold(data)
         elif st == S_TUNNEL:
+            self.touch()
             self.ex.tunnel_to_upstream(data)
         elif st == S_IDLE or st == S_HEAD:
             if self.pending is not None:
@@ -119,8 +120,7 @@ cdef class Downstream:
     def eof_received(self):
         if self.state == S_TUNNEL and self.ex is not None:
             return self.ex.tunnel_eof(True)
-        if self.state == S_EXCHANGE and not self.ex.request_body_open() \
-                and not self.ex.resp_started:
+        if self.state == S_EXCHANGE and not self.body_open and not self.responding:
             # a client may half-close after its last request: answer what it sent. One
             # that leaves while its response streams is gone (the upstream is closed).
             self.client_eof = True
@@ -155,14 +155,14 @@ cdef class Downstream:
         w._check_drained()
 
     def pause_writing(self):
-        self.writing_paused = True
+        self.write_blocked = True
         if self.ex is not None:
-            self.ex.pause_upstream_reading()
+            self.ex.client_blocked(True)
 
     def resume_writing(self):
-        self.writing_paused = False
+        self.write_blocked = False
         if self.ex is not None:
-            self.ex.resume_upstream_reading()
+            self.ex.client_blocked(False)
 
     # internals --------------------------------------------------------------------------
     cdef bint identify(self, transport):
@@ -180,19 +180,6 @@ cdef class Downstream:
         self.denied = not ls.allow_all and not self.w.id_allowed(ls.allow, peer)
         self.proto_lines = ls.proto_line + ls.xfcc_prefix + peer.encode() + CRLF
         return True
-
-    cdef bint forbidden(self, Route route):
-        """Whether this mtls peer may not use the route (listener and route allow)."""
-        if self.denied:
-            return True
-        if route is None or route.allow is None:
-            return False
-        if self.route_allowed is None:
-            self.route_allowed = {}
-        ok = self.route_allowed.get(route)
-        if ok is None:
-            ok = self.route_allowed[route] = bool(self.w.id_allowed(route.allow, self.peer_id))
-        return not ok
 
     cdef void admit(self):
         """A slot is free: read and serve (header_timeout runs on from the accept)."""
@@ -269,43 +256,155 @@ cdef class Downstream:
         self.start_exchange(h, buf, r)
 
     cdef void start_exchange(self, RequestHead h, object buf, Py_ssize_t off):
-        cdef ListenerState ls = self.w.listeners.get(self.listener_name, self.ls)
-        self.ls = ls
-        cdef Route route = ls.route_for(h)
+        """A request head is complete: its exchange takes over (Exchange.start)."""
         cdef Exchange ex = Exchange.__new__(Exchange)
-        cdef Py_ssize_t used
-        ex.init(self, h, route)
+        self.ls = self.w.listeners.get(self.listener_name, self.ls)   # a reload may replace it
+        ex.init(self, h)
         self.ex = ex
         if off < _len(buf):
             self.pending = buf[off:]   # the body, then maybe the next pipelined request
-        if self.peer_id is not None and self.forbidden(route):
-            log.info("listener %s: peer %s forbidden (route %s)", ls.name, self.peer_id,
-                     route.name if route is not None else "-")
-            ex.reject(403, "forbidden", f"peer {self.peer_id} is not allowed here")
-            return
-        if route is None:
-            ex.reject(404, "no_route", "no route matches " + h.authority.decode("latin-1")
-                      + h.path.decode("latin-1"))
-            return
-        self.set_deadline(self.w.now() + route.timeout)
-        if not ex.choose_cluster():
-            return
-        ex.up_head = ex.build_upstream_head()
-        self.pending = None
-        used = ex.request_body(buf, off)
-        if used < 0:
-            return
-        if off + used < _len(buf):
-            self.pending = buf[off + used:]
-        if h.expect_continue and not ex.req_done:
-            self.transport.write(CONTINUE_100)
-        ex.connect()
+        self.body_framing = h.framing
+        self.body_remaining = h.content_length
+        self.body_open = h.framing != BODY_NONE
+        if h.framing == BODY_CHUNKED:
+            if self.body_chunks is None:
+                self.body_chunks = ChunkedReader()
+            else:
+                self.body_chunks.reset()
+        ex.start()
 
-    cdef void exchange_done(self, bint close):
-        """The response is complete: close, or go on with the next request."""
+    # -- the client side of the exchange (ClientSide, sides.pxi) ------------------------------
+    cdef bint ending(self):
+        """Draining, or the listener went away: answer what is in flight, then close."""
+        return self.w.draining or self.port.closing
+
+    cdef void arm_deadline(self, double seconds):
+        self.set_deadline(self.w.now() + seconds)
+
+    cdef void begin_body(self):
+        cdef object buf = self.pending
+        cdef Py_ssize_t used
+        if buf is not None:
+            self.pending = None
+            used = self.request_body(buf, 0)
+            if used < 0:
+                return
+            if used < _len(buf):
+                self.pending = buf[used:]
+        if self.head.expect_continue and self.body_open:
+            self.transport.write(CONTINUE_100)
+
+    cdef Py_ssize_t request_body(self, object data, Py_ssize_t off) except -2:
+        """Pass the request body bytes in data[off:] to the exchange, in their framing;
+        returns how many were body (the rest is the next request), -1: refused."""
+        cdef Py_ssize_t n = _len(data) - off, k
+        cdef long long payload
+        cdef ChunkedReader chunks = self.body_chunks
+        if not self.body_open or n <= 0:
+            return 0
+        if self.body_framing == BODY_LENGTH:
+            k = n if n < self.body_remaining else <Py_ssize_t>self.body_remaining
+            self.body_remaining -= k
+            payload = k
+            self.body_open = self.body_remaining != 0
+        else:
+            payload = chunks.data_bytes
+            k = chunks.feed(_ptr(data) + off, n, None)
+            if k < 0:
+                self.ex.reject(400, "bad_request", "invalid chunked body: " + chunks.error)
+                return -1
+            payload = chunks.data_bytes - payload
+            self.body_open = not chunks.done
+        self.ex.request_data(data, off, k, payload, not self.body_open)
+        return k
+
+    cdef void pause_body(self, int why):
+        self.pause(why)
+
+    cdef void resume_body(self, int why):
+        self.resume(why)
+
+    cdef void send_informational(self, ResponseHead rh):
+        if self.head.version == 11:   # HTTP/1.0 clients do not expect 1xx
+            self.write(rh.raw[rh.start:rh.length])
+
+    cdef void send_response(self, ResponseHead rh, HeadEdit edit, object data, Py_ssize_t off,
+                            Py_ssize_t n, bint end):
+        cdef HeadWriter hw = self.w.hw
+        cdef bytes raw = rh.raw
+        cdef Field* f
+        cdef int i
+        cdef bint client_11 = self.head.version == 11
+        cdef bint keep = self.head.keep_alive and not self.body_open and not self.ending() \
+            and rh.framing != BODY_UNTIL_CLOSE
+        self.responding = True
+        if rh.framing == BODY_CHUNKED and not client_11:
+            if self.dechunker is None:
+                self.dechunker = ChunkedReader()
+            else:
+                self.dechunker.reset()
+            keep = False
+        else:
+            self.dechunker = None
+        self.close_after = not keep
+        hw.reset()
+        if rh.version == 11:
+            hw.span(rh.start, rh.line_end)
+        else:
+            hw.extra(b"HTTP/1.1" + raw[rh.start + 8:rh.line_end])
+        for i in range(rh.nfields):
+            f = &rh.fields[i]
+            if edit.keeps(f):
+                hw.span(f.line_start, f.line_end)
+        if rh.framing == BODY_CHUNKED and client_11:
+            hw.extra(b"transfer-encoding: chunked\r\n")
+        if edit.lines is not None:
+            for line in edit.lines:
+                hw.extra(line)
+        if self.close_after:
+            hw.extra(b"connection: close\r\n\r\n")
+        elif not client_11:
+            hw.extra(b"connection: keep-alive\r\n\r\n")
+        else:
+            hw.extra(CRLF)
+        if 0 < n <= 16384 and type(data) is bytes:
+            # the usual small response: head and body in one write
+            self.write(hw.build(raw, PyBytes_AS_STRING(data) + off, n))
+            return
+        self.write(hw.build(raw, NULL, 0))
+        if n:
+            self.send_data(data, off, n, end)
+
+    cdef void send_data(self, object data, Py_ssize_t off, Py_ssize_t n, bint end):
+        cdef list out
+        if n == 0:
+            return
+        if self.dechunker is not None:
+            out = []
+            self.dechunker.feed(_ptr(data) + off, n, out)   # the upstream side checked it
+            for chunk in out:
+                self.write(chunk)
+        else:
+            self.write(_slice(data, off, off + n))
+
+    cdef Py_ssize_t local_reply(self, int status, str reason, str detail, bytes rid_line):
+        # a request body we did not read leaves the connection unusable
+        self.close_after = self.body_open or status == 400 or not self.head.keep_alive \
+            or self.ending()
+        return self.send_error(status, reason, detail, rid_line, self.close_after)
+
+    cdef void abort(self):
+        self.close()
+        self.close_after = True
+        self.done()
+
+    cdef void done(self):
+        """The exchange is over: close, or go on with the next request."""
         self.ex = None
         self.requests += 1
-        if close or self.ending() or self.state == S_CLOSED:
+        self.responding = False
+        self.body_open = False
+        if self.close_after or self.ending() or self.state == S_CLOSED:
             self.close()
             return
         self.state = S_IDLE
@@ -343,10 +442,6 @@ cdef class Downstream:
         answered, the connection closed, and the outcome reported."""
         cdef bytes rid = self.w.new_request_id_line()   # every error the proxy makes carries one
         report_refusal(self, status, reason, rid, self.send_error(status, reason, detail, rid, True))
-
-    cdef inline bint ending(self):
-        """Draining, or the listener went away: answer what is in flight, then close."""
-        return self.w.draining or self.port.closing
 
     cdef void wind_down(self):
         """Drain or listener removal. A busy connection closes after its response (sent
@@ -400,18 +495,18 @@ cdef class Downstream:
         else:
             self.ex.tunnel_close()
 
-    cdef object become_tunnel(self):
-        """A 101 came: from now on bytes flow both ways untouched. The bytes the client
-        sent after its request head, which now belong to the tunnel (or None)."""
+    cdef object tunnel_open(self):
         pending = self.pending
         self.pending = None
         self.state = S_TUNNEL
         return bytes(pending) if pending is not None else None
 
-    cdef bint close_write(self):
-        """Pass the upstream's half-close on to the client, if the transport can (a TLS
-        connection cannot)."""
-        if self.transport.can_write_eof():
+    cdef void tunnel_write(self, object data):
+        self.write(data)
+        self.touch()
+
+    cdef bint tunnel_write_eof(self):
+        if self.transport.can_write_eof():   # a TLS connection cannot
             self.transport.write_eof()
             return True
         return False

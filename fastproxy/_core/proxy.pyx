@@ -1,21 +1,25 @@
-"""The forwarding core: HTTP/1.1 client connections, upstream pools and the exchange between them.
+"""The forwarding core: client connections, upstream pools and the exchange between them.
 
-Owns everything a proxied request touches: accepting client connections (`Downstream`),
-parsing request heads, routing, pooled upstream connections (`Upstream`, `Endpoint`),
-streaming bodies both ways with backpressure, timeouts, and the proxy's own error
-responses. It never calls into Python per request unless a feature asks for it; the
-Python layer configures a `Worker` and hands it a compiled configuration.
+Owns everything a proxied request touches: accepting client connections, parsing request
+heads, routing, pooled upstream connections, streaming bodies both ways with
+backpressure, timeouts, and the proxy's own error responses. It never calls into Python
+per request unless a feature asks for it; the Python layer hands a `Worker` a compiled
+configuration snapshot (fastproxy.config.compile).
 
-The phases of one request, in order (as Pingora lists them):
-  1. Downstream.process       parse the head (http1.parse_request), refuse bad input
-  2. Downstream.start_exchange  route; no match -> 404 no_route
-  3. Exchange.build_upstream_head  copy untouched header lines, rewrite hop-by-hop,
-                               x-forwarded-*, x-request-id
-  4. Exchange.request_body     validate and queue the body bytes that came with the head
-  5. Exchange.connect          an idle pooled connection, else a new one (503 on failure)
-  6. Exchange.upstream_data    parse the response head, rewrite it, stream the body
-  7. Exchange.finish           pool the upstream connection, hand the client connection
-                               back to its next (pipelined) request
+An `Exchange` is one request and its response. It owns the policy and no byte format: it
+sees a *client side* and an *upstream side* (sides.pxi), today the HTTP/1.1 `Downstream`
+and `Upstream`, which own parsing and framing. The phases of one request, in order:
+  1. Downstream.process        parse the head (http1.parse_request), refuse bad input
+  2. Exchange.start            authorize, route (404 no_route), split and circuit breaker
+  3. Exchange.edit_request     the HeadEdit: hop-by-hop out, x-forwarded-*, x-request-id,
+                               trace context
+  4. ClientSide.begin_body     the body that came with the head; 100 Continue
+  5. Exchange.connect/attach   a cluster slot, an endpoint, an idle pooled connection or a
+                               new one (503 on failure); UpstreamSide.send_request
+  6. Exchange.response_head/_data  the response as the upstream side parsed it, passed on
+                               through ClientSide.send_response/send_data; retries, resends
+  7. Exchange.finish           report, pool the upstream connection, hand the client
+                               connection back to its next (pipelined) request
 
 One extension assembled from per-concern include files (as uvloop's loop.pyx is), so the
 classes call each other through typed attributes with no module boundary in between:
@@ -26,13 +30,11 @@ classes call each other through typed attributes with no module boundary in betw
   routing.pxi      compiled routes and listeners (Route, ListenerState, Port)
   pool.pxi         Endpoint (idle pool, ejection), Admission, Cluster (balancing, outliers)
   worker.pxi       Worker: connections, configuration snapshots, client admission, drain
-  client_h1.pxi    Downstream: an HTTP/1.1 client connection; refusals; starting exchanges
+  sides.pxi        ClientSide, UpstreamSide, HeadEdit: all the Exchange sees of a protocol
+  client_h1.pxi    Downstream: an HTTP/1.1 client connection and its ClientSide
   exchange.pxi     Exchange: one request and its response, from routing to the report
-  upstream_h1.pxi  Upstream: a pooled HTTP/1.1 upstream connection; _Connect: TCP then TLS
-
-An `Exchange` is one request/response. It still reads and writes HTTP/1.1 itself (request
-framing, the response parser, head writing) and reaches into `Downstream` and `Upstream`;
-separating those into protocol sides with a small interface is the next step before HTTP/2.
+  upstream_h1.pxi  Upstream: a pooled HTTP/1.1 connection and its UpstreamSide; _Connect
+  testing.pxi      sides that record what an Exchange asks of them, for the unit tests
 """
 import asyncio
 import hashlib
@@ -140,6 +142,7 @@ include "accesslog.pxi"
 include "routing.pxi"
 include "pool.pxi"
 include "worker.pxi"
+include "sides.pxi"
 include "client_h1.pxi"
 include "exchange.pxi"
 include "upstream_h1.pxi"

@@ -1,25 +1,32 @@
-# Included by proxy.pyx: Upstream, a pooled HTTP/1.1 upstream connection, and _Connect,
-# one new connection attempt (TCP, then TLS for tls/mtls clusters).
+# Included by proxy.pyx: Upstream, a pooled HTTP/1.1 upstream connection and the upstream
+# side of its exchange (request heads out, responses parsed and framed), and _Connect, one
+# new connection attempt (TCP, then TLS for tls/mtls clusters).
 
 # -- upstream side -------------------------------------------------------------------------
 
 @cython.final
-cdef class Upstream:
-    """A connection to one endpoint: serves one exchange at a time, pooled in between."""
-    cdef Endpoint ep
+cdef class Upstream(UpstreamSide):
+    """A connection to one endpoint, and the upstream side of the one exchange it serves
+    at a time (pooled in between): writes request heads, parses and frames responses."""
     cdef Worker w
-    cdef Exchange ex
     cdef object transport
     cdef object _write
     cdef Cluster cl
     cdef str tls_error           # why the server's identity was refused
     cdef ResponseHead resp
-    cdef bint closed
     cdef bint pooled
     cdef bint reusable
     cdef double deadline
     cdef object timer
     cdef bint counted            # its socket is counted in Worker.sockets
+    cdef bint reading_paused     # the client is not taking the response: not read
+    # the response in flight
+    cdef bint head_request       # a response to HEAD has no body
+    cdef object pending          # a response head's first part
+    cdef bint in_body            # the final head came: body bytes follow
+    cdef int framing
+    cdef long long remaining
+    cdef ChunkedReader chunks
 
     def __init__(self, Worker w, Cluster cl, Endpoint ep):
         # made by the protocol factory, once the socket is connected
@@ -48,13 +55,15 @@ cdef class Upstream:
                 self.close()
 
     def data_received(self, data):
-        if self.ex is not None:
-            if self.ex.tunneling:
-                self.ex.tunnel_to_client(data)
-            else:
-                self.ex.upstream_data(data)
-        else:
+        cdef Exchange ex = self.ex
+        if ex is None:
             self.close()  # bytes nobody asked for: the connection cannot be trusted
+        elif ex.tunneling:
+            ex.tunnel_to_client(data)
+        elif self.in_body:
+            self.response_body(ex, data, 0)
+        else:
+            self.response_head(ex, data)
 
     def eof_received(self):
         if self.ex is not None and self.ex.tunneling:
@@ -76,6 +85,166 @@ cdef class Upstream:
         if self.ex is not None:
             self.ex.upstream_blocked(False)
 
+    # -- the upstream side of the exchange (UpstreamSide, sides.pxi) --------------------------
+    cdef void send_request(self, RequestHead h, HeadEdit edit, list body):
+        cdef list parts
+        cdef bytes head = self.request_head(h, edit)
+        self.head_request = h.method_end - h.start == 4 and \
+            memcmp(PyBytes_AS_STRING(h.raw) + h.start, b"HEAD", 4) == 0
+        self.resp.reset()
+        self.pending = None
+        self.in_body = False
+        if not body:
+            self._write(head)
+        else:
+            parts = [head]
+            parts.extend(body)
+            self._write(b"".join(parts))
+
+    cdef bytes request_head(self, RequestHead h, HeadEdit edit):
+        """The head as HTTP/1.1 bytes: received lines kept as they came, ours appended."""
+        cdef bytes raw = h.raw
+        cdef HeadWriter hw = self.w.hw
+        cdef Field* f
+        cdef int i
+        hw.reset()
+        # request line: as received unless it must become origin-form HTTP/1.1
+        if h.absolute_form or h.version == 10:
+            target = raw[h.path_start:h.target_end]
+            if not target.startswith(b"/") and target != b"*":
+                target = b"/" + target
+            hw.extra(raw[h.start:h.method_end] + b" " + target + b" HTTP/1.1\r\n")
+        else:
+            hw.span(h.start, h.line_end)
+        for i in range(h.nfields):
+            f = &h.fields[i]
+            if edit.keeps(f):
+                if i == edit.append_field:
+                    hw.extra(raw[f.line_start:f.value_end] + edit.append + CRLF)
+                else:
+                    hw.span(f.line_start, f.line_end)
+        if edit.authority is not None:
+            hw.extra(b"host: " + edit.authority + CRLF)
+        for line in edit.lines:
+            hw.extra(line)
+        if h.framing == BODY_CHUNKED:
+            hw.extra(b"transfer-encoding: chunked\r\n")
+        if h.upgrade:
+            hw.extra(b"connection: upgrade\r\n")
+        hw.extra(CRLF)
+        return hw.build(raw, NULL, 0)
+
+    cdef void send_data(self, bytes data):
+        self._write(data)
+
+    cdef void pause_reading(self):
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    cdef void resume_reading(self):
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    cdef void release(self, bint request_complete):
+        self.resume_reading()
+        if self.reusable and self.resp.keep_alive and request_complete and not self.closed:
+            self.ep.release(self, self.w.now())
+        else:
+            self.close()
+
+    cdef void reset(self):
+        self.reading_paused = False
+        self.close()
+
+    cdef void tunnel_write(self, object data):
+        self._write(data)
+
+    cdef bint tunnel_write_eof(self):
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            return True
+        return False
+
+    # -- the response ------------------------------------------------------------------------
+    cdef void response_head(self, Exchange ex, object data):
+        """Parse the response head (1xx heads are relayed and skipped), then hand it and
+        the body bytes that came with it to the exchange."""
+        cdef ResponseHead rh = self.resp
+        cdef Py_ssize_t r, n, k
+        ex.response_arriving()
+        if self.pending is not None:
+            self.pending += data
+            data = self.pending
+        while True:
+            r = parse_response(rh, data, MAX_RESPONSE_HEAD, MAX_RESPONSE_FIELDS, self.head_request)
+            if r == 0:
+                if self.pending is None:
+                    self.pending = bytearray(data)
+                return
+            self.pending = None
+            if r < 0:
+                ex.upstream_failed(502, "bad_gateway", "malformed response: " + rh.error_detail)
+                return
+            if rh.status >= 200 or rh.status == 101:
+                break
+            ex.informational(rh, r < _len(data))
+            rh.reset()
+            if r == _len(data):
+                return
+            data = data[r:]
+        if rh.status == 101:
+            self.reusable = False
+            ex.switching_protocols(rh, data)
+            return
+        self.in_body = True
+        self.framing = rh.framing
+        self.remaining = rh.content_length
+        n = _len(data) - r
+        if rh.framing == BODY_NONE:
+            if n > 0:
+                self.reusable = False   # bytes after a body-less response
+            ex.response_head(rh, None, 0, 0, True)
+        elif rh.framing == BODY_LENGTH:
+            k = n if n < self.remaining else <Py_ssize_t>self.remaining
+            self.remaining -= k
+            if self.remaining == 0 and k < n:
+                self.reusable = False   # more than the response: not trustworthy
+            ex.response_head(rh, data, r, k, self.remaining == 0)
+        elif rh.framing == BODY_UNTIL_CLOSE:
+            self.reusable = False
+            ex.response_head(rh, data, r, n, False)
+        else:
+            if self.chunks is None:
+                self.chunks = ChunkedReader()
+            else:
+                self.chunks.reset()
+            ex.response_head(rh, None, 0, 0, False)
+            if n > 0 and self.ex is ex:
+                self.response_body(ex, data, r)
+
+    cdef void response_body(self, Exchange ex, object data, Py_ssize_t off):
+        cdef Py_ssize_t n = _len(data) - off, k
+        cdef long long before
+        if self.framing == BODY_LENGTH:
+            k = n if n < self.remaining else <Py_ssize_t>self.remaining
+            self.remaining -= k
+            if self.remaining == 0 and k < n:
+                self.reusable = False
+            ex.response_data(data, off, k, k, self.remaining == 0)
+        elif self.framing == BODY_CHUNKED:
+            before = self.chunks.data_bytes
+            k = self.chunks.feed(_ptr(data) + off, n, None)
+            if k < 0:
+                ex.upstream_failed(502, "bad_gateway", "malformed chunked response body")
+                return
+            if self.chunks.done and k < n:
+                self.reusable = False
+            ex.response_data(data, off, k, self.chunks.data_bytes - before, self.chunks.done)
+        else:
+            ex.response_data(data, off, n, n, False)
+
     cdef void lost(self, str why, bint tls=False):
         cdef Exchange ex = self.ex
         if self.closed:
@@ -86,11 +255,14 @@ cdef class Upstream:
             self.timer.cancel()
             self.timer = None
         self.ep.forget(self)
-        if ex is not None:
-            if ex.tunneling:
-                ex.tunnel_close()
-            else:
-                ex.upstream_closed(why, tls)
+        if ex is None:
+            return
+        if ex.tunneling:
+            ex.tunnel_close()
+        elif self.in_body and self.framing == BODY_UNTIL_CLOSE:
+            ex.response_data(None, 0, 0, 0, True)   # the close ends the body
+        else:
+            ex.upstream_closed(why, tls)
 
     cdef void uncount(self):
         cdef Worker w = self.w
@@ -208,7 +380,7 @@ cdef class _Connect:
         if up.tls_error is not None:
             ex.tls_failed(self.ep, up.tls_error)
             return
-        if ex.down is None or ex.rstate == R_DONE or not ex.connecting:
+        if ex.client is None or ex.rstate == R_DONE or not ex.connecting:
             # the exchange ended meanwhile (timeout, client gone): keep the connection
             self.ep.release(up, self.w.now())
             return

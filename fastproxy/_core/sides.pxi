@@ -1,0 +1,169 @@
+# Included by proxy.pyx: the two interfaces an Exchange talks through - ClientSide and
+# UpstreamSide - and HeadEdit, the changes the proxy makes to a head it forwards.
+#
+# A *side* is one request's view of a connection: today the current request of an
+# HTTP/1.1 client connection (Downstream) and a pooled HTTP/1.1 upstream connection
+# (Upstream); for HTTP/2, one stream. The Exchange owns the policy - routing, splits,
+# breakers, admission, retries, timeouts, the report - and never reads or writes a byte
+# format; the sides own the framing (content-length, chunked, head parsing and writing).
+#
+# Heads cross the interface as `RequestHead`/`ResponseHead`: offsets into one buffer of
+# a start line and `name: value\r\n` lines, with each field's kind classified. An HTTP/1.1
+# side parses into it directly; an HTTP/2 side will decode HPACK into the same shape.
+# Body bytes travel in the framing the head names: when a head says BODY_CHUNKED they are
+# HTTP/1.1 chunked encoding, so HTTP/1.1 -> HTTP/1.1 passes them through untouched.
+
+cdef inline uint64_t _kinds(int a, int b=0, int c=0, int d=0, int e=0, int f=0, int g=0) noexcept:
+    """A set of HeaderKinds as bits (H_OTHER, 0, is never in a set)."""
+    return ((<uint64_t>1) << a | (<uint64_t>1) << b | (<uint64_t>1) << c | (<uint64_t>1) << d
+            | (<uint64_t>1) << e | (<uint64_t>1) << f | (<uint64_t>1) << g) & ~(<uint64_t>1)
+
+# hop-by-hop fields (RFC 9110 §7.6.1) and those only the proxy sets: never forwarded as received
+cdef uint64_t REQUEST_HOP_BY_HOP = _kinds(H_CONNECTION, H_KEEP_ALIVE, H_PROXY_CONNECTION, H_TE,
+                                          H_TRANSFER_ENCODING, H_X_FORWARDED_PROTO, H_XFCC)
+cdef uint64_t RESPONSE_HOP_BY_HOP = _kinds(H_CONNECTION, H_KEEP_ALIVE, H_PROXY_CONNECTION, H_TE,
+                                           H_TRANSFER_ENCODING, H_UPGRADE)
+cdef uint64_t B3_FIELDS = _kinds(H_B3, H_B3_TRACEID, H_B3_SPANID, H_B3_PARENTSPANID, H_B3_SAMPLED,
+                                H_B3_FLAGS)
+
+
+@cython.final
+@cython.freelist(64)
+cdef class HeadEdit:
+    """How the proxy changes a head it forwards: computed once per message by the Exchange,
+    applied by the side that writes the head. An HTTP/1.1 side applies it as copy runs of
+    the received bytes (untouched adjacent fields are one memcpy); an HTTP/2 side applies
+    it while encoding fields. Fields marked `drop` by the parser (named by Connection) are
+    always left out."""
+    cdef uint64_t drop          # bit k set: leave out the fields of HeaderKind k
+    cdef int append_field       # index of the field whose value gets `append`, or -1
+    cdef bytes append           # e.g. b", 10.0.0.7" after the last x-forwarded-for
+    cdef bytes authority        # a host for a request head without one, else None
+    cdef list lines             # the proxy's own fields, each b"name: value\r\n", in order
+
+    cdef inline bint keeps(self, Field* f) noexcept:
+        return not f.drop and not (self.drop >> f.kind) & 1
+
+
+cdef class ClientSide:
+    """One request's view of a client connection, as its Exchange sees it.
+
+    The Exchange calls, in order: `arm_deadline` and `begin_body` once the route is
+    known; `pause_body`/`resume_body` as the upstream keeps up or not; then either
+    `send_informational`* `send_response` `send_data`* (the last with end=True), or
+    `local_reply` for an answer of the proxy's own; and finally `done`, or `abort` when a
+    response that already started cannot be completed. It calls the Exchange back with
+    `Exchange.start`, `request_data`, `client_blocked`, `timed_out` and `client_gone`.
+    """
+    cdef Worker w
+    cdef ListenerState ls
+    cdef readonly bytes client_ip
+    cdef readonly str peer_id       # the verified SPIFFE id of an mtls client, else None
+    cdef bytes forwarded_lines      # x-forwarded-for, -proto and -client-cert, for requests without XFF
+    cdef bytes proto_lines          # x-forwarded-proto and -client-cert, for requests with XFF
+    cdef bint denied                # the peer is not in the listener's allow
+    cdef dict route_allowed         # per-route allow decisions for this peer
+    cdef bint write_blocked         # the client is not taking response bytes now
+
+    cdef bint forbidden(self, Route route):
+        """Whether this mtls peer may not use the route (listener and route allow)."""
+        if self.denied:
+            return True
+        if route is None or route.allow is None or self.peer_id is None:
+            return False
+        if self.route_allowed is None:
+            self.route_allowed = {}
+        ok = self.route_allowed.get(route)
+        if ok is None:
+            ok = self.route_allowed[route] = bool(self.w.id_allowed(route.allow, self.peer_id))
+        return not ok
+
+    cdef bint ending(self):
+        """The connection will not carry another request (drain, listener gone, GOAWAY)."""
+        return False
+
+    cdef void arm_deadline(self, double seconds):
+        """The request must be answered within `seconds` (the route's timeout)."""
+
+    cdef void begin_body(self):
+        """The request goes ahead: pass on the body bytes that came with the head, and
+        ask the client for the rest (100 Continue). May end the exchange (a bad body)."""
+
+    cdef void pause_body(self, int why):
+        """Stop taking request body bytes (why: a P_* bit) until resume_body(why)."""
+
+    cdef void resume_body(self, int why):
+        pass
+
+    cdef void send_informational(self, ResponseHead rh):
+        """A 1xx response head, passed on where the client's protocol allows."""
+
+    cdef void send_response(self, ResponseHead rh, HeadEdit edit, object data, Py_ssize_t off,
+                            Py_ssize_t n, bint end):
+        """The final response head, and the first n body bytes of data[off:]; end: that is
+        the whole response."""
+
+    cdef void send_data(self, object data, Py_ssize_t off, Py_ssize_t n, bint end):
+        """n more response body bytes of data[off:]; end: the response is complete."""
+
+    cdef Py_ssize_t local_reply(self, int status, str reason, str detail, bytes rid_line):
+        """An answer of the proxy's own (docs/http.md); returns the size of its body."""
+        return 0
+
+    cdef void done(self):
+        """The exchange is over: the side may serve its next request."""
+
+    cdef void abort(self):
+        """The response cannot be completed: end it so that the client sees it cut short."""
+
+    # Upgrade tunnels (HTTP/1.1): after a 101, bytes flow both ways untouched
+    cdef object tunnel_open(self):
+        """The tunnel starts: returns the bytes the client already sent into it, or None."""
+        return None
+
+    cdef void tunnel_write(self, object data):
+        pass
+
+    cdef bint tunnel_write_eof(self):
+        """Pass the upstream's half-close on; False when the transport cannot."""
+        return False
+
+
+cdef class UpstreamSide:
+    """One request's view of an upstream connection, as its Exchange sees it.
+
+    The Exchange calls `send_request` once attached (again on a fresh side for a retry
+    or a resend), `send_data` for more request body, `pause_reading`/`resume_reading` as
+    the client keeps up or not, and finally `release` when the response is complete or
+    `reset` to abandon it. The side calls the Exchange back with `response_arriving`,
+    `informational`, `response_head`, `response_data`, `upstream_malformed`,
+    `upstream_closed` and `upstream_blocked`.
+    """
+    cdef Endpoint ep
+    cdef Exchange ex
+    cdef bint closed
+
+    cdef void send_request(self, RequestHead h, HeadEdit edit, list body):
+        """The request head, and the body bytes that are ready (each in the head's framing)."""
+
+    cdef void send_data(self, bytes data):
+        """More request body bytes."""
+
+    cdef void pause_reading(self):
+        pass
+
+    cdef void resume_reading(self):
+        pass
+
+    cdef void release(self, bint request_complete):
+        """The response is complete: the connection goes back to the pool when it can
+        carry another request (the whole request went out), else it closes."""
+
+    cdef void reset(self):
+        """Abandon the request: the connection closes."""
+
+    cdef void tunnel_write(self, object data):
+        pass
+
+    cdef bint tunnel_write_eof(self):
+        return False
