@@ -261,6 +261,7 @@ cdef class Downstream(ClientSide):
         self.ls = self.w.listeners.get(self.listener_name, self.ls)   # a reload may replace it
         ex.init(self, h)
         self.ex = ex
+        self.close_after = False
         if off < _len(buf):
             self.pending = buf[off:]   # the body, then maybe the next pipelined request
         self.body_framing = h.framing

@@ -187,11 +187,10 @@ cdef class Exchange:
         x-forwarded-*, x-request-id and the trace context ours (docs/http.md)."""
         cdef RequestHead h = self.head
         cdef ClientSide client = self.client
-        cdef HeadEdit e = HeadEdit.__new__(HeadEdit)
+        cdef HeadEdit e = new_edit(REQUEST_HOP_BY_HOP)
         cdef int families = self.w.trace_families
         cdef bytes trace = self.trace() if families else None
         cdef Field* f
-        e.drop = REQUEST_HOP_BY_HOP
         if not h.upgrade:
             e.drop |= _kinds(H_UPGRADE)
         if h.expect_continue:       # we answer it (100 Continue); the upstream gets the body
@@ -281,7 +280,7 @@ cdef class Exchange:
     cdef void connect_endpoint(self):
         cdef Cluster cl = self.cluster
         cdef Endpoint ep
-        cdef Upstream up
+        cdef UpstreamSide up
         ep = cl.pick(self.tried, monotonic_ms())
         if ep is None:
             if self.tried:
@@ -386,8 +385,7 @@ cdef class Exchange:
             return
         self.judge(status >= 500)
         self.status = status
-        e = HeadEdit.__new__(HeadEdit)
-        e.drop = RESPONSE_HOP_BY_HOP
+        e = new_edit(RESPONSE_HOP_BY_HOP)
         if rh.request_id_field < 0:
             e.lines = [self.rid_line]
         self.rstate = R_BODY

@@ -39,8 +39,9 @@ cdef class Endpoint:
         return {"address": address, "healthy": until is None, "ejected_until": until,
                 "ejections": self.ejections, "active": self.active, "idle": len(self.idle)}
 
-    cdef Upstream take_idle(self):
-        cdef Upstream up
+    cdef UpstreamSide take_idle(self):
+        """A side ready to carry a request now: an idle pooled connection, or None."""
+        cdef UpstreamSide up
         while self.idle:
             up = self.idle.pop()
             if not up.closed:
@@ -65,9 +66,9 @@ cdef class Endpoint:
                 pass
 
     def close_idle(self):
-        cdef Upstream up
+        cdef UpstreamSide up
         for up in list(self.idle):
-            up.close()
+            up.reset()
         self.idle.clear()
 
 

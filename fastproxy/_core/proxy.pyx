@@ -52,7 +52,7 @@ from libc.string cimport memcpy, memcmp
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from fastproxy._core.http1 cimport (
-    RequestHead, ResponseHead, ChunkedReader, Field, parse_request, parse_response, ascii_ieq,
+    Head, RequestHead, ResponseHead, ChunkedReader, Field, parse_request, parse_response, ascii_ieq,
     H_OTHER, H_HOST, H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_CONNECTION, H_KEEP_ALIVE,
     H_PROXY_CONNECTION, H_TE, H_UPGRADE, H_EXPECT, H_X_FORWARDED_FOR, H_X_FORWARDED_PROTO,
     H_X_REQUEST_ID, H_XFCC, H_TRACEPARENT, H_TRACESTATE, H_B3, H_B3_TRACEID, H_B3_SPANID,
@@ -146,3 +146,4 @@ include "sides.pxi"
 include "client_h1.pxi"
 include "exchange.pxi"
 include "upstream_h1.pxi"
+include "testing.pxi"

@@ -44,6 +44,36 @@ cdef class HeadEdit:
     cdef inline bint keeps(self, Field* f) noexcept:
         return not f.drop and not (self.drop >> f.kind) & 1
 
+    cdef list fields(self, Head h):
+        """The edited head as (name, value) pairs, names as received: what a side that
+        encodes fields rather than copying lines sends."""
+        cdef bytes raw = h.raw
+        cdef Field* f
+        cdef int i
+        cdef list out = []
+        for i in range(h.nfields):
+            f = &h.fields[i]
+            if self.keeps(f):
+                value = raw[f.value_start:f.value_end]
+                if i == self.append_field:
+                    value += self.append
+                out.append((raw[f.line_start:f.name_end], value))
+        if self.authority is not None:
+            out.append((b"host", self.authority))
+        if self.lines is not None:
+            for block in self.lines:
+                for line in (<bytes>block).split(CRLF)[:-1]:
+                    name, _, value = line.partition(b":")
+                    out.append((name, value.strip()))
+        return out
+
+
+cdef inline HeadEdit new_edit(uint64_t drop):
+    cdef HeadEdit e = HeadEdit.__new__(HeadEdit)
+    e.drop = drop
+    e.append_field = -1
+    return e
+
 
 cdef class ClientSide:
     """One request's view of a client connection, as its Exchange sees it.
@@ -142,6 +172,7 @@ cdef class UpstreamSide:
     cdef Endpoint ep
     cdef Exchange ex
     cdef bint closed
+    cdef bint pooled             # in its endpoint's idle list
 
     cdef void send_request(self, RequestHead h, HeadEdit edit, list body):
         """The request head, and the body bytes that are ready (each in the head's framing)."""

@@ -14,7 +14,6 @@ cdef class Upstream(UpstreamSide):
     cdef Cluster cl
     cdef str tls_error           # why the server's identity was refused
     cdef ResponseHead resp
-    cdef bint pooled
     cdef bint reusable
     cdef double deadline
     cdef object timer
