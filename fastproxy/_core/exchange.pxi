@@ -385,9 +385,12 @@ cdef class Exchange:
             return
         self.judge(status >= 500)
         self.status = status
-        e = new_edit(RESPONSE_HOP_BY_HOP)
+        e = self.w.response_edit    # the same for every response: a copy per one is waste
         if rh.request_id_field < 0:
-            e.lines = [self.rid_line]
+            e.lines = self.w.rid_lines
+            e.lines[0] = self.rid_line
+        else:
+            e.lines = None
         self.rstate = R_BODY
         self.resp_started = True
         self.bytes_out += n

@@ -34,7 +34,7 @@ cdef class HeadEdit:
     applied by the side that writes the head. An HTTP/1.1 side applies it as copy runs of
     the received bytes (untouched adjacent fields are one memcpy); an HTTP/2 side applies
     it while encoding fields. Fields marked `drop` by the parser (named by Connection) are
-    always left out."""
+    always left out. A side uses an edit only during the call that passes it."""
     cdef uint64_t drop          # bit k set: leave out the fields of HeaderKind k
     cdef int append_field       # index of the field whose value gets `append`, or -1
     cdef bytes append           # e.g. b", 10.0.0.7" after the last x-forwarded-for

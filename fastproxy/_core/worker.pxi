@@ -27,6 +27,8 @@ cdef class Worker:
     cdef unsigned long long rid_counter
     cdef readonly object drained     # a Future set when draining and no connection is left
     cdef HeadWriter hw               # reused by every head built on this loop
+    cdef HeadEdit response_edit      # reused by every response head passed on
+    cdef list rid_lines              # [the x-request-id line], for response_edit.lines
     cdef public object identity      # fastproxy.identity.tls.IdentityState, or None
     cdef public object id_allowed    # (patterns, spiffe id) -> bool
     cdef object default_tls          # a system-trust client context, made on first use
@@ -61,6 +63,8 @@ cdef class Worker:
         self.rid_counter = int.from_bytes(seed[8:], "little") >> 16  # ids unique per worker
         self.drained = None
         self.hw = HeadWriter()
+        self.response_edit = new_edit(RESPONSE_HOP_BY_HOP)
+        self.rid_lines = [None]
         self.shared = SharedCounters()
         self.metrics = MetricTable()
         self.log = LogBuffer()
