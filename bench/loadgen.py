@@ -1,5 +1,6 @@
-"""Load generation: wrk for the closed-loop scenarios, bench.openloop for the fixed rate
-and for every warm-up (wrk runs whole seconds only; a warm-up needs less).
+"""Load generation: wrk for the closed-loop scenarios, h2load for the HTTP/2 ones,
+bench.openloop for the fixed rate and for every HTTP/1.1 warm-up (wrk runs whole
+seconds only; a warm-up needs less).
 
 Both run pinned to the load CPU and report the same `LoadResult`: completed requests,
 requests/s, latency percentiles in microseconds and errors by kind (socket errors and
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -90,4 +92,46 @@ def run_open_loop(placement: Placement, port: int, path: str, rate: int, connect
         errors=data["errors"],
         extra={"target_rps": data["target_rps"], "send_lag_us": data["send_lag_us"],
                "max_backlog": data["max_backlog"]},
+    )
+
+
+def run_h2load(h2load: str, placement: Placement, url: str, connections: int, streams: int,
+               duration_s: float, workdir: Path, headers: tuple[str, ...] = (),
+               data: Path | None = None) -> LoadResult:
+    """h2load over HTTP/2 (cleartext, prior knowledge): `connections` x `streams` concurrent
+    requests for duration_s. Latency percentiles come from its per-request log (its
+    summary gives only mean and spread); errors are failed and non-2xx requests."""
+    seconds = max(1, math.ceil(duration_s))
+    log = workdir / "h2load.log"
+    cmd = [h2load, "-t1", f"-c{connections}", f"-m{streams}", f"-D{seconds}", f"--log-file={log}",
+           *[arg for header in headers for arg in ("-H", header)],
+           *(["-d", str(data)] if data is not None else []), url]
+    try:
+        done = run_to_completion(placement.pinned(cmd, placement.load_cpu), timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        raise LoadError(f"h2load did not finish within {seconds + 60}s") from None
+    summary = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                        r"(\d+) failed, (\d+) errored, (\d+) timeout", done.stdout)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", done.stdout)
+    if done.returncode != 0 or not summary or not codes:
+        detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise LoadError(f"h2load exited with code {done.returncode}: {detail[0]}")
+    durations = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines()
+                       if line.count("\t") >= 2)
+    log.unlink()
+    succeeded, failed, errored, timeout = (int(summary.group(i)) for i in (4, 5, 6, 7))
+    bad_status = int(codes.group(3)) + int(codes.group(4))
+
+    def percentile(q: float) -> float:
+        return float(durations[min(len(durations) - 1, int(q * len(durations)))]) if durations else 0.0
+
+    return LoadResult(
+        requests=succeeded,
+        duration_s=float(seconds),
+        rps=succeeded / seconds,
+        latency_us={"p50": percentile(0.5), "p99": percentile(0.99), "p99.9": percentile(0.999),
+                    "max": float(durations[-1]) if durations else 0.0},
+        errors={"connect": errored, "read": failed - errored if failed > errored else 0, "write": 0,
+                "status": bad_status, "timeout": timeout},
+        extra={"streams_per_connection": streams},
     )

@@ -135,10 +135,27 @@ def status_text(contender: dict) -> str:
 def render_markdown(run: dict) -> str:
     lines = [f"# fastproxy benchmark — {run['started_at']}", ""]
     lines += _header(run)
+    lines += _idle_section(run)
     for scenario in run["scenarios"]:
         lines += _scenario_section(scenario)
     lines += _reading_notes(run)
     return "\n".join(lines) + "\n"
+
+
+def _idle_section(run: dict) -> list[str]:
+    idle = run.get("idle") or {}
+    if not idle:
+        return []
+    out = ["## idle — resident memory of each proxy with one listener and one cluster, no traffic", "",
+           "| contender | RSS MiB | ÷ Envoy |", "|---|---|---|"]
+    envoy = idle.get("envoy")
+    for name, value in idle.items():
+        if isinstance(value, str):
+            out.append(f"| {name} | {value} | – |")
+            continue
+        against = format_ratio(value / envoy) if isinstance(envoy, float) and envoy else "–"
+        out.append(f"| {name} | {value:.1f} | {'·' if name == 'envoy' else against} |")
+    return out + [""]
 
 
 def _header(run: dict) -> list[str]:

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import charts, report
-from bench.backend import BackendError, start_backend
+from bench.backend import GRPC_HEADERS, BackendError, start_backend, start_grpc_backend
 from bench.certs import make_certs
 from bench.contenders import Contender, DeployContext, Deployment, NotAvailable, all_contenders
-from bench.loadgen import LoadError, LoadResult, run_open_loop, run_wrk
-from bench.procstat import TreeSnapshot, cpu_used_between
+from bench.loadgen import LoadError, LoadResult, run_h2load, run_open_loop, run_wrk
+from bench.procstat import TreeSnapshot, cpu_used_between, tree_rss_bytes
 from bench.processes import ManagedProcess, Placement, ProcessRegistry
-from bench.scenarios import Scenario, Timing
+from bench.scenarios import BY_NAME, Scenario, Timing
 from bench.tools import REPO_ROOT, Tool, find_tool, git_revision, load_average, machine_description
 from bench.verify import verify_deployment
 
@@ -106,7 +106,7 @@ def run(options: RunOptions) -> tuple[Path, dict]:
     previous_sigterm = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     # Ctrl-C must reach us even when started from a shell that ignores SIGINT for background jobs.
     previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
-    tools = {name: find_tool(name, options.tool_paths.get(name)) for name in ("wrk", "nginx", "haproxy", "envoy", "taskset")}
+    tools = {name: find_tool(name, options.tool_paths.get(name)) for name in ("wrk", "h2load", "nginx", "haproxy", "envoy", "nghttpx", "nghttpd", "taskset")}
     placement = Placement(tools["taskset"].path)
     contenders = {name: c for name, c in all_contenders(tools, options.fastproxy_workers).items()
                   if name in options.contenders}
@@ -140,6 +140,14 @@ def run(options: RunOptions) -> tuple[Path, dict]:
         needs_certs = any(s.topology != "plain" for s in options.scenarios)
         certs = make_certs(workdir / "certs") if needs_certs else None
         ctx = DeployContext(workdir=workdir, backend=backend, certs=certs)
+        if any(s.protocol == "grpc" for s in options.scenarios):
+            try:
+                ctx.grpc_backend = start_grpc_backend(registry, placement, tools["nghttpd"], workdir)
+                record["grpc_backend"] = ctx.grpc_backend.description
+            except BackendError as exc:      # the other scenarios still run
+                record["missing_tools"].append(f"{exc} — not run: grpc-unary")
+                progress.say(f"MISSING {exc}")
+        record["idle"] = measure_idle(contenders, ctx, registry, placement, progress)
         for scenario in options.scenarios:
             record["scenarios"].append(_scenario_record(scenario, options.timing))
             run_scenario(scenario, record["scenarios"][-1], contenders, ctx, tools, placement, registry,
@@ -191,6 +199,7 @@ def _new_record(options: RunOptions, tools: dict[str, Tool], placement: Placemen
         "load_average_at_start": load_average(),
         "backend": None,
         "missing_tools": [],
+        "idle": {},
         "scenarios": [],
         "interrupted": False,
         "error": None,
@@ -211,11 +220,40 @@ def _missing_tool_messages(tools: dict[str, Tool], options: RunOptions) -> list[
         messages.append(f"{tools['nginx'].missing_message()} — {what}; the built-in backend stands in for nginx")
     if not tools["haproxy"].found and "haproxy" in options.contenders:
         messages.append(f"{tools['haproxy'].missing_message()} — the HAProxy contender is skipped")
+    h2 = [s.name for s in options.scenarios if s.http2]
+    if not tools["h2load"].found and h2:
+        messages.append(f"{tools['h2load'].missing_message()} — not run: {', '.join(h2)}")
+    if not tools["nghttpx"].found and "nghttpx" in options.contenders and h2:
+        messages.append(f"{tools['nghttpx'].missing_message()} — the nghttpx contender is skipped")
     if not tools["envoy"].found and "envoy" in options.contenders:
         messages.append(f"{tools['envoy'].missing_message()} — the Envoy contender is skipped")
     if not tools["taskset"].found:
         messages.append(f"{tools['taskset'].missing_message()} — processes are not pinned to CPUs")
     return messages
+
+
+IDLE_SETTLE_S = 1.0
+
+
+def measure_idle(contenders: dict[str, Contender], ctx: DeployContext, registry: ProcessRegistry,
+                 placement: Placement, progress: Progress) -> dict[str, float | str]:
+    """Each proxy's resident memory when idle: deployed as in h1-small (one listener, one
+    cluster), checked with one request, then left alone for a second. MiB, or why not."""
+    idle: dict[str, float | str] = {}
+    scenario = BY_NAME["h1-small"]
+    for name, contender in contenders.items():
+        if not contender.is_proxy or contender.problem() or "h1" not in contender.protocols:
+            continue
+        record = _contender_record("ok")
+        started = _start(scenario, contender, ctx, registry, placement, record)
+        if started is None or not _ready(scenario, started, ctx, registry, record):
+            idle[name] = record["message"] or "did not start"
+            continue
+        time.sleep(IDLE_SETTLE_S)
+        idle[name] = tree_rss_bytes(started.root_pids) / 2**20
+        _stop(started, registry)
+        progress.say(f"idle       {name:<9}  {idle[name]:6.1f} MiB RSS")
+    return idle
 
 
 def _scenario_record(scenario: Scenario, timing: Timing) -> dict:
@@ -227,7 +265,9 @@ def _scenario_record(scenario: Scenario, timing: Timing) -> dict:
         "topology": scenario.topology,
         "fixed_rate": scenario.fixed_rate,
         "rate": timing.rate if scenario.fixed_rate else None,
-        "load_generator": "bench.openloop" if scenario.fixed_rate else "wrk",
+        "load_generator": "bench.openloop" if scenario.fixed_rate else
+                          "h2load" if scenario.http2 else "wrk",
+        "protocol": scenario.protocol,
         "contenders": {},
     }
 
@@ -250,10 +290,15 @@ def run_scenario(scenario: Scenario, result: dict, contenders: dict[str, Contend
                           + items[at:])
     try:
         for name, contender in contenders.items():
+            if scenario.protocol not in contender.protocols:
+                continue
             result["contenders"][name] = record = _contender_record("ok")
             problem = contender.problem()
-            if not scenario.fixed_rate and not tools["wrk"].found:
-                problem = f"not run: {tools['wrk'].missing_message()}"
+            generator = "h2load" if scenario.http2 else "wrk"
+            if not scenario.fixed_rate and not tools[generator].found:
+                problem = f"not run: {tools[generator].missing_message()}"
+            if scenario.protocol == "grpc" and ctx.grpc_backend is None:
+                problem = f"not run: no gRPC backend ({tools['nghttpd'].missing_message()})"
             if problem:    # a missing tool: already announced at the start
                 record.update(status="skipped", message=problem)
                 continue
@@ -274,7 +319,8 @@ def run_scenario(scenario: Scenario, result: dict, contenders: dict[str, Contend
                 continue
             progress.say(f"{scenario.name}  warm-up    {name:<9}  {timing.warmup_s:g}s")
             try:
-                problem = _warm_up(scenario, deployed.deployment, placement, timing.warmup_s)
+                problem = _warm_up(scenario, deployed.deployment, tools, placement, timing.warmup_s,
+                                   ctx.workdir)
                 problem = _dead_process(deployed) or problem
             except LoadError as exc:
                 problem = _dead_process(deployed) or str(exc)
@@ -286,7 +332,7 @@ def run_scenario(scenario: Scenario, result: dict, contenders: dict[str, Contend
             for name, deployed in list(running.items()):
                 label = f"{scenario.name}  round {round_number}/{timing.rounds}  {name:<9}"
                 try:
-                    figures = measure(scenario, deployed, tools, placement, timing)
+                    figures = measure(scenario, deployed, tools, placement, timing, ctx.workdir)
                 except LoadError as exc:
                     problem = _dead_process(deployed) or str(exc)
                     _give_up(scenario, name, deployed, result, f"round {round_number} failed: {problem}",
@@ -337,12 +383,27 @@ def _ready(scenario: Scenario, started: Running, ctx: DeployContext, registry: P
         problem = verify_deployment(scenario, started.deployment, ctx.certs)
         if problem:
             problem = f"check before measuring failed: {problem}"
+        else:
+            _describe_tls(scenario, started, record)
     if problem:
         _stop(started, registry)
         status, message = started.contender.failure(scenario, problem)
         record.update(status=status, message=message)
         return False
     return True
+
+
+def _describe_tls(scenario: Scenario, started: Running, record: dict) -> None:
+    """What the TLS of a deployment is, for the report: the protocol and cipher its check
+    negotiated and, for the mTLS hop, what its two sidecars check of each other."""
+    deployment = started.deployment
+    if not deployment.negotiated:
+        return
+    record["tls"] = deployment.negotiated
+    parts = [f"negotiated {deployment.negotiated}"]
+    if scenario.topology == "mtls-2hop" and started.contender.peer_checks:
+        parts.append(started.contender.peer_checks)
+    record["note"] = "; ".join(filter(None, [record.get("note"), *parts]))
 
 
 def _dead_process(deployed: Running) -> str | None:
@@ -368,9 +429,14 @@ def _stop(deployed: Running, registry: ProcessRegistry) -> None:
         registry.stop(process)
 
 
-def _warm_up(scenario: Scenario, deployment: Deployment, placement: Placement, duration_s: float) -> str | None:
+def _warm_up(scenario: Scenario, deployment: Deployment, tools: dict[str, Tool], placement: Placement,
+             duration_s: float, workdir: Path) -> str | None:
     """Prime the contender (connections, pools, caches) with the open-loop generator, which,
-    unlike wrk, can run for a fraction of a second. Returns a problem, or None."""
+    unlike wrk, can run for a fraction of a second (HTTP/2: h2load, a second). Returns a
+    problem, or None."""
+    if scenario.http2:
+        load = _h2load(scenario, deployment, tools, placement, duration_s, workdir)
+        return None if load.requests else "no response during the warm-up"
     load = run_open_loop(placement, deployment.port, scenario.path, WARMUP_RATE, scenario.connections,
                          duration_s, tls=deployment.url.startswith("https:"))
     if load.requests == 0:
@@ -378,21 +444,31 @@ def _warm_up(scenario: Scenario, deployment: Deployment, placement: Placement, d
     return None
 
 
+def _h2load(scenario: Scenario, deployment: Deployment, tools: dict[str, Tool], placement: Placement,
+            duration_s: float, workdir: Path) -> LoadResult:
+    grpc = scenario.protocol == "grpc"
+    return run_h2load(tools["h2load"].path, placement, deployment.url, scenario.connections,
+                      scenario.streams, duration_s, workdir, headers=GRPC_HEADERS if grpc else (),
+                      data=workdir / "grpc-request.bin" if grpc else None)
+
+
 def _load(scenario: Scenario, deployment: Deployment, tools: dict[str, Tool], placement: Placement,
-          timing: Timing, duration_s: float) -> LoadResult:
+          timing: Timing, duration_s: float, workdir: Path) -> LoadResult:
     if scenario.fixed_rate:
         return run_open_loop(placement, deployment.port, scenario.path, timing.rate, scenario.connections,
                              duration_s)
+    if scenario.http2:
+        return _h2load(scenario, deployment, tools, placement, duration_s, workdir)
     return run_wrk(tools["wrk"].path, placement, deployment.url, scenario.connections, duration_s)
 
 
 def measure(scenario: Scenario, deployed: Running, tools: dict[str, Tool], placement: Placement,
-            timing: Timing) -> dict:
+            timing: Timing, workdir: Path) -> dict:
     """One measured run: the load, and the proxy processes' CPU and memory around it."""
     duration = timing.fixed_rate_measure_s if scenario.fixed_rate else timing.measure_s
     roots = deployed.root_pids
     before = TreeSnapshot.take(roots) if roots else None
-    load = _load(scenario, deployed.deployment, tools, placement, timing, duration)
+    load = _load(scenario, deployed.deployment, tools, placement, timing, duration, workdir)
     after = TreeSnapshot.take(roots) if roots else None
     figures = {
         "requests": load.requests,

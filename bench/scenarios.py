@@ -18,14 +18,22 @@ class Scenario:
     path: str                     # request path on the backend: "/" (12 bytes) or "/64k"
     connections: int
     topology: str = "plain"       # "plain" | "tls" (client TLS to the proxy) | "mtls-2hop"
+    protocol: str = "h1"          # what the client speaks: "h1" (wrk) | "h2c" (h2load, prior
+                                  # knowledge) | "grpc" (h2c unary calls to an HTTP/2 backend)
+    streams: int = 1              # h2c: concurrent streams per connection
     fixed_rate: bool = False      # True: open-loop fixed request rate (bench.openloop), else wrk
     fastproxy_feature: str | None = None   # e.g. "tls listener (issue 4)"
     traffic: bool = False         # fastproxy routes through a split, a breaker and outlier detection
     # extra fastproxy contenders run side by side with the others, rounds alternating, so
     # their cost shows against fastproxy with everything off in the same run: "observe"
     # (metrics, W3C+B3 propagation sampled at 0.01 exported to the backend) and
-    # "accesslog" (the same plus the JSON access log to a file)
+    # "accesslog" (the same plus the JSON access log to a file), "mesh" (the split, breakers
+    # and outlier detection of h1-traffic plus everything of "observe")
     variants: tuple[str, ...] = ()
+
+    @property
+    def http2(self) -> bool:
+        return self.protocol in ("h2c", "grpc")
 
     @property
     def client_scheme(self) -> str:
@@ -33,7 +41,8 @@ class Scenario:
 
 
 SCENARIOS: list[Scenario] = [
-    Scenario("h1-small", "HTTP/1.1 keep-alive, 12-byte responses, 32 connections", "/", 32),
+    Scenario("h1-small", "HTTP/1.1 keep-alive, 12-byte responses, 32 connections; fastproxy "
+             "also with its mesh features on", "/", 32, variants=("mesh",)),
     Scenario("h1-traffic", "h1-small through a 90/10 split, circuit breakers and outlier detection "
              "(fastproxy; the others forward plainly)", "/", 32, traffic=True),
     Scenario("h1-observe", "h1-small; fastproxy also with metrics and trace propagation (sample "
@@ -42,11 +51,18 @@ SCENARIOS: list[Scenario] = [
     Scenario("h1-conns", "HTTP/1.1 keep-alive, 12-byte responses, 1,000 connections", "/", 1000),
     Scenario("h1-64k", "HTTP/1.1 keep-alive, 64 KiB responses, 32 connections", "/64k", 32),
     Scenario("tls", "TLS termination (client HTTPS -> proxy -> plain HTTP), 32 connections", "/", 32,
-             topology="tls", fastproxy_feature="tls listener (issue 4)"),
-    Scenario("mtls-2hop", "client -> sidecar -> mTLS -> sidecar -> app, 32 connections", "/", 32,
-             topology="mtls-2hop", fastproxy_feature="mtls listener and mtls cluster (issue 4)"),
+             topology="tls", fastproxy_feature="tls listener"),
+    Scenario("mtls-2hop", "client -> sidecar -> mTLS -> sidecar -> app, 32 connections; fastproxy "
+             "also with its mesh features on", "/", 32, topology="mtls-2hop",
+             fastproxy_feature="mtls listener and mtls cluster", variants=("mesh",)),
     Scenario("latency", "fixed rate, latency from each request's intended send time, 32 connections",
              "/", 32, fixed_rate=True),
+    Scenario("h2-small", "HTTP/2 cleartext (prior knowledge), 32 connections x 10 streams, "
+             "12-byte responses from the HTTP/1.1 backend", "/", 32, protocol="h2c", streams=10,
+             fastproxy_feature="HTTP/2"),
+    Scenario("grpc-unary", "gRPC unary calls, 32 connections x 10 streams, to an HTTP/2 backend "
+             "answering with a message and grpc-status trailers", "/bench.Bench/Unary", 32,
+             protocol="grpc", streams=10, fastproxy_feature="HTTP/2 and gRPC"),
 ]
 
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}

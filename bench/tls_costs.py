@@ -358,7 +358,7 @@ def parse_settings(argv: list[str] | None) -> tuple[dict, list[str], Path]:
 def main(argv: list[str] | None = None) -> int:
     settings, names, results_dir = parse_settings(argv)
     progress = Progress()
-    tools = {name: find_tool(name) for name in ("nginx", "haproxy", "envoy", "taskset", "openssl")}
+    tools = {name: find_tool(name) for name in ("nginx", "haproxy", "taskset", "openssl")}
     placement = Placement(tools["taskset"].path)
     contenders = {n: c for n, c in all_contenders(tools, 1).items() if n in names}
     fastproxy_version = contenders["fastproxy"].version() if "fastproxy" in contenders else None

