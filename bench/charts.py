@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-COLORS = {"direct": "#9e9e9e", "fastproxy": "#1f77b4", "nginx": "#2ca02c", "haproxy": "#d62728"}
+COLORS = {"direct": "#9e9e9e", "fastproxy": "#1f77b4", "envoy": "#9467bd", "nginx": "#2ca02c",
+          "haproxy": "#d62728", "nghttpx": "#ff7f0e"}
 LATENCY_LABELS = (("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9"))
 
 
@@ -56,7 +57,7 @@ def _metric_chart(plt, run: dict, key: str, title: str, ylabel: str, path: Path,
         ax.bar(names, medians, yerr=[low, high], color=colors, capsize=4)
         ax.set_title(scenario["name"])
         ax.set_ylabel(ylabel)
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelsize=8, labelrotation=30)
         ax.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
