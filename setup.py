@@ -27,7 +27,7 @@ extensions = [
         extra_compile_args=cflags,
         libraries=LIBRARIES.get(name, []),
     )
-    for name in ("http1", "hpack", "tls", "proxy")
+    for name in ("http1", "hpack", "http2", "tls", "proxy")
 ]
 
 setup(
