@@ -106,7 +106,8 @@ def run(options: RunOptions) -> tuple[Path, dict]:
     previous_sigterm = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     # Ctrl-C must reach us even when started from a shell that ignores SIGINT for background jobs.
     previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
-    tools = {name: find_tool(name, options.tool_paths.get(name)) for name in ("wrk", "h2load", "nginx", "haproxy", "envoy", "nghttpx", "nghttpd", "taskset")}
+    tools = {name: find_tool(name, options.tool_paths.get(name))
+             for name in ("wrk", "h2load", "nginx", "haproxy", "envoy", "nghttpx", "nghttpd", "taskset")}
     placement = Placement(tools["taskset"].path)
     contenders = {name: c for name, c in all_contenders(tools, options.fastproxy_workers).items()
                   if name in options.contenders}
