@@ -53,7 +53,7 @@ def _metric_chart(plt, run: dict, key: str, title: str, ylabel: str, path: Path,
                 medians.append(0)
                 low.append(0)
                 high.append(0)
-            colors.append(COLORS.get(name, "#7f7f7f"))
+            colors.append(COLORS.get(name) or ("#6baed6" if name.startswith("fastproxy-") else "#7f7f7f"))
         ax.bar(names, medians, yerr=[low, high], color=colors, capsize=4)
         ax.set_title(scenario["name"])
         ax.set_ylabel(ylabel)
