@@ -263,3 +263,105 @@ def headers_frames(uint32_t stream_id, bytes block, bint end_stream, uint32_t ma
         out += block[at:at + k]
         at += k
     return bytes(out)
+
+
+# -- requests as the Exchange sees them ----------------------------------------------------
+class MalformedMessage(Exception):
+    """A header list RFC 9113 §8 calls malformed: the stream is reset with PROTOCOL_ERROR."""
+
+
+cdef frozenset CONNECTION_SPECIFIC = frozenset((b"connection", b"proxy-connection", b"keep-alive",
+                                                b"transfer-encoding", b"upgrade"))
+cdef frozenset REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
+
+
+cdef bint _bad_name(bytes name) noexcept:
+    """§8.2.1: a field name with a control, space, uppercase or non-ASCII character."""
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(name)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(name)
+    if n == 0:
+        return True
+    for i in range(n):
+        if p[i] <= 0x20 or 0x41 <= p[i] <= 0x5A or p[i] >= 0x7F:
+            return True
+    return False
+
+
+cdef bint _bad_value(bytes value) noexcept:
+    """§8.2.1: NUL, CR or LF anywhere, or whitespace at either end."""
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(value)
+    if n and (p[0] == 0x20 or p[0] == 0x09 or p[n - 1] == 0x20 or p[n - 1] == 0x09):
+        return True
+    for i in range(n):
+        if p[i] == 0 or p[i] == 0x0A or p[i] == 0x0D:
+            return True
+    return False
+
+
+def request_head_bytes(list fields):
+    """The HTTP/1.1 head bytes an HTTP/2 request's decoded header list stands for, after
+    the checks of RFC 9113 §8.2-§8.3 (MalformedMessage when one fails).
+
+    The head is the shape every protocol's requests take in the core: a request line from
+    :method and :path, a host line from :authority, then the regular fields in order, the
+    cookie crumbs joined into one (§8.2.3). http1.parse_request then classifies it as it
+    does any request, so routing, the head edit, trace context and the access log work on
+    it unchanged, and what HTTP/1.1 cannot carry is refused the same way (400, 501)."""
+    cdef dict pseudo = {}
+    cdef list lines = []
+    cdef list cookies = None
+    cdef bytes name, value, host = None
+    cdef bint regular = False
+    for name, value in fields:
+        if _bad_value(value):
+            raise MalformedMessage(f"field {name!r}: a value with NUL, CR, LF or edge whitespace")
+        if name[:1] == b":":
+            if regular:
+                raise MalformedMessage(f"pseudo-header {name!r} after a regular field")
+            if name not in REQUEST_PSEUDO:
+                raise MalformedMessage(f"pseudo-header {name!r} in a request")
+            if name in pseudo:
+                raise MalformedMessage(f"pseudo-header {name!r} twice")
+            pseudo[name] = value
+            continue
+        regular = True
+        if _bad_name(name):
+            raise MalformedMessage(f"field name {name!r}: not a lowercase token")
+        if name in CONNECTION_SPECIFIC:
+            raise MalformedMessage(f"connection-specific field {name.decode()!r}")
+        if name == b"te" and value != b"trailers":
+            raise MalformedMessage("te other than \"trailers\"")
+        if name == b"cookie":
+            if cookies is None:
+                cookies = []
+                lines.append(None)        # the joined cookie goes where the first crumb was
+            cookies.append(value)
+            continue
+        if name == b"host":
+            if host is not None:
+                raise MalformedMessage("host twice")
+            host = value
+            continue
+        lines.append(name + b": " + value + b"\r\n")
+    method = pseudo.get(b":method")
+    authority = pseudo.get(b":authority")
+    if method is None:
+        raise MalformedMessage(":method missing")
+    if method == b"CONNECT":
+        if authority is None or b":scheme" in pseudo or b":path" in pseudo:
+            raise MalformedMessage("CONNECT needs :authority and neither :scheme nor :path")
+        target = authority
+    else:
+        target = pseudo.get(b":path")
+        if b":scheme" not in pseudo or not target:
+            raise MalformedMessage(":scheme or :path missing or empty")
+    if authority is not None and host is not None and authority != host:
+        raise MalformedMessage(":authority and host differ")
+    if authority is None:
+        authority = host
+    if authority is None:
+        raise MalformedMessage("neither :authority nor host")
+    if cookies is not None:
+        lines[lines.index(None)] = b"cookie: " + b"; ".join(cookies) + b"\r\n"
+    return b"".join([method, b" ", target, b" HTTP/1.1\r\nhost: ", authority, b"\r\n", *lines, b"\r\n"])
