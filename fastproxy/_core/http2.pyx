@@ -1,11 +1,12 @@
-"""HTTP/2 (RFC 9113), sans-IO, for the core: today the frame layer.
+"""HTTP/2 (RFC 9113), sans-IO, for the core. Not wired into the proxy yet.
 
 Owns reading frames in place out of the bytes a connection receives, with every check
 that needs only the frame and the CONTINUATION sequence (§4.2, §6: lengths, stream ids,
 padding, SETTINGS values, a zero WINDOW_UPDATE increment, a HEADERS block cut by another
-frame), and writing frames into one output buffer. Stream states, flow-control windows
-and the §8 message rules belong to the session built on it. `H2Error` carries the error
-code and whether it ends the connection or one stream.
+frame), and writing frames; the §8 rules for request header lists and the request head
+they stand for; and the server role of a connection (http2_session.pxi: stream states,
+flow-control windows, SETTINGS, PING, GOAWAY). `H2Error` carries the error code and
+whether it ends the connection or one stream.
 
 `hyperframe` is the oracle in tests/unit/core/test_h2_frames.py, never used here.
 """
@@ -365,3 +366,6 @@ def request_head_bytes(list fields):
     if cookies is not None:
         lines[lines.index(None)] = b"cookie: " + b"; ".join(cookies) + b"\r\n"
     return b"".join([method, b" ", target, b" HTTP/1.1\r\nhost: ", authority, b"\r\n", *lines, b"\r\n"])
+
+
+include "http2_session.pxi"

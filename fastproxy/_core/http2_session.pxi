@@ -1,0 +1,376 @@
+# Included by http2.pyx: ServerSession, the server role of one HTTP/2 connection (RFC 9113
+# §3.4, §5, §6.5, §6.9): the preface and SETTINGS exchange, stream states, flow-control
+# windows both ways, PING, GOAWAY, header blocks through HPACK. Sans-IO: bytes in with
+# `receive`, bytes out from `data_to_send`, and what happened told to a SessionHandler.
+
+from fastproxy._core.hpack import Decoder, Encoder, HPACKError   # (a .pxd when wired in)
+
+cdef enum:
+    ST_OPEN = 0
+    ST_HALF_CLOSED_REMOTE = 1    # the client ended its side: we may still send
+    ST_HALF_CLOSED_LOCAL = 2     # we ended ours: the client may still send
+    ST_CLOSED = 3
+
+cdef long long WINDOW_LIMIT = 0x7FFFFFFF
+
+
+cdef class SessionHandler:
+    """What a ServerSession reports. The HTTP/2 client side implements it; tests record it."""
+
+    cdef void on_request(self, uint32_t stream_id, list fields, bint end_stream):
+        pass
+
+    cdef void on_data(self, uint32_t stream_id, bytes data, bint end_stream):
+        pass
+
+    cdef void on_trailers(self, uint32_t stream_id, list fields):
+        pass
+
+    cdef void on_reset(self, uint32_t stream_id, uint32_t code):
+        pass
+
+    cdef void on_window(self, uint32_t stream_id):
+        """The peer opened a send window (0: the connection's)."""
+
+    cdef void on_goaway(self, uint32_t last_stream_id, uint32_t code):
+        pass
+
+
+@cython.final
+cdef class _Stream:
+    cdef int state
+    cdef long long send_window
+    cdef long long recv_window
+    cdef long long unacked      # bytes the handler consumed, not yet given back by WINDOW_UPDATE
+
+
+@cython.final
+cdef class ServerSession:
+    """The server side of one HTTP/2 connection."""
+    cdef SessionHandler handler
+    cdef FrameReader reader
+    cdef object decoder            # hpack.Decoder
+    cdef object encoder            # hpack.Encoder
+    cdef bytearray out
+    cdef bytearray preface         # the first bytes, until the 24 of the preface came
+    cdef bint started              # the preface came
+    cdef bint settings_seen        # the client's first frame, a SETTINGS, came
+    cdef dict streams              # stream id -> _Stream, open or half-closed
+    cdef readonly uint32_t last_stream_id
+    cdef uint32_t max_concurrent
+    cdef uint32_t initial_window       # ours: the window each new stream gives the client
+    cdef long long peer_initial_window # the client's, for what we send
+    cdef uint32_t peer_max_frame
+    cdef long long send_window     # the connection's, both ways
+    cdef long long recv_window
+    cdef long long unacked
+    cdef bytearray block           # a header block being collected (HEADERS + CONTINUATION)
+    cdef uint32_t block_stream
+    cdef bint block_end_stream
+    cdef bint goaway_sent
+
+    def __init__(self, SessionHandler handler, uint32_t max_concurrent_streams=100,
+                 uint32_t initial_window_size=65535, uint32_t max_frame_size=16384,
+                 uint32_t header_table_size=4096):
+        self.handler = handler
+        self.reader = FrameReader()
+        self.reader.max_frame_size = max_frame_size
+        self.decoder = Decoder()
+        self.decoder.max_table_size = header_table_size
+        self.encoder = Encoder()
+        self.out = bytearray()
+        self.preface = bytearray()
+        self.streams = {}
+        self.max_concurrent = max_concurrent_streams
+        self.initial_window = initial_window_size
+        self.peer_initial_window = 65535
+        self.peer_max_frame = DEFAULT_MAX_FRAME_SIZE
+        self.send_window = self.recv_window = 65535
+        self.out += settings_frame([(SETTINGS_MAX_CONCURRENT_STREAMS, max_concurrent_streams),
+                                    (SETTINGS_INITIAL_WINDOW_SIZE, initial_window_size),
+                                    (SETTINGS_MAX_FRAME_SIZE, max_frame_size),
+                                    (SETTINGS_HEADER_TABLE_SIZE, header_table_size)])
+
+    def data_to_send(self):
+        out = bytes(self.out)
+        del self.out[:]
+        return out
+
+    # -- receiving ------------------------------------------------------------------------
+    def receive(self, data):
+        """Take bytes from the client. A stream error resets that stream and goes on; a
+        connection error queues GOAWAY and raises H2Error."""
+        while True:
+            try:
+                self._receive(data)
+                return
+            except H2Error as error:
+                if error.stream_id == 0:
+                    self.goaway(error.code)
+                    raise
+                self.reset_stream(error.stream_id, error.code)
+                data = b""              # the frames after it
+            except HPACKError as error:
+                self.goaway(COMPRESSION_ERROR)
+                raise H2Error(COMPRESSION_ERROR, str(error)) from None
+
+    cdef void _receive(self, object data) except *:
+        cdef FrameHeader h
+        cdef Py_ssize_t start
+        if not self.started:
+            self.preface += data
+            if len(self.preface) < 24:
+                if PREFACE[:len(self.preface)] != self.preface:
+                    raise H2Error(PROTOCOL_ERROR, "not the HTTP/2 connection preface")
+                return
+            if self.preface[:24] != PREFACE:
+                raise H2Error(PROTOCOL_ERROR, "not the HTTP/2 connection preface")
+            self.started = True
+            data = bytes(self.preface[24:])
+            self.preface = None
+        self.reader.feed(data)
+        while self.reader.next_frame(&h, &start):
+            if not self.settings_seen:
+                if h.type != SETTINGS or h.flags & FLAG_ACK:
+                    raise H2Error(PROTOCOL_ERROR, "the first frame is not SETTINGS")
+                self.settings_seen = True
+            self.on_frame(&h, bytes(self.reader.buf[start:start + h.length]))
+
+    cdef void on_frame(self, FrameHeader* h, bytes payload) except *:
+        cdef uint32_t t = h.type, sid = h.stream_id
+        if t == DATA:
+            self.data(h, payload)
+        elif t == HEADERS:
+            if sid % 2 == 0:
+                raise H2Error(PROTOCOL_ERROR, f"HEADERS on stream {sid}, not a client's")
+            self.block = bytearray(payload_fields(HEADERS, h.flags, payload))
+            self.block_stream = sid
+            self.block_end_stream = h.flags & FLAG_END_STREAM
+            if h.flags & FLAG_END_HEADERS:
+                self.header_block()
+        elif t == CONTINUATION:
+            self.block += payload
+            if h.flags & FLAG_END_HEADERS:
+                self.header_block()
+        elif t == RST_STREAM:
+            if sid > self.last_stream_id:
+                raise H2Error(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
+            if self.streams.pop(sid, None) is not None:
+                self.handler.on_reset(sid, payload_fields(RST_STREAM, h.flags, payload))
+        elif t == SETTINGS:
+            if not h.flags & FLAG_ACK:
+                self.settings(payload_fields(SETTINGS, h.flags, payload))
+        elif t == PING:
+            if not h.flags & FLAG_ACK:
+                self.out += frame(PING, FLAG_ACK, 0, payload)
+        elif t == GOAWAY:
+            last, code, _ = payload_fields(GOAWAY, h.flags, payload)
+            self.handler.on_goaway(last, code)
+        elif t == WINDOW_UPDATE:
+            self.window_update(sid, payload_fields(WINDOW_UPDATE, h.flags, payload))
+        # PRIORITY is parsed and ignored (§5.3.2: deprecated); unknown types are skipped
+
+    cdef void data(self, FrameHeader* h, bytes payload) except *:
+        cdef uint32_t sid = h.stream_id
+        cdef _Stream s = self.streams.get(sid)
+        if s is None:
+            if sid > self.last_stream_id:
+                raise H2Error(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+            self.recv_window -= h.length   # counts for the connection all the same
+            self.consumed_connection(h.length)
+            raise H2Error(STREAM_CLOSED, f"DATA on closed stream {sid}", sid)
+        if h.length > self.recv_window:
+            raise H2Error(FLOW_CONTROL_ERROR, "DATA beyond the connection's window")
+        self.recv_window -= h.length
+        if s.state == ST_HALF_CLOSED_REMOTE:
+            self.consumed_connection(h.length)
+            raise H2Error(STREAM_CLOSED, f"DATA after the end of stream {sid}", sid)
+        if h.length > s.recv_window:
+            self.consumed_connection(h.length)
+            raise H2Error(FLOW_CONTROL_ERROR, f"DATA beyond the window of stream {sid}", sid)
+        s.recv_window -= h.length
+        data = payload_fields(DATA, h.flags, payload)
+        if len(data) < h.length:          # padding is flow-controlled but nobody consumes it
+            self.consume(sid, s, h.length - len(data))
+        if h.flags & FLAG_END_STREAM:
+            self.remote_end(sid, s)
+        self.handler.on_data(sid, data, h.flags & FLAG_END_STREAM)
+
+    cdef void header_block(self) except *:
+        cdef uint32_t sid = self.block_stream
+        cdef _Stream s = self.streams.get(sid)
+        cdef list fields = self.decoder.decode(bytes(self.block))   # always: HPACK is stateful
+        cdef bint end = self.block_end_stream
+        self.block = None
+        if s is not None:                 # trailers
+            if s.state == ST_HALF_CLOSED_REMOTE:
+                raise H2Error(STREAM_CLOSED, f"HEADERS after the end of stream {sid}", sid)
+            if not end:
+                raise H2Error(PROTOCOL_ERROR, "trailers without END_STREAM", sid)
+            self.remote_end(sid, s)
+            self.handler.on_trailers(sid, fields)
+            return
+        if sid <= self.last_stream_id:
+            raise H2Error(STREAM_CLOSED, f"HEADERS on closed stream {sid}")
+        self.last_stream_id = sid
+        if self.goaway_sent:
+            return                         # §6.8: ignored after our GOAWAY
+        if len(self.streams) >= self.max_concurrent:
+            self.reset_stream(sid, REFUSED_STREAM)
+            return
+        s = _Stream()
+        s.state = ST_OPEN
+        s.send_window = self.peer_initial_window
+        s.recv_window = self.initial_window
+        self.streams[sid] = s
+        if end:
+            s.state = ST_HALF_CLOSED_REMOTE
+        self.handler.on_request(sid, fields, end)
+
+    cdef void remote_end(self, uint32_t sid, _Stream s):
+        if s.state == ST_HALF_CLOSED_LOCAL:
+            s.state = ST_CLOSED
+            del self.streams[sid]
+        else:
+            s.state = ST_HALF_CLOSED_REMOTE
+
+    cdef void settings(self, list values) except *:
+        cdef long long delta = 0
+        cdef _Stream s
+        for ident, value in values:
+            if ident == SETTINGS_INITIAL_WINDOW_SIZE:
+                delta = value - self.peer_initial_window
+                self.peer_initial_window = value
+                for s in self.streams.values():
+                    s.send_window += delta
+                    if s.send_window > WINDOW_LIMIT:
+                        raise H2Error(FLOW_CONTROL_ERROR, "a stream's window beyond 2^31-1")
+            elif ident == SETTINGS_MAX_FRAME_SIZE:
+                self.peer_max_frame = value
+            elif ident == SETTINGS_HEADER_TABLE_SIZE:
+                self.encoder.set_max_table_size(min(value, 4096))
+        self.out += settings_frame(ack=True)
+        if delta > 0:
+            for sid in list(self.streams):
+                self.handler.on_window(sid)
+
+    cdef void window_update(self, uint32_t sid, uint32_t increment) except *:
+        cdef _Stream s
+        if sid == 0:
+            self.send_window += increment
+            if self.send_window > WINDOW_LIMIT:
+                raise H2Error(FLOW_CONTROL_ERROR, "the connection's window beyond 2^31-1")
+            self.handler.on_window(0)
+            return
+        if sid > self.last_stream_id:
+            raise H2Error(PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")
+        s = self.streams.get(sid)
+        if s is None:
+            return                         # a stream that just closed
+        s.send_window += increment
+        if s.send_window > WINDOW_LIMIT:
+            raise H2Error(FLOW_CONTROL_ERROR, f"the window of stream {sid} beyond 2^31-1", sid)
+        self.handler.on_window(sid)
+
+    # -- flow control of what we receive ---------------------------------------------------
+    def consumed(self, uint32_t stream_id, Py_ssize_t n):
+        """The handler took n body bytes of the stream: the client may send as many more."""
+        self.consume(stream_id, self.streams.get(stream_id), n)
+
+    cdef void consume(self, uint32_t sid, _Stream s, Py_ssize_t n):
+        self.consumed_connection(n)
+        if s is not None and s.state != ST_HALF_CLOSED_REMOTE:
+            s.unacked += n
+            if s.unacked >= self.initial_window // 2:
+                s.recv_window += s.unacked
+                self.out += frame(WINDOW_UPDATE, 0, sid, (<uint32_t>s.unacked).to_bytes(4, "big"))
+                s.unacked = 0
+
+    cdef void consumed_connection(self, Py_ssize_t n):
+        # updated in halves of the default window: few frames, and never a stall
+        self.unacked += n
+        if self.unacked >= 32768:
+            self.recv_window += self.unacked
+            self.out += frame(WINDOW_UPDATE, 0, 0, (<uint32_t>self.unacked).to_bytes(4, "big"))
+            self.unacked = 0
+
+    # -- sending --------------------------------------------------------------------------
+    def send_headers(self, uint32_t stream_id, list fields, bint end_stream=False):
+        """A response head (or, with end_stream, a trailers block)."""
+        cdef _Stream s = self.streams[stream_id]
+        self.out += headers_frames(stream_id, self.encoder.encode(fields), end_stream,
+                                   self.peer_max_frame)
+        if end_stream:
+            self.local_end(stream_id, s)
+
+    def send_data(self, uint32_t stream_id, bytes data, bint end_stream=False):
+        """As much of data as the windows allow; returns how many bytes went. end_stream
+        ends the stream only when all of them went."""
+        cdef _Stream s = self.streams[stream_id]
+        cdef Py_ssize_t n = len(data), k, at = 0
+        cdef Py_ssize_t allowed = max(0, min(n, self.send_window, s.send_window))
+        if n == 0:
+            self.out += frame(DATA, FLAG_END_STREAM if end_stream else 0, stream_id, b"")
+        while at < allowed:
+            k = min(allowed - at, self.peer_max_frame)
+            self.out += frame(DATA, FLAG_END_STREAM if end_stream and at + k == n else 0,
+                              stream_id, data[at:at + k])
+            at += k
+        self.send_window -= allowed
+        s.send_window -= allowed
+        if end_stream and allowed == n:
+            self.local_end(stream_id, s)
+        return allowed
+
+    cdef void local_end(self, uint32_t sid, _Stream s):
+        if s.state == ST_HALF_CLOSED_REMOTE:
+            s.state = ST_CLOSED
+            del self.streams[sid]
+        else:
+            s.state = ST_HALF_CLOSED_LOCAL
+
+    def send_window_of(self, uint32_t stream_id):
+        """How many bytes send_data would take on the stream now."""
+        cdef _Stream s = self.streams.get(stream_id)
+        return 0 if s is None else max(0, min(self.send_window, s.send_window))
+
+    def reset_stream(self, uint32_t stream_id, uint32_t code):
+        self.streams.pop(stream_id, None)
+        self.out += frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
+
+    def goaway(self, uint32_t code=NO_ERROR):
+        """No new streams: the ones up to the last we saw finish (§6.8)."""
+        if not self.goaway_sent:
+            self.goaway_sent = True
+            self.out += frame(GOAWAY, 0, 0, self.last_stream_id.to_bytes(4, "big")
+                              + code.to_bytes(4, "big"))
+
+    @property
+    def open_streams(self):
+        return len(self.streams)
+
+
+cdef class RecordingHandler(SessionHandler):
+    """A SessionHandler that keeps what it is told, as tuples in `events` (for tests)."""
+    cdef readonly list events
+
+    def __init__(self):
+        self.events = []
+
+    cdef void on_request(self, uint32_t stream_id, list fields, bint end_stream):
+        self.events.append(("request", stream_id, fields, end_stream))
+
+    cdef void on_data(self, uint32_t stream_id, bytes data, bint end_stream):
+        self.events.append(("data", stream_id, data, end_stream))
+
+    cdef void on_trailers(self, uint32_t stream_id, list fields):
+        self.events.append(("trailers", stream_id, fields))
+
+    cdef void on_reset(self, uint32_t stream_id, uint32_t code):
+        self.events.append(("reset", stream_id, code))
+
+    cdef void on_window(self, uint32_t stream_id):
+        self.events.append(("window", stream_id))
+
+    cdef void on_goaway(self, uint32_t last_stream_id, uint32_t code):
+        self.events.append(("goaway", last_stream_id, code))
