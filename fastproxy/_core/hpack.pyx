@@ -105,13 +105,8 @@ cdef Py_ssize_t _huffman_encode(const uint8_t* p, Py_ssize_t n, uint8_t* o) noex
 
 
 # -- the dynamic table ----------------------------------------------------------------------
-@cython.final
 cdef class _Table:
     """The dynamic table, newest entry first (index 62 is the newest)."""
-    cdef list entries          # (name, value)
-    cdef Py_ssize_t size
-    cdef Py_ssize_t max_size
-    cdef uint64_t inserted     # entries added so far: an entry's id is its insertion number
 
     def __cinit__(self):
         self.entries = []
@@ -150,12 +145,8 @@ cdef class _Table:
 
 
 # -- decoding -------------------------------------------------------------------------------
-@cython.final
 cdef class Decoder:
     """Decodes the header blocks one peer sends on one connection."""
-    cdef _Table table
-    cdef public Py_ssize_t max_table_size   # SETTINGS_HEADER_TABLE_SIZE we announced
-    cdef public Py_ssize_t max_list_size    # decoded name + value + 32 per field, at most
 
     def __cinit__(self):
         self.table = _Table()
@@ -168,6 +159,9 @@ cdef class Decoder:
 
     def decode(self, bytes block):
         """The header list of one complete header block, as [(name, value)]."""
+        return self.decode_block(block)
+
+    cdef list decode_block(self, bytes block):
         cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(block)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(block), i = 0, total = 0
         cdef list out = []
@@ -262,15 +256,9 @@ cdef frozenset SENSITIVE = frozenset((b"authorization", b"proxy-authorization", 
                                       b"set-cookie"))
 
 
-@cython.final
 cdef class Encoder:
     """Encodes the header blocks we send on one connection: static and dynamic table
     matches, literals Huffman-coded when that is shorter."""
-    cdef _Table table
-    cdef dict fields           # (name, value) -> insertion id, for dynamic entries
-    cdef dict names            # name -> insertion id
-    cdef Py_ssize_t pending_size   # a table size to announce at the start of the next block, or -1
-    cdef bytearray out
 
     def __cinit__(self):
         self.table = _Table()
@@ -288,6 +276,9 @@ cdef class Encoder:
 
     def encode(self, headers):
         """One header block for [(name, value)] (names lowercase, as HTTP/2 requires)."""
+        return self.encode_list(list(headers))
+
+    cdef bytes encode_list(self, list headers):
         cdef bytearray out = self.out
         cdef bytes name, value
         del out[:]

@@ -3,7 +3,8 @@
 # windows both ways, PING, GOAWAY, header blocks through HPACK. Sans-IO: bytes in with
 # `receive`, bytes out from `data_to_send`, and what happened told to a SessionHandler.
 
-from fastproxy._core.hpack import Decoder, Encoder, HPACKError   # (a .pxd when wired in)
+from fastproxy._core.hpack cimport Decoder, Encoder
+from fastproxy._core.hpack import HPACKError
 
 cdef enum:
     ST_OPEN = 0
@@ -49,8 +50,8 @@ cdef class ServerSession:
     """The server side of one HTTP/2 connection."""
     cdef SessionHandler handler
     cdef FrameReader reader
-    cdef object decoder            # hpack.Decoder
-    cdef object encoder            # hpack.Encoder
+    cdef Decoder decoder
+    cdef Encoder encoder
     cdef bytearray out
     cdef bytearray preface         # the first bytes, until the 24 of the preface came
     cdef bint started              # the preface came
@@ -199,7 +200,7 @@ cdef class ServerSession:
     cdef void header_block(self) except *:
         cdef uint32_t sid = self.block_stream
         cdef _Stream s = self.streams.get(sid)
-        cdef list fields = self.decoder.decode(bytes(self.block))   # always: HPACK is stateful
+        cdef list fields = self.decoder.decode_block(bytes(self.block))   # always: HPACK is stateful
         cdef bint end = self.block_end_stream
         self.block = None
         if s is not None:                 # trailers
@@ -298,7 +299,7 @@ cdef class ServerSession:
     def send_headers(self, uint32_t stream_id, list fields, bint end_stream=False):
         """A response head (or, with end_stream, a trailers block)."""
         cdef _Stream s = self.streams[stream_id]
-        self.out += headers_frames(stream_id, self.encoder.encode(fields), end_stream,
+        self.out += headers_frames(stream_id, self.encoder.encode_list(fields), end_stream,
                                    self.peer_max_frame)
         if end_stream:
             self.local_end(stream_id, s)
