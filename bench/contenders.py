@@ -99,6 +99,27 @@ class Contender:
         """A round of `scenario` was measured with this contender's processes still running."""
 
 
+class ToolContender(Contender):
+    """A contender that is a binary found on this machine (bench.tools)."""
+
+    def __init__(self, tool: Tool):
+        self.tool = tool
+
+    def problem(self) -> str | None:
+        return None if self.tool.found else self.tool.missing_message()
+
+    def version(self) -> str | None:
+        return self.tool.version
+
+
+def _chained(scenario: Scenario, processes: list[ProxyProcess], note: str = "") -> Deployment:
+    """The deployment of proxy processes chained app side first: the client talks to the last."""
+    entry = processes[-1].port
+    return Deployment(url=f"{scenario.client_scheme}://127.0.0.1:{entry}{scenario.path}",
+                      port=entry, processes=processes, note=note,
+                      inbound_port=processes[0].port if scenario.topology == "mtls-2hop" else None)
+
+
 class Direct(Contender):
     name = "direct"
     is_proxy = False
@@ -116,19 +137,10 @@ class Direct(Contender):
                           note=note)
 
 
-class Nginx(Contender):
+class Nginx(ToolContender):
     name = "nginx"
     peer_checks = ("the outbound checks the server certificate's chain and DNS name, the inbound "
                    "requires a client certificate from the CA; nginx cannot check a spiffe:// URI SAN")
-
-    def __init__(self, tool: Tool):
-        self.tool = tool
-
-    def problem(self) -> str | None:
-        return None if self.tool.found else self.tool.missing_message()
-
-    def version(self) -> str | None:
-        return self.tool.version
 
     def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
         certs, upstream, processes = ctx.certs, _upstream(scenario, ctx), []
@@ -174,24 +186,13 @@ class Nginx(Contender):
                    "-c", str(config)]
             processes.append(ProxyProcess(name, cmd, port, config))
             upstream = f"127.0.0.1:{port}"
-        entry = processes[-1].port
-        return Deployment(url=f"{scenario.client_scheme}://127.0.0.1:{entry}{scenario.path}",
-                          port=entry, processes=processes, inbound_port=_inbound_port(scenario, processes))
+        return _chained(scenario, processes)
 
 
-class Haproxy(Contender):
+class Haproxy(ToolContender):
     name = "haproxy"
     peer_checks = ("the outbound checks the server certificate's chain and DNS name (verifyhost), "
                    "the inbound requires a client certificate from the CA; no spiffe:// URI SAN check")
-
-    def __init__(self, tool: Tool):
-        self.tool = tool
-
-    def problem(self) -> str | None:
-        return None if self.tool.found else self.tool.missing_message()
-
-    def version(self) -> str | None:
-        return self.tool.version
 
     def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
         certs, upstream, processes = ctx.certs, _upstream(scenario, ctx), []
@@ -217,26 +218,15 @@ class Haproxy(Contender):
             cmd = [self.tool.path, "-db", "-f", str(config)]
             processes.append(ProxyProcess(name, cmd, port, config))
             upstream = f"127.0.0.1:{port}"
-        entry = processes[-1].port
-        return Deployment(url=f"{scenario.client_scheme}://127.0.0.1:{entry}{scenario.path}",
-                          port=entry, processes=processes, inbound_port=_inbound_port(scenario, processes))
+        return _chained(scenario, processes)
 
 
-class Envoy(Contender):
+class Envoy(ToolContender):
     """Envoy, the sidecar of Istio: one worker thread (`--concurrency 1`), the HTTP
     connection manager and the router, upstream keep-alive, no access log, its stats as
     shipped. In the mTLS hop both sides check the peer's spiffe:// URI SAN, as fastproxy does."""
     name = "envoy"
     peer_checks = "both sidecars check the peer certificate's exact spiffe:// URI SAN"
-
-    def __init__(self, tool: Tool):
-        self.tool = tool
-
-    def problem(self) -> str | None:
-        return None if self.tool.found else self.tool.missing_message()
-
-    def version(self) -> str | None:
-        return self.tool.version
 
     def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
         certs, upstream, processes = ctx.certs, _upstream(scenario, ctx), []
@@ -262,25 +252,14 @@ class Envoy(Contender):
                    "--log-level", "warn"]
             processes.append(ProxyProcess(name, cmd, port, config, ready_timeout_s=20))
             upstream = f"127.0.0.1:{port}"
-        entry = processes[-1].port
-        return Deployment(url=f"{scenario.client_scheme}://127.0.0.1:{entry}{scenario.path}",
-                          port=entry, processes=processes, inbound_port=_inbound_port(scenario, processes))
+        return _chained(scenario, processes)
 
 
-class Nghttpx(Contender):
+class Nghttpx(ToolContender):
     """nghttpx, nghttp2's reverse proxy - the reference implementation of HTTP/2 - in the
     HTTP/2 scenarios: one worker, cleartext frontend, the HTTP/1.1 backend behind it."""
     name = "nghttpx"
     protocols = ("h2c", "grpc")
-
-    def __init__(self, tool: Tool):
-        self.tool = tool
-
-    def problem(self) -> str | None:
-        return None if self.tool.found else self.tool.missing_message()
-
-    def version(self) -> str | None:
-        return self.tool.version
 
     def deploy(self, scenario: Scenario, ctx: DeployContext) -> Deployment:
         if scenario.topology != "plain":
@@ -292,8 +271,7 @@ class Nghttpx(Contender):
                f"--backend={host},{upstream_port}{proto}", "--workers=1", "--no-server-push",
                "--accesslog-file=/dev/null", f"--errorlog-file={ctx.workdir / (name + '.error.log')}",
                f"--pid-file={ctx.workdir / (name + '.pid')}", "--backend-keep-alive-timeout=300s"]
-        return Deployment(url=f"http://127.0.0.1:{port}{scenario.path}", port=port,
-                          processes=[ProxyProcess(name, cmd, port, None)])
+        return _chained(scenario, [ProxyProcess(name, cmd, port, None)])
 
 
 ENVOY_HTTP2_UPSTREAM = """\
@@ -432,10 +410,7 @@ class Fastproxy(Contender):
             cmd = self.command("run", "-c", str(config), "--workers", str(self.workers))
             processes.append(ProxyProcess(name, cmd, port, config, ready_timeout_s=20, cwd=REPO_ROOT))
             upstream = f"127.0.0.1:{port}"
-        entry = processes[-1].port
-        return Deployment(url=f"{scenario.client_scheme}://127.0.0.1:{entry}{scenario.path}",
-                          port=entry, processes=processes, note=note,
-                          inbound_port=_inbound_port(scenario, processes))
+        return _chained(scenario, processes, note)
 
     def _refusal(self, scenario: Scenario, detail: str) -> str:
         if scenario.fastproxy_feature:
@@ -451,10 +426,6 @@ class Fastproxy(Contender):
         if scenario.fastproxy_feature and self._ctx and (self._plain_worked or self.plain_config_works(self._ctx)[0]):
             return "not available", f"not available yet: fastproxy has no {scenario.fastproxy_feature} ({reason})"
         return "failed", reason
-
-
-def _inbound_port(scenario: Scenario, processes: list[ProxyProcess]) -> int | None:
-    return processes[0].port if scenario.topology == "mtls-2hop" else None
 
 
 def _identity_block(spiffe_id: str, cert: Path, key: Path, trust: Path) -> str:

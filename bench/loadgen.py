@@ -131,7 +131,7 @@ def run_h2load(h2load: str, placement: Placement, url: str, connections: int, st
         rps=succeeded / seconds,
         latency_us={"p50": percentile(0.5), "p99": percentile(0.99), "p99.9": percentile(0.999),
                     "max": float(durations[-1]) if durations else 0.0},
-        errors={"connect": errored, "read": failed - errored if failed > errored else 0, "write": 0,
+        errors={"connect": errored, "read": max(0, failed - errored), "write": 0,
                 "status": bad_status, "timeout": timeout},
         extra={"streams_per_connection": streams},
     )

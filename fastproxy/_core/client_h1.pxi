@@ -72,10 +72,10 @@ cdef class Downstream(ClientSide):
         self._write = transport.write
         if self.port.tls_new is not NULL:
             fp_addu(&(self.port.tls_resumed if transport.session_reused() else self.port.tls_new).v[0], 1)
-        self.proto_lines = self.ls.proto_line
-        if self.ls.tls_mode == TLS_MUTUAL and not self.identify(transport):
+        if self.ls.tls_mode != TLS_MUTUAL:
+            self.set_peer(None)
+        elif not self.identify(transport):
             return
-        self.forwarded_lines = b"x-forwarded-for: " + self.client_ip + CRLF + self.proto_lines
         self.state = S_IDLE
         w.connections.add(self)
         if w.draining:
@@ -176,9 +176,7 @@ cdef class Downstream(ClientSide):
             self.state = S_CLOSED
             transport.close()
             return False
-        self.peer_id = peer
-        self.denied = not ls.allow_all and not self.w.id_allowed(ls.allow, peer)
-        self.proto_lines = ls.proto_line + ls.xfcc_prefix + peer.encode() + CRLF
+        self.set_peer(peer)
         return True
 
     cdef void admit(self):

@@ -180,7 +180,6 @@ cdef class Exchange:
             self.judged = True
             fp_add(&self.cluster.breaker.slot.probes, -1)
 
-
     # -- the request -------------------------------------------------------------------------
     cdef HeadEdit edit_request(self):
         """What changes in the request head going upstream: hop-by-hop fields out,

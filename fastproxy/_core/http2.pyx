@@ -104,6 +104,10 @@ cdef class FrameReader:
         self.check(h, p + 9)
         return 1
 
+    cdef inline bytes payload(self, Py_ssize_t start, uint32_t length):
+        """A copy of the current frame's payload (one copy, not a slice and a copy)."""
+        return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self.buf) + start, length)
+
     cdef int check(self, FrameHeader* h, const uint8_t* p) except -1:
         """The checks of §4-§6 that need only this frame and the CONTINUATION sequence."""
         cdef uint32_t t = h.type, n = h.length, sid = h.stream_id, v, i
@@ -179,7 +183,7 @@ cdef class FrameReader:
         cdef list out = []
         self.feed(data)
         while self.next_frame(&h, &start):
-            out.append((h.type, h.flags, h.stream_id, bytes(self.buf[start:start + h.length])))
+            out.append((h.type, h.flags, h.stream_id, self.payload(start, h.length)))
         return out
 
 

@@ -135,7 +135,7 @@ cdef class ServerSession:
                 if h.type != SETTINGS or h.flags & FLAG_ACK:
                     raise H2Error(PROTOCOL_ERROR, "the first frame is not SETTINGS")
                 self.settings_seen = True
-            self.on_frame(&h, bytes(self.reader.buf[start:start + h.length]))
+            self.on_frame(&h, self.reader.payload(start, h.length))
 
     cdef void on_frame(self, FrameHeader* h, bytes payload) except *:
         cdef uint32_t t = h.type, sid = h.stream_id

@@ -95,6 +95,17 @@ cdef class ClientSide:
     cdef dict route_allowed         # per-route allow decisions for this peer
     cdef bint write_blocked         # the client is not taking response bytes now
 
+    cdef void set_peer(self, str peer_id):
+        """Who the client is (peer_id: its verified SPIFFE id, None without mtls), and so the
+        x-forwarded-* and x-forwarded-client-cert lines its requests carry upstream."""
+        cdef ListenerState ls = self.ls
+        self.peer_id = peer_id
+        self.proto_lines = ls.proto_line
+        if peer_id is not None:
+            self.denied = not ls.allow_all and not self.w.id_allowed(ls.allow, peer_id)
+            self.proto_lines += ls.xfcc_prefix + peer_id.encode() + CRLF
+        self.forwarded_lines = b"x-forwarded-for: " + self.client_ip + CRLF + self.proto_lines
+
     cdef bint forbidden(self, Route route):
         """Whether this mtls peer may not use the route (listener and route allow)."""
         if self.denied:

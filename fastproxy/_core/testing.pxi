@@ -26,9 +26,7 @@ cdef class RecordingClient(ClientSide):
         self.w = w
         self.ls = w.listeners[listener]
         self.client_ip = client_ip.encode()
-        self.peer_id = peer_id
-        self.proto_lines = self.ls.proto_line
-        self.forwarded_lines = b"x-forwarded-for: " + self.client_ip + CRLF + self.proto_lines
+        self.set_peer(peer_id)
         self.calls = []
 
     def request(self, bytes head, bytes body=b"", bint end=True):
