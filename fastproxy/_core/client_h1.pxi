@@ -34,6 +34,7 @@ cdef class Downstream(ClientSide):
     cdef bint responding         # a response head went out
     cdef bint close_after        # close the connection once the response is out
     cdef ChunkedReader dechunker # a chunked response to an HTTP/1.0 client: sent as plain data
+    cdef H2Client h2             # the connection speaks HTTP/2 (state S_H2): its session
 
     def __init__(self, Worker w, Port port):
         # made by the protocol factory, as the socket is accepted
@@ -91,10 +92,16 @@ cdef class Downstream(ClientSide):
             w.waiting_count += 1
             if w.waiting_count >= w.max_connections:
                 w.check_accepting()
+        if self.port.tls_new is not NULL and self.ls.http2 \
+                and transport.selected_alpn_protocol() == "h2":
+            self.start_h2(b"")
 
     def data_received(self, data):
         cdef int st = self.state
         cdef Py_ssize_t used
+        if st == S_H2 and not self.paused:
+            self.h2.receive(data)
+            return
         if self.paused & P_ADMISSION:
             # uvloop starts reading after connection_made: keep what came, read no more
             self.hold(data)
@@ -118,6 +125,8 @@ cdef class Downstream(ClientSide):
             self.feed(data)
 
     def eof_received(self):
+        if self.state == S_H2:
+            return False
         if self.state == S_TUNNEL and self.ex is not None:
             return self.ex.tunnel_eof(True)
         if self.state == S_EXCHANGE and not self.body_open and not self.responding:
@@ -136,6 +145,8 @@ cdef class Downstream(ClientSide):
         if self.ex is not None:
             self.ex.client_gone()
             self.ex = None
+        if self.h2 is not None:
+            self.h2.lost()
         w.connections.discard(self)
         if self.counted:
             self.counted = False
@@ -158,11 +169,15 @@ cdef class Downstream(ClientSide):
         self.write_blocked = True
         if self.ex is not None:
             self.ex.client_blocked(True)
+        elif self.h2 is not None:
+            self.h2.set_blocked(True)
 
     def resume_writing(self):
         self.write_blocked = False
         if self.ex is not None:
             self.ex.client_blocked(False)
+        elif self.h2 is not None:
+            self.h2.set_blocked(False)
 
     # internals --------------------------------------------------------------------------
     cdef bint identify(self, transport):
@@ -187,7 +202,10 @@ cdef class Downstream(ClientSide):
         if self.pending is not None:
             buf = self.pending
             self.pending = None
-            self.feed(buf)
+            if self.state == S_H2:
+                self.h2.receive(buf)
+            else:
+                self.feed(buf)
 
     cdef void pause(self, int why):
         if self.paused == 0 and self.state != S_CLOSED:
@@ -233,7 +251,14 @@ cdef class Downstream(ClientSide):
         """Parse the next request head from buf and start proxying it."""
         cdef ListenerState ls = self.ls
         cdef RequestHead h = self.head
-        cdef Py_ssize_t r = parse_request(h, buf, ls.max_header_bytes, ls.max_headers)
+        cdef Py_ssize_t r
+        if self.requests == 0 and ls.http2 and is_preface_start(buf):
+            if _len(buf) >= 24:       # HTTP/2 with prior knowledge (h2c)
+                self.start_h2(buf)
+                return
+            r = 0                     # the rest of the preface is still to come
+        else:
+            r = parse_request(h, buf, ls.max_header_bytes, ls.max_headers)
         if r == 0:
             if self.pending is None:
                 self.pending = bytearray(buf)
@@ -252,6 +277,14 @@ cdef class Downstream(ClientSide):
             return
         self.state = S_EXCHANGE
         self.start_exchange(h, buf, r)
+
+    cdef void start_h2(self, object data):
+        """The client speaks HTTP/2 (prior knowledge, or ALPN h2): its session takes over
+        the connection, which keeps its admission slot, timer and drain."""
+        self.state = S_H2
+        self.pending = None
+        self.h2 = H2Client(self)
+        self.h2.receive(data)
 
     cdef void start_exchange(self, RequestHead h, object buf, Py_ssize_t off):
         """A request head is complete: its exchange takes over (Exchange.start)."""
@@ -448,6 +481,8 @@ cdef class Downstream(ClientSide):
         its way is still answered rather than met with a reset."""
         if self.paused & P_ADMISSION:
             self.close()
+        elif self.state == S_H2:
+            self.h2.wind_down()
         elif self.state == S_IDLE:
             self.set_deadline(self.w.now() + WIND_DOWN_GRACE)
 
@@ -472,6 +507,9 @@ cdef class Downstream(ClientSide):
     def on_timer(self):
         self.timer = None
         if self.state == S_CLOSED:
+            return
+        if self.state == S_H2:
+            self.h2.on_timer()
             return
         if self.w.now() < self.deadline - 0.0005:
             self.set_deadline(self.deadline)

@@ -47,13 +47,6 @@ class H2Error(Exception):
         self.stream_id = stream_id
 
 
-cdef struct FrameHeader:
-    uint32_t length
-    uint8_t type
-    uint8_t flags
-    uint32_t stream_id
-
-
 cdef inline uint32_t _u32(const uint8_t* p) noexcept:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
@@ -66,11 +59,6 @@ cdef class FrameReader:
     next complete frame (its payload at `buffer[payload_start:payload_start + length]`),
     0 when more bytes are needed; the frame's bytes stay valid until the next call.
     """
-    cdef bytearray buf
-    cdef Py_ssize_t pos
-    cdef public uint32_t max_frame_size      # SETTINGS_MAX_FRAME_SIZE we announced
-    cdef uint32_t continuation               # a HEADERS block is open on this stream (0: none)
-
     def __cinit__(self):
         self.buf = bytearray()
         self.max_frame_size = DEFAULT_MAX_FRAME_SIZE
@@ -104,7 +92,7 @@ cdef class FrameReader:
         self.check(h, p + 9)
         return 1
 
-    cdef inline bytes payload(self, Py_ssize_t start, uint32_t length):
+    cdef bytes payload(self, Py_ssize_t start, uint32_t length):
         """A copy of the current frame's payload (one copy, not a slice and a copy)."""
         return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self.buf) + start, length)
 
@@ -304,7 +292,7 @@ cdef bint _bad_value(bytes value) noexcept:
     return False
 
 
-def request_head_bytes(list fields):
+cpdef bytes request_head_bytes(list fields, bint body=False):
     """The HTTP/1.1 head bytes an HTTP/2 request's decoded header list stands for, after
     the checks of RFC 9113 §8.2-§8.3 (MalformedMessage when one fails).
 
@@ -312,12 +300,14 @@ def request_head_bytes(list fields):
     :method and :path, a host line from :authority, then the regular fields in order, the
     cookie crumbs joined into one (§8.2.3). http1.parse_request then classifies it as it
     does any request, so routing, the head edit, trace context and the access log work on
-    it unchanged, and what HTTP/1.1 cannot carry is refused the same way (400, 501)."""
+    it unchanged, and what HTTP/1.1 cannot carry is refused the same way (400, 501).
+    `body`: DATA frames follow; without a content-length the head says chunked, the
+    framing an HTTP/1.1 side needs for a body of unknown length."""
     cdef dict pseudo = {}
     cdef list lines = []
     cdef list cookies = None
     cdef bytes name, value, host = None
-    cdef bint regular = False
+    cdef bint regular = False, length = False
     for name, value in fields:
         if _bad_value(value):
             raise MalformedMessage(f"field {name!r}: a value with NUL, CR, LF or edge whitespace")
@@ -343,7 +333,9 @@ def request_head_bytes(list fields):
                 lines.append(None)        # the joined cookie goes where the first crumb was
             cookies.append(value)
             continue
-        if name == b"host":
+        if name == b"content-length":
+            length = True
+        elif name == b"host":
             if host is not None:
                 raise MalformedMessage("host twice")
             host = value
@@ -369,7 +361,25 @@ def request_head_bytes(list fields):
         raise MalformedMessage("neither :authority nor host")
     if cookies is not None:
         lines[lines.index(None)] = b"cookie: " + b"; ".join(cookies) + b"\r\n"
+    if body and not length:
+        lines.append(b"transfer-encoding: chunked\r\n")
     return b"".join([method, b" ", target, b" HTTP/1.1\r\nhost: ", authority, b"\r\n", *lines, b"\r\n"])
+
+
+cpdef bytes trailer_lines(list fields):
+    """A request's trailers as the lines of an HTTP/1.1 chunked trailer section, after the
+    checks of §8.1 (MalformedMessage: a pseudo-header, a bad name or value)."""
+    cdef list lines = []
+    cdef bytes name, value
+    for name, value in fields:
+        if name[:1] == b":":
+            raise MalformedMessage(f"pseudo-header {name!r} in trailers")
+        if _bad_name(name) or _bad_value(value):
+            raise MalformedMessage(f"trailer {name!r}: not a lowercase token, or a bad value")
+        if name in CONNECTION_SPECIFIC or name in (b"content-length", b"host", b"te"):
+            continue                  # fields a trailer section must not carry (RFC 9110 §6.5.1)
+        lines.append(name + b": " + value + b"\r\n")
+    return b"".join(lines)
 
 
 include "http2_session.pxi"

@@ -3,7 +3,6 @@
 # windows both ways, PING, GOAWAY, header blocks through HPACK. Sans-IO: bytes in with
 # `receive`, bytes out from `data_to_send`, and what happened told to a SessionHandler.
 
-from fastproxy._core.hpack cimport Decoder, Encoder
 from fastproxy._core.hpack import HPACKError
 
 cdef enum:
@@ -39,40 +38,16 @@ cdef class SessionHandler:
 
 @cython.final
 cdef class _Stream:
-    cdef int state
-    cdef long long send_window
-    cdef long long recv_window
-    cdef long long unacked      # bytes the handler consumed, not yet given back by WINDOW_UPDATE
+    pass
 
 
 @cython.final
 cdef class ServerSession:
-    """The server side of one HTTP/2 connection."""
-    cdef SessionHandler handler
-    cdef FrameReader reader
-    cdef Decoder decoder
-    cdef Encoder encoder
-    cdef bytearray out
-    cdef bytearray preface         # the first bytes, until the 24 of the preface came
-    cdef bint started              # the preface came
-    cdef bint settings_seen        # the client's first frame, a SETTINGS, came
-    cdef dict streams              # stream id -> _Stream, open or half-closed
-    cdef readonly uint32_t last_stream_id
-    cdef uint32_t max_concurrent
-    cdef uint32_t initial_window       # ours: the window each new stream gives the client
-    cdef long long peer_initial_window # the client's, for what we send
-    cdef uint32_t peer_max_frame
-    cdef long long send_window     # the connection's, both ways
-    cdef long long recv_window
-    cdef long long unacked
-    cdef bytearray block           # a header block being collected (HEADERS + CONTINUATION)
-    cdef uint32_t block_stream
-    cdef bint block_end_stream
-    cdef bint goaway_sent
+    """The server side of one HTTP/2 connection (its fields: http2.pxd)."""
 
     def __init__(self, SessionHandler handler, uint32_t max_concurrent_streams=100,
                  uint32_t initial_window_size=65535, uint32_t max_frame_size=16384,
-                 uint32_t header_table_size=4096):
+                 uint32_t header_table_size=4096, uint32_t connection_window=65535):
         self.handler = handler
         self.reader = FrameReader()
         self.reader.max_frame_size = max_frame_size
@@ -86,19 +61,26 @@ cdef class ServerSession:
         self.initial_window = initial_window_size
         self.peer_initial_window = 65535
         self.peer_max_frame = DEFAULT_MAX_FRAME_SIZE
-        self.send_window = self.recv_window = 65535
+        self.send_window = 65535
+        self.recv_window = self.connection_window = max(connection_window, 65535)
         self.out += settings_frame([(SETTINGS_MAX_CONCURRENT_STREAMS, max_concurrent_streams),
                                     (SETTINGS_INITIAL_WINDOW_SIZE, initial_window_size),
                                     (SETTINGS_MAX_FRAME_SIZE, max_frame_size),
                                     (SETTINGS_HEADER_TABLE_SIZE, header_table_size)])
+        if self.connection_window > 65535:   # the connection's window is not a setting (§6.9.2)
+            self.out += frame(WINDOW_UPDATE, 0, 0,
+                              (self.connection_window - 65535).to_bytes(4, "big"))
 
-    def data_to_send(self):
+    cpdef bytes data_to_send(self):
+        """The bytes to write to the client now (b"" when there are none)."""
+        if not self.out:
+            return b""
         out = bytes(self.out)
         del self.out[:]
         return out
 
     # -- receiving ------------------------------------------------------------------------
-    def receive(self, data):
+    cpdef receive(self, data):
         """Take bytes from the client. A stream error resets that stream and goes on; a
         connection error queues GOAWAY and raises H2Error."""
         while True:
@@ -274,7 +256,7 @@ cdef class ServerSession:
         self.handler.on_window(sid)
 
     # -- flow control of what we receive ---------------------------------------------------
-    def consumed(self, uint32_t stream_id, Py_ssize_t n):
+    cpdef consumed(self, uint32_t stream_id, Py_ssize_t n):
         """The handler took n body bytes of the stream: the client may send as many more."""
         self.consume(stream_id, self.streams.get(stream_id), n)
 
@@ -288,15 +270,15 @@ cdef class ServerSession:
                 s.unacked = 0
 
     cdef void consumed_connection(self, Py_ssize_t n):
-        # updated in halves of the default window: few frames, and never a stall
+        # updated in halves of the window: few frames, and never a stall
         self.unacked += n
-        if self.unacked >= 32768:
+        if self.unacked >= self.connection_window // 2:
             self.recv_window += self.unacked
             self.out += frame(WINDOW_UPDATE, 0, 0, (<uint32_t>self.unacked).to_bytes(4, "big"))
             self.unacked = 0
 
     # -- sending --------------------------------------------------------------------------
-    def send_headers(self, uint32_t stream_id, list fields, bint end_stream=False):
+    cpdef send_headers(self, uint32_t stream_id, list fields, bint end_stream=False):
         """A response head (or, with end_stream, a trailers block)."""
         cdef _Stream s = self.streams[stream_id]
         self.out += headers_frames(stream_id, self.encoder.encode_list(fields), end_stream,
@@ -304,7 +286,7 @@ cdef class ServerSession:
         if end_stream:
             self.local_end(stream_id, s)
 
-    def send_data(self, uint32_t stream_id, bytes data, bint end_stream=False):
+    cpdef Py_ssize_t send_data(self, uint32_t stream_id, bytes data, bint end_stream=False) except -1:
         """As much of data as the windows allow; returns how many bytes went. end_stream
         ends the stream only when all of them went."""
         cdef _Stream s = self.streams[stream_id]
@@ -330,21 +312,24 @@ cdef class ServerSession:
         else:
             s.state = ST_HALF_CLOSED_LOCAL
 
-    def send_window_of(self, uint32_t stream_id):
+    cpdef Py_ssize_t send_window_of(self, uint32_t stream_id):
         """How many bytes send_data would take on the stream now."""
         cdef _Stream s = self.streams.get(stream_id)
         return 0 if s is None else max(0, min(self.send_window, s.send_window))
 
-    def reset_stream(self, uint32_t stream_id, uint32_t code):
+    cpdef reset_stream(self, uint32_t stream_id, uint32_t code):
         self.streams.pop(stream_id, None)
         self.out += frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
 
-    def goaway(self, uint32_t code=NO_ERROR):
-        """No new streams: the ones up to the last we saw finish (§6.8)."""
-        if not self.goaway_sent:
-            self.goaway_sent = True
-            self.out += frame(GOAWAY, 0, 0, self.last_stream_id.to_bytes(4, "big")
-                              + code.to_bytes(4, "big"))
+    cpdef goaway(self, uint32_t code=NO_ERROR, bint final=True):
+        """No new streams: the ones up to the last we saw finish (§6.8). Not final: the
+        first GOAWAY of a graceful shutdown, 2^31-1, so that streams the client is
+        sending meanwhile are still taken; the final one follows a round trip later."""
+        if self.goaway_sent:
+            return
+        self.goaway_sent = final
+        self.out += frame(GOAWAY, 0, 0, (self.last_stream_id if final else WINDOW_LIMIT)
+                          .to_bytes(4, "big") + code.to_bytes(4, "big"))
 
     @property
     def open_streams(self):

@@ -49,8 +49,11 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memcmp
+from libc.stdint cimport uint32_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
+from fastproxy._core.http2 cimport ServerSession, SessionHandler, request_head_bytes, trailer_lines
+from fastproxy._core.http2 import H2Error, MalformedMessage
 from fastproxy._core.http1 cimport (
     Head, RequestHead, ResponseHead, ChunkedReader, Field, parse_request, parse_response, ascii_ieq,
     H_OTHER, H_HOST, H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_CONNECTION, H_KEEP_ALIVE,
@@ -78,6 +81,7 @@ cdef enum:
     S_EXCHANGE = 2   # a request is being proxied
     S_TUNNEL = 3     # an Upgrade tunnel: bytes flow both ways
     S_CLOSED = 4
+    S_H2 = 5         # the connection speaks HTTP/2: its H2Client has it
 
 # why a client connection is not being read
 cdef enum:
@@ -144,6 +148,7 @@ include "pool.pxi"
 include "worker.pxi"
 include "sides.pxi"
 include "client_h1.pxi"
+include "client_h2.pxi"
 include "exchange.pxi"
 include "upstream_h1.pxi"
 include "testing.pxi"

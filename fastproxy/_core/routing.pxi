@@ -66,6 +66,9 @@ cdef class ListenerState:
     cdef bint allow_all
     cdef bytes xfcc_prefix      # b"x-forwarded-client-cert: By=<own id>;URI="
     cdef readonly str direction # "inbound" | "outbound"
+    cdef bint http2             # HTTP/2 accepted: h2c prior knowledge, ALPN h2 on TLS
+    cdef tuple h2_settings      # (max_concurrent_streams, stream_window, connection_window,
+                                #  max_frame_size)
     cdef dict pairs             # cluster name ("" without one) -> PairStats
     cdef MetricSlot* overhead
 

@@ -44,6 +44,7 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_shutdown(SSL* s)
     int SSL_get_error(const SSL* s, int ret)
     int SSL_session_reused(const SSL* s)
+    void SSL_get0_alpn_selected(const SSL* s, const unsigned char** data, unsigned int* len)
     SSL_SESSION* SSL_get0_session(const SSL* s)
     SSL_SESSION* SSL_get1_session(SSL* s)
     int SSL_set_session(SSL* s, SSL_SESSION* session)
@@ -406,6 +407,14 @@ cdef class TLSLink:
 
     def session_reused(self):
         return self.ssl is not NULL and SSL_session_reused(self.ssl) == 1
+
+    def selected_alpn_protocol(self):
+        """The protocol ALPN settled ("h2", "http/1.1"), or None (as ssl.SSLObject's)."""
+        cdef const unsigned char* p = NULL
+        cdef unsigned int n = 0
+        if self.ssl is not NULL:
+            SSL_get0_alpn_selected(self.ssl, &p, &n)
+        return p[:n].decode("ascii") if n else None
 
     # internals ---------------------------------------------------------------------------
     cdef bint set_server_name(self) except -1:

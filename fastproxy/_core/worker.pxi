@@ -132,6 +132,8 @@ cdef class Worker:
             ls.allow = spec.allow
             ls.allow_all = "*" in spec.allow
             ls.direction = spec.direction
+            ls.http2 = spec.http2
+            ls.h2_settings = spec.h2_settings
             ls.pairs = {}
             ls.routes = []
             for rs in spec.routes:
@@ -198,7 +200,7 @@ cdef class Worker:
         mtls = ls.tls_mode == TLS_MUTUAL
         def tls_factory():
             current = self.listeners.get(port.listener, ls)
-            return TLSLink(self.tls_context(self.identity.server_contexts[mtls]),
+            return TLSLink(self.tls_context(self.identity.server_contexts[mtls, ls.http2]),
                            Downstream(self, port), self.loop,
                            timeout=(<ListenerState>current).header_timeout)
         return tls_factory

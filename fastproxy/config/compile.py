@@ -92,6 +92,9 @@ class ListenerSpec:
     proto_line: bytes            # x-forwarded-proto line
     xfcc_prefix: bytes | None    # x-forwarded-client-cert prefix, with an identity
     routes: tuple[RouteSpec, ...]
+    http2: bool = True           # h2c prior knowledge; ALPN h2 on tls/mtls
+    # (max_concurrent_streams, stream_window, connection_window, max_frame_size)
+    h2_settings: tuple[int, int, int, int] = (100, 65535, 1048576, 16384)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,9 @@ def _listener(lc: Listener, config: Config) -> ListenerSpec:
         xfcc_prefix=None if identity is None else
         b"x-forwarded-client-cert: By=" + identity.id.encode() + b";URI=",
         routes=tuple(_route(r) for r in lc.routes),
+        http2=lc.http2,
+        h2_settings=(lc.http2_settings.max_concurrent_streams, lc.http2_settings.stream_window,
+                     lc.http2_settings.connection_window, lc.http2_settings.max_frame_size),
     )
 
 

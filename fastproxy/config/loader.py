@@ -21,6 +21,7 @@ from fastproxy.config.errors import ConfigError
 from fastproxy.config.model import (
     BALANCERS,
     DIRECTIONS,
+    PROTOCOLS,
     PROPAGATORS,
     RETRY_ON,
     TLS_MODES,
@@ -28,6 +29,7 @@ from fastproxy.config.model import (
     CircuitBreaker,
     Cluster,
     Config,
+    Http2Settings,
     Identity,
     Limits,
     Listener,
@@ -232,6 +234,12 @@ def _limit_overrides(ctx: Ctx, path: str, value: Any) -> Any:
     return values if ok else BAD
 
 
+def _http2_overrides(ctx: Ctx, path: str, value: Any) -> Any:
+    """[listener.http2_settings]: the keys given, to be merged over the global [http2]."""
+    values, ok = table(ctx, path, value, HTTP2)
+    return values if ok else BAD
+
+
 def _passthrough(ctx: Ctx, path: str, value: Any) -> Any:
     """A key validated by hand by its parent."""
     return value
@@ -264,6 +272,13 @@ LIMITS: dict[str, Conv] = {
     "max_connections": integer(min=1),
 }
 
+HTTP2: dict[str, Conv] = {
+    "max_concurrent_streams": integer(min=1, max=2**31 - 1),
+    "stream_window": integer(min=1, max=2**31 - 1),
+    "connection_window": integer(min=65535, max=2**31 - 1),
+    "max_frame_size": integer(min=16384, max=2**24 - 1),
+}
+
 IDENTITY_FILES = ("cert", "key", "trust")
 IDENTITY_AUTO = ("ca_url", "token_file", "ca_trust")
 IDENTITY: dict[str, Conv] = {
@@ -291,6 +306,8 @@ LISTENER: dict[str, Conv] = {
     "direction": choice(*DIRECTIONS),
     "allow": _allow,
     "limits": lambda ctx, path, value: _limit_overrides(ctx, path, value),
+    "http2": boolean,
+    "http2_settings": lambda ctx, path, value: _http2_overrides(ctx, path, value),
     "route": _passthrough,
 }
 
@@ -330,6 +347,7 @@ CLUSTER: dict[str, Conv] = {
     "endpoints": array(address, min_items=1, unique=True, too_short="needs at least one endpoint"),
     "tls": choice(*TLS_MODES),
     "peer": _peer,
+    "protocol": choice(*PROTOCOLS),
     "balance": choice(*BALANCERS),
     "connect_timeout": duration(positive=True),
     "max_connections": integer(min=1),
@@ -340,7 +358,7 @@ CLUSTER: dict[str, Conv] = {
     "retry_budget": RETRY_BUDGET,
 }
 
-TOP_LEVEL = ("proxy", "limits", "identity", "tracing", "listener", "cluster")
+TOP_LEVEL = ("proxy", "limits", "http2", "identity", "tracing", "listener", "cluster")
 
 _MTLS_ONLY = 'only allowed with tls = "mtls"'
 
@@ -413,7 +431,8 @@ def _route(ctx: Ctx, path: str, raw: Any, index: int, schema: dict[str, Conv]) -
 
 
 def _listener(
-    ctx: Ctx, path: str, raw: Any, limits: Limits, route_schema: dict[str, Conv]
+    ctx: Ctx, path: str, raw: Any, limits: Limits, route_schema: dict[str, Conv],
+    http2: Http2Settings,
 ) -> tuple[Listener, dict[str, Any]]:
     """(the listener or BAD, its valid values for the cross-listener checks)."""
     values, ok = table(
@@ -466,8 +485,10 @@ def _listener(
     if not ok:
         return BAD, values
     overrides = values.pop("limits", {})
+    h2_overrides = values.pop("http2_settings", {})
     values.pop("route", None)
-    listener = Listener(**values, limits=replace(limits, **overrides), routes=tuple(routes))
+    listener = Listener(**values, limits=replace(limits, **overrides), routes=tuple(routes),
+                        http2_settings=replace(http2, **h2_overrides))
     return listener, values
 
 
@@ -536,6 +557,7 @@ def validate(raw: Any, path: str = "<dict>") -> Config:
     admin_given = isinstance(raw_proxy, dict) and "admin" in raw_proxy
     admin = proxy_values.get("admin") if admin_given else ProxySettings().admin
     limits = record(Limits, LIMITS)(ctx, "limits", raw.get("limits", {}))
+    http2 = record(Http2Settings, HTTP2)(ctx, "http2", raw.get("http2", {}))
     identity = _identity(ctx, raw["identity"]) if "identity" in raw else None
     tracing = _tracing(ctx, raw.get("tracing", {}), identity if identity is not BAD else None)
 
@@ -569,7 +591,8 @@ def validate(raw: Any, path: str = "<dict>") -> Config:
         for index, raw_listener in enumerate(raw_listeners):
             listener_path = index_path("listener", index)
             listener, values = _listener(
-                ctx, listener_path, raw_listener, limits if limits is not BAD else Limits(), route_schema
+                ctx, listener_path, raw_listener, limits if limits is not BAD else Limits(), route_schema,
+                http2 if http2 is not BAD else Http2Settings(),
             )
             for other_index, other in seen:
                 if "name" in values and values["name"] == other.get("name"):
@@ -631,6 +654,7 @@ def validate(raw: Any, path: str = "<dict>") -> Config:
         limits=limits,
         identity=identity,
         tracing=tracing,
+        http2=http2,
         listeners=tuple(listeners),
         clusters=MappingProxyType(clusters),
         raw=raw,

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 __all__ = [
     "Address",
     "Limits",
+    "Http2Settings",
     "ProxySettings",
     "Identity",
     "Tracing",
@@ -31,6 +32,7 @@ __all__ = [
     "TLS_MODES",
     "DIRECTIONS",
     "BALANCERS",
+    "PROTOCOLS",
     "RETRY_ON",
     "PROPAGATORS",
 ]
@@ -38,6 +40,7 @@ __all__ = [
 TLS_MODES = ("off", "tls", "mtls")
 DIRECTIONS = ("inbound", "outbound")
 BALANCERS = ("round_robin", "least_request", "random")
+PROTOCOLS = ("auto", "http1", "http2")
 RETRY_ON = ("connect-failure", "reset", "5xx", "gateway-error")
 PROPAGATORS = ("w3c", "b3")
 
@@ -73,6 +76,16 @@ class Limits:
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_connections: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Settings:
+    """[http2]: the HTTP/2 settings of both sides; [listener.http2_settings] overrides keys."""
+
+    max_concurrent_streams: int = 100   # per client connection; beyond: REFUSED_STREAM
+    stream_window: int = 65535          # initial receive window per stream, bytes
+    connection_window: int = 1048576    # receive window per connection, bytes
+    max_frame_size: int = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +207,8 @@ class Listener:
     allow: tuple[str, ...] = ("*",)
     limits: Limits = Limits()
     routes: tuple[Route, ...] = ()
+    http2: bool = True                  # h2c prior knowledge; ALPN h2 on tls/mtls
+    http2_settings: Http2Settings = Http2Settings()
 
     def __post_init__(self) -> None:
         if self.direction is None:
@@ -229,6 +244,7 @@ class Cluster:
     endpoints: tuple[Address, ...]
     tls: str = "off"
     peer: str | None = None
+    protocol: str = "auto"      # "http1" | "http2" | "auto" (SPEC §12)
     balance: str = "round_robin"
     connect_timeout: float = 1.0
     max_connections: int = 1024
@@ -257,6 +273,7 @@ class Config:
     limits: Limits = Limits()
     identity: Identity | None = None
     tracing: Tracing = Tracing()
+    http2: Http2Settings = Http2Settings()
     listeners: tuple[Listener, ...] = ()
     clusters: Mapping[str, Cluster] = field(default_factory=_no_clusters)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

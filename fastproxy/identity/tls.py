@@ -53,8 +53,10 @@ def _common(ctx: ssl.SSLContext) -> ssl.SSLContext:
     return ctx
 
 
-def server_context(material: Material, require_client_cert: bool) -> ssl.SSLContext:
+def server_context(material: Material, require_client_cert: bool, http2: bool = False) -> ssl.SSLContext:
     ctx = _common(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    if http2:   # the client's preference decides between the two (RFC 7301)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
     # Sessions resume (one TLS 1.3 ticket per handshake, TLS 1.2 tickets and ids) only
     # within this context: its ticket keys and session cache are its own, and a rotation
     # makes a new context, so no client resumes past a rotation that dropped its CA.
@@ -90,7 +92,7 @@ class IdentityState:
 
     own_id: str
     material: Material | None = None
-    server_contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict)  # by mtls
+    server_contexts: dict[tuple[bool, bool], ssl.SSLContext] = field(default_factory=dict)  # (mtls, http2)
     client_mtls: ssl.SSLContext | None = None
     client_tls: ssl.SSLContext | None = None
     trust_domains: frozenset[str] = frozenset()
@@ -114,7 +116,8 @@ class IdentityState:
 
     def install(self, material: Material) -> None:
         """Use new material for every handshake from now on."""
-        self.server_contexts = {m: server_context(material, m) for m in (False, True)}
+        self.server_contexts = {(m, h2): server_context(material, m, h2)
+                                for m in (False, True) for h2 in (False, True)}
         self.client_mtls = mtls_client_context(material)
         self.client_tls = tls_client_context(material)
         # a bundle whose CA certificates name no SPIFFE trust domain trusts our own

@@ -1,0 +1,501 @@
+# Included by proxy.pyx: the HTTP/2 client side. H2Client is the session of an HTTP/2
+# client connection (its Downstream keeps the transport, the admission slot, the timer
+# and the drain); H2Stream is one request of it, the ClientSide its Exchange talks to.
+#
+# A request's header list becomes the same RequestHead an HTTP/1.1 request parses into
+# (http2.request_head_bytes, then http1.parse_request), so routing, the head edit, limits
+# and the report are the HTTP/1.1 ones. Its body travels to the Exchange in the framing
+# that head names: as received with a content-length, chunked without one. Responses go
+# back as HEADERS and DATA within the client's windows; what a window does not take waits
+# in the stream, and the upstream is not read meanwhile.
+
+cdef enum:
+    H2_NO_ERROR = 0
+    H2_PROTOCOL_ERROR = 1
+    H2_INTERNAL_ERROR = 2
+
+cdef bytes PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+cdef bytes CHUNKED_END = b"0\r\n\r\n"
+
+# the proxy's own errors as gRPC status codes (docs/grpc.md)
+cdef dict GRPC_STATUS = {400: b"13", 431: b"8", 403: b"7", 404: b"12", 501: b"12",
+                         502: b"14", 503: b"14", 504: b"4"}
+
+
+cdef inline bint is_preface_start(object buf) noexcept:
+    """buf is the connection preface so far (or all of it, and more)."""
+    cdef Py_ssize_t n = _len(buf)
+    return memcmp(_ptr(buf), PyBytes_AS_STRING(PREFACE), n if n < 24 else 24) == 0
+
+
+cdef bytes grpc_message(str text):
+    """grpc-message is percent-encoded UTF-8 (gRPC's HTTP/2 protocol document)."""
+    cdef bytearray out = bytearray()
+    for c in text.encode("utf-8", "replace"):
+        if 0x20 <= c <= 0x7E and c != 0x25:
+            out.append(c)
+        else:
+            out += b"%%%02X" % c
+    return bytes(out)
+
+
+@cython.final
+cdef class H2Client(SessionHandler):
+    """The HTTP/2 session of one client connection and its streams."""
+    cdef Downstream conn
+    cdef ServerSession session
+    cdef dict streams            # stream id -> H2Stream, until its response is out
+    cdef bint receiving          # inside receive(): writes wait for its end, then go as one
+    cdef bint write_blocked      # the transport's buffer is full
+    cdef int winding_down        # 1: the first GOAWAY went, 2: the final one
+    cdef double idle_at          # no stream is open: when idle_timeout ends the connection
+    cdef double goaway_at        # winding down: when the final GOAWAY goes
+
+    def __init__(self, Downstream conn):
+        cdef tuple s = conn.ls.h2_settings
+        self.conn = conn
+        self.streams = {}
+        self.session = ServerSession(self, s[0], s[1], s[3], 4096, s[2])
+
+    # -- from the Downstream ---------------------------------------------------------------
+    cdef void receive(self, object data):
+        self.receiving = True
+        try:
+            self.session.receive(data)
+        except H2Error as e:          # a connection error: GOAWAY is queued
+            log.debug("listener %s: HTTP/2 connection error from %s: %s", self.conn.listener_name,
+                      self.conn.client_ip.decode(), e)
+            self.receiving = False
+            self.flush()
+            self.lost()
+            self.conn.close()
+            return
+        self.receiving = False
+        self.flush()
+        if not self.streams and self.idle_at == 0:
+            self.idle()
+
+    cdef void flush(self):
+        """Write what the session queued (once per receive() when inside one)."""
+        cdef bytes out
+        if not self.receiving:
+            out = self.session.data_to_send()
+            if PyBytes_GET_SIZE(out):
+                self.conn.write(out)
+
+    cdef void set_blocked(self, bint blocked):
+        cdef H2Stream s
+        self.write_blocked = blocked
+        for s in list(self.streams.values()):
+            s.update_blocked()
+
+    cdef void lost(self):
+        """The connection is gone: every stream's exchange with it."""
+        cdef H2Stream s
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for s in streams:
+            s.closed = True
+            if s.ex is not None:
+                ex = s.ex
+                s.ex = None
+                (<Exchange>ex).client_gone()
+
+    cdef void idle(self):
+        """No stream is open: idle_timeout runs (and a connection winding down closes)."""
+        cdef Downstream c = self.conn
+        if self.winding_down == 2:
+            c.close()
+            return
+        self.idle_at = c.w.now() + c.ls.idle_timeout
+        c.set_deadline(self.idle_at)
+
+    cdef void on_timer(self):
+        """The connection's timer: streams past their route deadline, the idle timeout, the
+        second step of a graceful GOAWAY."""
+        cdef Downstream c = self.conn
+        cdef double now = c.w.now(), next_at = 0
+        cdef H2Stream s
+        for s in list(self.streams.values()):
+            if s.ex is not None and s.deadline:
+                if s.deadline <= now + 0.0005:
+                    s.ex.timed_out()
+                elif next_at == 0 or s.deadline < next_at:
+                    next_at = s.deadline
+        if self.winding_down == 1:
+            if now >= self.goaway_at - 0.0005:
+                self.winding_down = 2     # a round trip later: streams begun meanwhile are in
+                self.session.goaway(H2_NO_ERROR)
+                self.flush()
+            elif next_at == 0 or self.goaway_at < next_at:
+                next_at = self.goaway_at
+        if not self.streams:
+            if self.winding_down == 2 or (self.idle_at and now >= self.idle_at - 0.0005):
+                self.session.goaway(H2_NO_ERROR)
+                self.flush()
+                c.close()
+                return
+            if self.idle_at and (next_at == 0 or self.idle_at < next_at):
+                next_at = self.idle_at
+        if next_at:
+            c.set_deadline(next_at)
+
+    cdef void wind_down(self):
+        """Drain or listener removal (RFC 9113 §6.8): GOAWAY 2^31-1 now, the final GOAWAY
+        after a grace that covers a round trip; streams in flight finish."""
+        cdef Downstream c = self.conn
+        if self.winding_down:
+            return
+        self.winding_down = 1
+        self.session.goaway(H2_NO_ERROR, False)
+        self.flush()
+        self.goaway_at = c.w.now() + WIND_DOWN_GRACE
+        c.set_deadline(self.goaway_at)
+
+    # -- from the session (SessionHandler) ---------------------------------------------------
+    cdef void on_request(self, uint32_t stream_id, list fields, bint end_stream):
+        cdef H2Stream s = H2Stream.__new__(H2Stream)
+        cdef Downstream c = self.conn
+        s.client = self
+        s.sid = stream_id
+        s.w = c.w
+        s.ls = c.ls = c.w.listeners.get(c.listener_name, c.ls)   # a reload may replace it
+        s.client_ip = c.client_ip
+        s.peer_id = c.peer_id
+        s.forwarded_lines = c.forwarded_lines
+        s.proto_lines = c.proto_lines
+        s.denied = c.denied
+        s.write_blocked = self.write_blocked
+        self.streams[stream_id] = s
+        self.idle_at = 0
+        s.start(fields, end_stream)
+
+    cdef void on_data(self, uint32_t stream_id, bytes data, bint end_stream):
+        cdef H2Stream s = self.streams.get(stream_id)
+        if s is None or s.closed:
+            self.session.consumed(stream_id, PyBytes_GET_SIZE(data))
+        else:
+            s.body(data, end_stream)
+
+    cdef void on_trailers(self, uint32_t stream_id, list fields):
+        cdef H2Stream s = self.streams.get(stream_id)
+        if s is not None and not s.closed:
+            s.trailers(fields)
+
+    cdef void on_reset(self, uint32_t stream_id, uint32_t code):
+        cdef H2Stream s = self.streams.get(stream_id)
+        if s is not None:
+            s.cancel()
+
+    cdef void on_window(self, uint32_t stream_id):
+        cdef H2Stream s
+        if stream_id == 0:
+            for s in list(self.streams.values()):
+                if s.pending is not None:
+                    s.push()
+        else:
+            s = self.streams.get(stream_id)
+            if s is not None and s.pending is not None:
+                s.push()
+        self.flush()
+
+    cdef void on_goaway(self, uint32_t last_stream_id, uint32_t code):
+        pass                          # the client opens no more streams; ours finish
+
+
+@cython.final
+cdef class H2Stream(ClientSide):
+    """One request of an HTTP/2 client connection, as its Exchange sees it."""
+    cdef H2Client client
+    cdef uint32_t sid
+    cdef Exchange ex
+    cdef RequestHead head
+    cdef bint grpc               # content-type application/grpc*: errors as gRPC statuses
+    cdef bint closed             # reset, or the response went and the stream is forgotten
+    cdef double deadline         # the route's timeout, as monotonic time (0: none yet)
+    # the request body, toward the exchange
+    cdef bint body_open
+    cdef int framing             # BODY_LENGTH: as received; BODY_CHUNKED: chunked by us
+    cdef long long remaining     # content-length not yet received
+    cdef int paused              # P_* bits: received bytes are not acknowledged meanwhile
+    cdef Py_ssize_t unacked      # bytes received while paused: the client's window waits
+    # the response, toward the client
+    cdef ChunkedReader dechunker # a chunked HTTP/1.1 response: its data goes as DATA
+    cdef bytes pending           # response bytes the client's window did not take yet
+    cdef bint pending_end
+
+    cdef void start(self, list fields, bint end):
+        cdef RequestHead h
+        cdef ListenerState ls = self.ls
+        cdef Exchange ex
+        try:
+            raw = request_head_bytes(fields, not end)
+        except MalformedMessage as e:
+            self.malformed(str(e))
+            return
+        h = RequestHead()
+        self.head = h
+        if parse_request(h, raw, ls.max_header_bytes, ls.max_headers) < 0:
+            self.refuse(h.error_status, PARSE_REASONS.get(h.error_status, "bad_request"),
+                        h.error_detail)
+            return
+        if end and h.framing != BODY_NONE:
+            self.malformed("content-length without DATA")
+            return
+        ctype = h.get(b"content-type")
+        self.grpc = ctype is not None and ctype.startswith(b"application/grpc")
+        self.body_open = not end
+        self.framing = h.framing
+        self.remaining = h.content_length
+        ex = Exchange.__new__(Exchange)
+        ex.init(self, h)
+        self.ex = ex
+        ex.start()
+
+    # -- the request body ----------------------------------------------------------------------
+    cdef void body(self, bytes data, bint end):
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef bytes wire = data
+        if self.framing == BODY_LENGTH:
+            self.remaining -= n
+            if self.remaining < 0 or (end and self.remaining):
+                self.malformed("DATA that does not match content-length")
+                return
+        elif self.framing == BODY_CHUNKED:
+            if n:
+                wire = b"%x\r\n" % n + data + (b"\r\n0\r\n\r\n" if end else CRLF)
+            elif end:
+                wire = CHUNKED_END
+            else:
+                return
+        elif n:
+            self.malformed("DATA that does not match content-length")
+            return
+        if end:
+            self.body_open = False
+        if self.ex is not None:
+            self.ex.request_data(wire, 0, PyBytes_GET_SIZE(wire), n, end)
+        if self.closed:
+            return
+        if self.paused:
+            self.unacked += n
+        else:
+            self.client.session.consumed(self.sid, n)
+            self.client.flush()
+        if end and self.ex is None and self.pending is None:
+            self.forget()
+
+    cdef void trailers(self, list fields):
+        cdef bytes wire = b""
+        try:
+            lines = trailer_lines(fields)
+        except MalformedMessage as e:
+            self.malformed(str(e))
+            return
+        if self.framing == BODY_CHUNKED:
+            wire = b"0\r\n" + lines + CRLF
+        elif self.framing == BODY_LENGTH and self.remaining:
+            self.malformed("DATA that does not match content-length")
+            return
+        self.body_open = False
+        if self.ex is not None:
+            self.ex.request_data(wire, 0, PyBytes_GET_SIZE(wire), 0, True)
+        if not self.closed and self.ex is None and self.pending is None:
+            self.forget()
+
+    # -- the client side of the exchange (ClientSide, sides.pxi) ------------------------------
+    cdef bint ending(self):
+        return self.client.winding_down != 0 or self.client.conn.ending()
+
+    cdef void arm_deadline(self, double seconds):
+        self.deadline = self.w.now() + seconds
+        self.client.conn.set_deadline(self.deadline)
+
+    cdef void begin_body(self):
+        if self.head.expect_continue and self.body_open and not self.closed:
+            self.client.session.send_headers(self.sid, [(b":status", b"100")])
+            self.client.flush()
+
+    cdef void pause_body(self, int why):
+        self.paused |= why
+
+    cdef void resume_body(self, int why):
+        if self.paused:
+            self.paused &= ~why
+            if not self.paused and self.unacked and not self.closed:
+                self.client.session.consumed(self.sid, self.unacked)
+                self.unacked = 0
+                self.client.flush()
+
+    cdef list response_fields(self, ResponseHead rh, HeadEdit edit):
+        """The head as an HTTP/2 field list: :status, the kept fields with their names
+        lowercased, the proxy's own lines."""
+        cdef bytes raw = rh.raw, line
+        cdef Field* f
+        cdef int i
+        cdef Py_ssize_t k
+        cdef list out = [(b":status", b"%d" % rh.status)]
+        for i in range(rh.nfields):
+            f = &rh.fields[i]
+            if edit.keeps(f):
+                out.append((raw[f.line_start:f.name_end].lower(), raw[f.value_start:f.value_end]))
+        if edit.lines is not None:
+            for line in edit.lines:
+                k = line.find(b":")
+                out.append((line[:k], line[k + 2:PyBytes_GET_SIZE(line) - 2]))
+        return out
+
+    cdef void send_informational(self, ResponseHead rh):
+        if not self.closed:
+            self.client.session.send_headers(self.sid, self.response_fields(
+                rh, new_edit(RESPONSE_HOP_BY_HOP)))
+            self.client.flush()
+
+    cdef void send_response(self, ResponseHead rh, HeadEdit edit, object data, Py_ssize_t off,
+                            Py_ssize_t n, bint end):
+        if self.closed:
+            return
+        if rh.framing == BODY_CHUNKED:
+            if self.dechunker is None:
+                self.dechunker = ChunkedReader()
+            else:
+                self.dechunker.reset()
+        else:
+            self.dechunker = None
+        self.client.session.send_headers(self.sid, self.response_fields(rh, edit),
+                                         end and n == 0)
+        if n or not end:
+            self.send_data(data, off, n, end)
+        else:
+            self.client.flush()
+
+    cdef void send_data(self, object data, Py_ssize_t off, Py_ssize_t n, bint end):
+        cdef list out
+        cdef bytes payload
+        if self.dechunker is not None:
+            out = []
+            self.dechunker.feed(_ptr(data) + off, n, out)   # the upstream side checked it
+            payload = out[0] if len(out) == 1 else b"".join(out)
+        else:
+            payload = _slice(data, off, off + n)
+        self.write_body(payload, end)
+
+    cdef void write_body(self, bytes payload, bint end):
+        """Response body bytes, as far as the client's windows allow; the rest waits."""
+        cdef Py_ssize_t k
+        if self.closed:
+            return
+        if self.pending is not None:
+            self.pending += payload
+            self.pending_end = end
+            return
+        if not PyBytes_GET_SIZE(payload) and not end:
+            return
+        k = self.client.session.send_data(self.sid, payload, end)
+        if k < PyBytes_GET_SIZE(payload):
+            self.pending = payload[k:]
+            self.pending_end = end
+            self.update_blocked()
+        self.client.flush()
+
+    cdef void push(self):
+        """The client opened its window: send what waits."""
+        cdef Py_ssize_t k = self.client.session.send_data(self.sid, self.pending, self.pending_end)
+        if k < PyBytes_GET_SIZE(self.pending):
+            self.pending = self.pending[k:]
+            return
+        self.pending = None
+        self.update_blocked()
+        if self.ex is None:
+            self.forget()
+
+    cdef void update_blocked(self):
+        """The exchange reads the upstream only while the client takes what it sends."""
+        cdef bint blocked = self.pending is not None or self.client.write_blocked
+        if blocked != self.write_blocked:
+            self.write_blocked = blocked
+            if self.ex is not None:
+                self.ex.client_blocked(blocked)
+
+    cdef Py_ssize_t local_reply(self, int status, str reason, str detail, bytes rid_line):
+        cdef bytes rid = rid_line[14:PyBytes_GET_SIZE(rid_line) - 2]
+        cdef bytes body
+        if self.closed:
+            return 0
+        if self.grpc:   # trailers-only (docs/grpc.md)
+            self.client.session.send_headers(self.sid, [
+                (b":status", b"200"), (b"content-type", b"application/grpc"),
+                (b"grpc-status", GRPC_STATUS.get(status, b"2")),
+                (b"grpc-message", grpc_message(f"fastproxy: {reason}: {detail}")),
+                (b"fastproxy-error", reason.encode()), (b"x-request-id", rid)], True)
+            self.client.flush()
+            return 0
+        body = f"fastproxy: {reason}: {detail}\n".encode("utf-8", "replace")
+        self.client.session.send_headers(self.sid, [
+            (b":status", b"%d" % status), (b"content-type", b"text/plain; charset=utf-8"),
+            (b"fastproxy-error", reason.encode()), (b"content-length", b"%d" % len(body)),
+            (b"x-request-id", rid)])
+        self.write_body(body, True)
+        return len(body)
+
+    cdef void done(self):
+        self.ex = None
+        if self.pending is None:
+            self.forget()
+
+    cdef void abort(self):
+        self.ex = None
+        self.reset(H2_INTERNAL_ERROR)
+
+    # -- ending ---------------------------------------------------------------------------------
+    cdef void forget(self):
+        """The response is out: the stream is done with. A request body still coming is
+        not wanted: RST_STREAM NO_ERROR tells the client to stop (RFC 9113 §8.1)."""
+        if self.body_open:
+            self.reset(H2_NO_ERROR)
+            return
+        self.close_stream()
+
+    cdef void reset(self, uint32_t code):
+        if not self.closed:
+            self.client.session.reset_stream(self.sid, code)
+            self.close_stream()
+
+    cdef void close_stream(self):
+        cdef H2Client c = self.client
+        self.closed = True
+        self.pending = None
+        c.streams.pop(self.sid, None)
+        c.flush()
+        if not c.streams:
+            c.idle()
+
+    cdef void cancel(self):
+        """The client reset the stream."""
+        cdef Exchange ex = self.ex
+        self.closed = True
+        self.ex = None
+        self.client.streams.pop(self.sid, None)
+        if ex is not None:
+            ex.client_gone()
+        if not self.client.streams:
+            self.client.idle()
+
+    cdef void malformed(self, str detail):
+        """RFC 9113 §8.1.1: a stream error; nothing reaches the upstream (or, mid-body, the
+        upstream's exchange is abandoned), and the connection's other streams go on."""
+        cdef Exchange ex = self.ex
+        log.debug("listener %s: malformed HTTP/2 request from %s: %s", self.ls.name,
+                  self.client_ip.decode(), detail)
+        self.ex = None
+        if ex is not None:
+            ex.client_gone()
+        else:
+            report_refusal(self, 400, "bad_request", self.w.new_request_id_line(), 0)
+        self.reset(H2_PROTOCOL_ERROR)
+
+    cdef void refuse(self, int status, str reason, str detail):
+        """A request refused before it became an exchange (too large, unsupported)."""
+        cdef bytes rid = self.w.new_request_id_line()
+        report_refusal(self, status, reason, rid, self.local_reply(status, reason, detail, rid))
+        self.done()

@@ -1,0 +1,90 @@
+# Declarations of the HTTP/2 codec and server session (http2.pyx), cimported by the
+# proxy's HTTP/2 client side (client_h2.pxi).
+cimport cython
+from libc.stdint cimport uint8_t, uint32_t
+from fastproxy._core.hpack cimport Decoder, Encoder
+
+
+cdef struct FrameHeader:
+    uint32_t length
+    uint8_t type
+    uint8_t flags
+    uint32_t stream_id
+
+
+@cython.final
+cdef class FrameReader:
+    cdef bytearray buf
+    cdef Py_ssize_t pos
+    cdef public uint32_t max_frame_size      # SETTINGS_MAX_FRAME_SIZE we announced
+    cdef uint32_t continuation               # a HEADERS block is open on this stream (0: none)
+    cdef void feed(self, object data)
+    cdef int next_frame(self, FrameHeader* h, Py_ssize_t* payload) except -1
+    cdef bytes payload(self, Py_ssize_t start, uint32_t length)
+    cdef int check(self, FrameHeader* h, const uint8_t* p) except -1
+
+
+cpdef bytes request_head_bytes(list fields, bint body=*)
+cpdef bytes trailer_lines(list fields)
+
+
+cdef class SessionHandler:
+    cdef void on_request(self, uint32_t stream_id, list fields, bint end_stream)
+    cdef void on_data(self, uint32_t stream_id, bytes data, bint end_stream)
+    cdef void on_trailers(self, uint32_t stream_id, list fields)
+    cdef void on_reset(self, uint32_t stream_id, uint32_t code)
+    cdef void on_window(self, uint32_t stream_id)
+    cdef void on_goaway(self, uint32_t last_stream_id, uint32_t code)
+
+
+@cython.final
+cdef class _Stream:
+    cdef int state
+    cdef long long send_window
+    cdef long long recv_window
+    cdef long long unacked      # bytes the handler consumed, not yet given back by WINDOW_UPDATE
+
+
+@cython.final
+cdef class ServerSession:
+    cdef SessionHandler handler
+    cdef FrameReader reader
+    cdef Decoder decoder
+    cdef Encoder encoder
+    cdef bytearray out
+    cdef bytearray preface         # the first bytes, until the 24 of the preface came
+    cdef bint started              # the preface came
+    cdef bint settings_seen        # the client's first frame, a SETTINGS, came
+    cdef dict streams              # stream id -> _Stream, open or half-closed
+    cdef readonly uint32_t last_stream_id
+    cdef uint32_t max_concurrent
+    cdef uint32_t initial_window       # ours: the window each new stream gives the client
+    cdef long long peer_initial_window # the client's, for what we send
+    cdef uint32_t peer_max_frame
+    cdef long long send_window     # the connection's, both ways
+    cdef long long recv_window
+    cdef long long connection_window   # ours, as the client started it
+    cdef long long unacked
+    cdef bytearray block           # a header block being collected (HEADERS + CONTINUATION)
+    cdef uint32_t block_stream
+    cdef bint block_end_stream
+    cdef readonly bint goaway_sent
+
+    cpdef receive(self, data)
+    cpdef bytes data_to_send(self)
+    cpdef send_headers(self, uint32_t stream_id, list fields, bint end_stream=*)
+    cpdef Py_ssize_t send_data(self, uint32_t stream_id, bytes data, bint end_stream=*) except -1
+    cpdef consumed(self, uint32_t stream_id, Py_ssize_t n)
+    cpdef Py_ssize_t send_window_of(self, uint32_t stream_id)
+    cpdef reset_stream(self, uint32_t stream_id, uint32_t code)
+    cpdef goaway(self, uint32_t code=*, bint final=*)
+    cdef void _receive(self, object data) except *
+    cdef void on_frame(self, FrameHeader* h, bytes payload) except *
+    cdef void data(self, FrameHeader* h, bytes payload) except *
+    cdef void header_block(self) except *
+    cdef void remote_end(self, uint32_t sid, _Stream s)
+    cdef void settings(self, list values) except *
+    cdef void window_update(self, uint32_t sid, uint32_t increment) except *
+    cdef void consume(self, uint32_t sid, _Stream s, Py_ssize_t n)
+    cdef void consumed_connection(self, Py_ssize_t n)
+    cdef void local_end(self, uint32_t sid, _Stream s)
