@@ -1,0 +1,324 @@
+"""SPEC §12, the client side: HTTP/2 clients through a real fastproxy to an HTTP/1.1
+app. Real peers: curl (--http2-prior-knowledge, --http2 over TLS), nghttp, h2load,
+httpx with http2=True, and the `h2` library for tests that must see frames.
+
+Topology: client -> fastproxy listener "main" (plain: h2c or HTTP/1.1 on one port;
+"https": tls, ALPN) -> the aiohttp test app over HTTP/1.1.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import subprocess
+import time
+import uuid
+
+import httpx
+import pytest
+
+from support.app_upstream import PATTERN, pattern_sha256
+from support.h2client import H2Conn
+from support.mesh import MeshCA, sid, sidecar_config
+
+pytestmark = pytest.mark.timeout(60)
+
+MiB = 1 << 20
+ME = sid("ns/default/sa/front")
+PROTOCOL_ERROR, CANCEL, NO_ERROR = 1, 8, 0
+
+
+@pytest.fixture(scope="module")
+def h2(tmp_path_factory, module_fastproxy, module_upstreams):
+    d = tmp_path_factory.mktemp("h2")
+    ca = MeshCA(d / "ca")
+    material = ca.issue(ME, d / "me")
+    app = module_upstreams.app()
+    routes = [{"headers": {"x-route": "short"}, "cluster": "app", "timeout": "300ms"},
+              {"prefix": "/nowhere", "cluster": "closed"},
+              {"cluster": "app"}]
+    config = sidecar_config(material, ME, [
+        {"name": "main", "bind": "${listen:main}", "route": routes,
+         "http2_settings": {"max_concurrent_streams": 8}},
+        {"name": "https", "bind": "${listen:https}", "tls": "tls", "route": routes},
+        {"name": "h1only", "bind": "${listen:h1only}", "tls": "tls", "http2": False,
+         "route": routes},
+        {"name": "plain1", "bind": "${listen:plain1}", "http2": False, "route": routes},
+    ], {"app": {"endpoints": [app.addr()]},
+        "closed": {"endpoints": ["127.0.0.1:1"], "connect_timeout": "1s"}})
+    config["proxy"]["access_log"] = "stdout"
+    proxy = module_fastproxy(config, name="h2")
+    proxy.ca = ca
+    proxy.app = app
+    return proxy
+
+
+def curl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", "--max-time", "30", *args], capture_output=True,
+                          timeout=40)
+
+
+def conn(proxy, **kw) -> H2Conn:
+    return H2Conn(proxy.port("main"), **kw)
+
+
+# ---------------------------------------------------------------- real clients
+
+def test_curl_prior_knowledge_and_http1_share_the_port(h2):
+    out = curl("--http2-prior-knowledge", "-D", "-", h2.url("/echo?q=1", "main"))
+    assert out.returncode == 0, out.stderr
+    head, _, body = out.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/2 200"), head
+    assert re.search(rb"(?m)^x-request-id: \S+", head)
+    echo = json.loads(body)
+    assert echo["raw_path"] == "/echo?q=1" and echo["version"] == "1.1"
+    headers = dict((k.lower(), v) for k, v in echo["headers"])
+    assert headers["host"] == f"127.0.0.1:{h2.port('main')}"
+    assert headers["x-forwarded-proto"] == "http"
+    out = curl("-D", "-", h2.url("/echo", "main"))   # HTTP/1.1 on the same port
+    assert out.stdout.startswith(b"HTTP/1.1 200"), out.stdout[:200]
+
+
+def test_curl_over_tls_settles_h2_by_alpn(h2):
+    out = curl("--http2", "-k", "-D", "-",   # a SPIFFE certificate names no host
+               f"https://127.0.0.1:{h2.port('https')}/echo")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(b"HTTP/2 200"), out.stdout[:200]
+    headers = dict((k.lower(), v) for k, v in json.loads(out.stdout.partition(b"\r\n\r\n")[2])["headers"])
+    assert headers["x-forwarded-proto"] == "https"
+
+
+def test_http2_false_offers_only_http1(h2):
+    port = h2.port("h1only")
+    out = curl("--http2", "-k", "-D", "-", f"https://127.0.0.1:{port}/echo")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(b"HTTP/1.1 200"), out.stdout[:200]
+    # and a preface on a plain http2 = false listener is not taken for HTTP/2
+    out = curl("--http2-prior-knowledge", h2.url("/echo", "plain1"))
+    assert out.returncode != 0 or b"HTTP/2" not in out.stdout
+
+
+def test_nghttp_many_streams_on_one_connection(h2):
+    urls = [h2.url(f"/echo/{i}", "main") for i in range(8)]   # max_concurrent_streams
+    out = subprocess.run(["nghttp", "-ns", *urls], capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count(b"/echo/") == 8, out.stdout
+
+
+def test_h2load_all_succeed(h2):
+    out = subprocess.run(["h2load", "-n", "2000", "-c", "4", "-m", "8",
+                          h2.url("/echo", "main")], capture_output=True, timeout=60)
+    text = out.stdout.decode()
+    assert "2000 succeeded" in text and "status codes: 2000 2xx" in text, text
+
+
+def test_httpx_multiplexes_requests_and_bodies(h2):
+    async def main():
+        async with httpx.AsyncClient(http2=True, http1=False, timeout=30) as c:
+            rs = await asyncio.gather(*[c.get(h2.url(f"/echo/{i}", "main")) for i in range(40)])
+            assert {r.http_version for r in rs} == {"HTTP/2"}
+            assert sorted(r.json()["path"] for r in rs) == sorted(f"/echo/{i}" for i in range(40))
+            data = PATTERN * 40
+            r = await c.post(h2.url("/echo", "main"), content=data)
+            echo = r.json()
+            assert (echo["body_len"], echo["body_sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+            assert ["content-length", str(len(data))] in [[k.lower(), v] for k, v in echo["headers"]]
+
+            async def parts():
+                for _ in range(10):
+                    yield PATTERN
+            r = await c.post(h2.url("/echo", "main"), content=parts())
+            echo = r.json()
+            assert echo["body_len"] == 10 * len(PATTERN)
+            assert ["transfer-encoding", "chunked"] in [[k.lower(), v.lower()] for k, v in echo["headers"]]
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------- translation
+
+def test_large_response_through_the_windows(h2):
+    c = conn(h2)
+    s = c.get(f"/bytes/{8 * MiB}", timeout=30)
+    assert s.status == 200 and len(s.body) == 8 * MiB
+    assert hashlib.sha256(s.body).hexdigest() == pattern_sha256(8 * MiB)
+
+
+def test_chunked_response_becomes_data_frames(h2):
+    c = conn(h2)
+    s = c.get("/chunked")
+    assert s.status == 200 and bytes(s.body) == b"alpha-beta-gamma"
+    assert s.header("transfer-encoding") is None
+
+
+def test_response_header_names_are_lowercase_and_hop_by_hop_gone(h2):
+    c = conn(h2)
+    s = c.get("/echo")
+    names = [k for k, _ in s.headers]
+    assert all(k == k.lower() for k in names), names
+    assert b"connection" not in names and b"keep-alive" not in names
+
+
+def test_cookie_crumbs_are_joined_for_http1(h2):
+    c = conn(h2)
+    s = c.get("/echo", headers=[("cookie", "a=1"), ("x-n", "2"), ("cookie", "b=2")])
+    headers = json.loads(s.body)["headers"]
+    assert [v for k, v in headers if k.lower() == "cookie"] == ["a=1; b=2"]
+
+
+def test_request_trailers_reach_an_http1_upstream_in_the_chunked_body(h2):
+    c = conn(h2)
+    sid_ = c.request("/echo", method="POST", body=b"hello", end=False)
+    c.send_trailers(sid_, [("x-checksum", "abc")])
+    (s,) = c.wait(sid_)
+    assert s.status == 200 and json.loads(s.body)["body_len"] == 5
+
+
+def test_expect_100_continue_gets_an_interim_response(h2):
+    c = conn(h2)
+    sid_ = c.request("/echo", method="POST", headers=[("expect", "100-continue"),
+                                                      ("content-length", "3")], end=False)
+    c.wait_for(lambda: c.streams[sid_].informational)
+    assert c.streams[sid_].informational[0][0] == (b":status", b"100")
+    c.send(sid_, b"abc", end=True)
+    (s,) = c.wait(sid_)
+    assert s.status == 200 and json.loads(s.body)["body_len"] == 3
+
+
+# ---------------------------------------------------------------- the proxy's answers
+
+def test_no_route_answer_is_an_http2_response(h2):
+    c = conn(h2)
+    s = c.get("/nowhere")
+    assert s.status == 503 and s.header("fastproxy-error") == "connect_failed"
+    assert bytes(s.body).startswith(b"fastproxy: connect_failed: ")
+    assert s.header("x-request-id")
+
+
+def test_grpc_requests_get_trailers_only_errors(h2):
+    c = conn(h2)
+    s = c.get("/nowhere/svc.Echo/Say", method="POST",
+              headers=[("content-type", "application/grpc"), ("te", "trailers")])
+    assert s.status == 200 and not s.body
+    assert s.header("grpc-status") == "14"   # 503 -> UNAVAILABLE
+    assert s.header("grpc-message").startswith("fastproxy: connect_failed: ")
+    assert s.header("fastproxy-error") == "connect_failed"
+
+
+def test_route_timeout_on_one_stream_leaves_the_others(h2):
+    c = conn(h2)
+    slow = c.request("/slow?delay=3", headers=[("x-route", "short")])
+    fast = [c.request(f"/echo/{i}") for i in range(3)]
+    done = c.wait(slow, *fast)
+    assert done[0].status == 504 and done[0].header("fastproxy-error") == "upstream_timeout"
+    assert [s.status for s in done[1:]] == [200, 200, 200]
+
+
+# ---------------------------------------------------------------- strictness per stream
+
+@pytest.mark.parametrize("fields", [
+    [("connection", "keep-alive")],
+    [("transfer-encoding", "chunked")],
+    [("te", "gzip")],
+    [("X-Upper", "1")],
+    [("x-bad", "a\r\nx-smuggled: 1")],
+    [("x-bad", " leading")],
+    [(":unknown", "1")],
+], ids=["connection", "transfer-encoding", "te", "uppercase", "crlf", "whitespace", "pseudo"])
+def test_malformed_requests_reset_only_their_stream(h2, fields):
+    c = conn(h2)
+    tag = uuid.uuid4().hex
+    bad = c.request(f"/slow?tag={tag}", headers=fields)
+    good = c.request("/echo")
+    b, g = c.wait(bad, good)
+    assert b.reset == PROTOCOL_ERROR and b.headers is None
+    assert g.status == 200
+    assert not h2.app.seen(tag)
+
+
+def test_content_length_mismatch_is_a_stream_error(h2):
+    c = conn(h2)
+    tag = uuid.uuid4().hex
+    bad = c.request(f"/stream-upload?tag={tag}", method="POST",
+                    headers=[("content-length", "10")], body=b"abc", end=True)
+    (b,) = c.wait(bad)
+    assert b.reset == PROTOCOL_ERROR
+
+
+def test_streams_beyond_max_concurrent_streams_are_refused(h2):
+    c = conn(h2)
+    tags = [uuid.uuid4().hex for _ in range(9)]
+    sids = [c.request(f"/slow?hold={t}") for t in tags]
+    c.wait_for(lambda: c.streams[sids[-1]].reset is not None)
+    assert c.streams[sids[-1]].reset == 7      # REFUSED_STREAM
+    for t in tags[:8]:
+        h2.app.release(t)
+    assert [s.status for s in c.wait(*sids[:8])] == [200] * 8
+
+
+# ---------------------------------------------------------------- flow control
+
+def test_a_client_that_does_not_read_slows_the_upstream(h2):
+    c = conn(h2, auto_ack=False)
+    tag = uuid.uuid4().hex
+    size = 64 * MiB
+    sid_ = c.request(f"/bytes/{size}?tag={tag}")
+    c.wait_for(lambda: len(c.streams[sid_].body) >= 65535)
+    time.sleep(1.0)
+    sent = h2.app.progress(tag)["sent"]
+    # the client's 64 KiB window, the proxy's bounded per-stream wait and the socket
+    # buffers hold what the app could send; nothing near the whole body
+    assert sent < 16 * MiB, sent
+    c.auto_ack = True
+    c.h2.acknowledge_received_data(len(c.streams[sid_].body), sid_)
+    c.flush()
+    (s,) = c.wait(sid_, timeout=40)
+    assert len(s.body) == size
+
+
+def test_a_slow_upstream_reader_holds_back_the_client(h2):
+    c = conn(h2)
+    tag = uuid.uuid4().hex
+    sid_ = c.request(f"/stream-upload?hold={tag}", method="POST",
+                     headers=[("content-length", str(32 * MiB))], end=False)
+    chunk = PATTERN * 16
+    sent = 0
+    deadline = time.monotonic() + 5
+    # the app does not read: the client runs out of window long before 32 MiB
+    while sent < 32 * MiB and time.monotonic() < deadline:
+        n = min(len(chunk), c.h2.local_flow_control_window(sid_), c.h2.max_outbound_frame_size)
+        if n <= 0:
+            c.read_some(time.monotonic() + 0.2)
+            continue
+        c.h2.send_data(sid_, chunk[:n])
+        c.flush()
+        sent += n
+    assert sent < 16 * MiB, sent
+    h2.app.release(tag)
+    rest = 32 * MiB - sent
+    c.send(sid_, (chunk * (rest // len(chunk) + 1))[:rest], end=True)
+    (s,) = c.wait(sid_, timeout=40)
+    assert s.status == 200 and json.loads(s.body)["body_len"] == 32 * MiB
+
+
+# ---------------------------------------------------------------- resets, drain
+
+def test_client_reset_abandons_the_upstream_request(h2):
+    c = conn(h2)
+    tag = uuid.uuid4().hex
+    sid_ = c.request(f"/drip?n=50&delay=0.05&tag={tag}")
+    c.wait_for(lambda: c.streams[sid_].headers is not None)
+    c.reset(sid_, CANCEL)
+    s = c.get("/echo")
+    assert s.status == 200
+
+
+def test_access_log_and_metrics_count_http2_requests(h2):
+    c = conn(h2)
+    s = c.get("/echo/logged-h2")
+    assert s.status == 200
+    deadline = time.monotonic() + 5
+    while "/echo/logged-h2" not in h2.stdout() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = next(json.loads(x) for x in h2.stdout().splitlines() if "/echo/logged-h2" in x)
+    assert line["status"] == 200 and line["listener"] == "main"
