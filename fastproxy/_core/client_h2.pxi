@@ -45,7 +45,7 @@ cdef class H2Client(SessionHandler):
     cdef Downstream conn
     cdef ServerSession session
     cdef dict streams            # stream id -> H2Stream, until its response is out
-    cdef bint receiving          # inside receive(): writes wait for its end, then go as one
+    cdef bint flush_queued       # in the worker's list of connections to write at the turn's end
     cdef bint write_blocked      # the transport's buffer is full
     cdef int winding_down        # 1: the first GOAWAY went, 2: the final one
     cdef double idle_at          # no stream is open: when idle_timeout ends the connection
@@ -59,29 +59,29 @@ cdef class H2Client(SessionHandler):
 
     # -- from the Downstream ---------------------------------------------------------------
     cdef void receive(self, object data):
-        self.receiving = True
         try:
             self.session.receive(data)
         except H2Error as e:          # a connection error: GOAWAY is queued
             log.debug("listener %s: HTTP/2 connection error from %s: %s", self.conn.listener_name,
                       self.conn.client_ip.decode(), e)
-            self.receiving = False
-            self.flush()
+            self.write_out()
             self.lost()
             self.conn.close()
             return
-        self.receiving = False
         self.flush()
         if not self.streams and self.idle_at == 0:
             self.idle()
 
     cdef void flush(self):
-        """Write what the session queued (once per receive() when inside one)."""
-        cdef bytes out
-        if not self.receiving:
-            out = self.session.data_to_send()
-            if PyBytes_GET_SIZE(out):
-                self.conn.write(out)
+        """The session queued frames: they go at the end of this loop turn."""
+        if not self.flush_queued:
+            self.flush_queued = True
+            self.conn.w.flush_later(self)
+
+    cdef void write_out(self):
+        cdef bytes out = self.session.data_to_send()
+        if PyBytes_GET_SIZE(out):
+            self.conn.write(out)
 
     cdef void set_blocked(self, bint blocked):
         cdef H2Stream s
@@ -105,6 +105,7 @@ cdef class H2Client(SessionHandler):
         """No stream is open: idle_timeout runs (and a connection winding down closes)."""
         cdef Downstream c = self.conn
         if self.winding_down == 2:
+            self.write_out()
             c.close()
             return
         self.idle_at = c.w.now() + c.ls.idle_timeout
@@ -132,7 +133,7 @@ cdef class H2Client(SessionHandler):
         if not self.streams:
             if self.winding_down == 2 or (self.idle_at and now >= self.idle_at - 0.0005):
                 self.session.goaway(H2_NO_ERROR)
-                self.flush()
+                self.write_out()
                 c.close()
                 return
             if self.idle_at and (next_at == 0 or self.idle_at < next_at):

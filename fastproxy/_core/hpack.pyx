@@ -254,6 +254,11 @@ for _i, (_name, _value) in enumerate(STATIC_TABLE, 1):
 # fields never put in a table, and marked never-indexed for the next hop (§7.1.3)
 cdef frozenset SENSITIVE = frozenset((b"authorization", b"proxy-authorization", b"cookie",
                                       b"set-cookie"))
+# values that differ from message to message: indexing them would only evict useful entries
+cdef frozenset UNIQUE = frozenset((b":path", b"content-length", b"x-request-id", b"traceparent",
+                                   b"tracestate", b"x-b3-traceid", b"x-b3-spanid",
+                                   b"x-b3-parentspanid", b"b3", b"etag", b"last-modified",
+                                   b"age", b"location", b"grpc-message"))
 
 
 cdef class Encoder:
@@ -296,17 +301,18 @@ cdef class Encoder:
         if index is not None:
             _put_int(out, 0x80, 7, <uint64_t>index)
             return
+        cdef uint64_t oldest = self.table.inserted - len(self.table.entries)   # live ids are above
         dynamic = self.fields.get((name, value))
-        if dynamic is not None:
+        if dynamic is not None and <uint64_t>dynamic > oldest:
             _put_int(out, 0x80, 7, 62 + self.table.inserted - <uint64_t>dynamic)
             return
         sensitive = name in SENSITIVE
-        indexing = not sensitive and PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) \
-            + ENTRY_OVERHEAD <= self.table.max_size // 2
+        indexing = not sensitive and name not in UNIQUE and PyBytes_GET_SIZE(name) \
+            + PyBytes_GET_SIZE(value) + ENTRY_OVERHEAD <= self.table.max_size // 2
         index = STATIC_NAMES.get(name)
         if index is None:
             dynamic = self.names.get(name)
-            if dynamic is not None:
+            if dynamic is not None and <uint64_t>dynamic > oldest:
                 index = 62 + self.table.inserted - <uint64_t>dynamic
         if indexing:
             _put_int(out, 0x40, 6, index or 0)
@@ -322,9 +328,10 @@ cdef class Encoder:
             self.forget_evicted()
 
     cdef void forget_evicted(self):
-        """Drop lookups of entries no longer in the table (oldest ids first)."""
+        """Drop lookups of entries no longer in the table, once there are as many of them
+        as live ones (lookups check that an id is still live, so this is only memory)."""
         cdef uint64_t oldest = self.table.inserted - len(self.table.entries)   # ids > oldest live
-        if len(self.fields) <= len(self.table.entries):
+        if len(self.fields) <= 2 * len(self.table.entries) + 16:
             return
         self.fields = {k: v for k, v in self.fields.items() if v > oldest}
         self.names = {k: v for k, v in self.names.items() if v > oldest}

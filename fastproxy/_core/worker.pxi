@@ -29,6 +29,7 @@ cdef class Worker:
     cdef HeadWriter hw               # reused by every head built on this loop
     cdef HeadEdit response_edit      # reused by every response head passed on
     cdef list rid_lines              # [the x-request-id line], for response_edit.lines
+    cdef list h2_unflushed           # H2Clients with frames queued: written once per loop turn
     cdef public object identity      # fastproxy.identity.tls.IdentityState, or None
     cdef public object id_allowed    # (patterns, spiffe id) -> bool
     cdef object default_tls          # a system-trust client context, made on first use
@@ -71,6 +72,22 @@ cdef class Worker:
         self.rng = int.from_bytes(os.urandom(8), "little") | 1
         self.records = []
         self.tls_contexts = {}
+        self.h2_unflushed = []
+
+    cdef void flush_later(self, H2Client c):
+        """Write c's frames at the end of this loop turn, with whatever else its streams
+        queue meanwhile: responses that arrive together leave in one write."""
+        if not self.h2_unflushed:
+            self.loop.call_soon(self.flush_h2)
+        self.h2_unflushed.append(c)
+
+    def flush_h2(self):
+        cdef H2Client c
+        cdef list clients = self.h2_unflushed
+        self.h2_unflushed = []
+        for c in clients:
+            c.flush_queued = False
+            c.write_out()
 
     def attach_shared(self, buffer, metrics=None):
         """Use mappings shared with the other workers for breaker state and metrics
