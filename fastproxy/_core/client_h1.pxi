@@ -34,6 +34,7 @@ cdef class Downstream(ClientSide):
     cdef bint responding         # a response head went out
     cdef bint close_after        # close the connection once the response is out
     cdef ChunkedReader dechunker # a chunked response to an HTTP/1.0 client: sent as plain data
+    cdef bint chunking           # a BODY_STREAM response to an HTTP/1.1 client: we chunk it
     cdef H2Client h2             # the connection speaks HTTP/2 (state S_H2): its session
 
     def __init__(self, Worker w, Port port):
@@ -370,6 +371,9 @@ cdef class Downstream(ClientSide):
         cdef bint keep = self.head.keep_alive and not self.body_open and not self.ending() \
             and rh.framing != BODY_UNTIL_CLOSE
         self.responding = True
+        self.chunking = rh.framing == BODY_STREAM and client_11
+        if rh.framing == BODY_STREAM and not client_11:
+            keep = False              # an HTTP/1.0 client: the close ends the body
         if rh.framing == BODY_CHUNKED and not client_11:
             if self.dechunker is None:
                 self.dechunker = ChunkedReader()
@@ -388,7 +392,7 @@ cdef class Downstream(ClientSide):
             f = &rh.fields[i]
             if edit.keeps(f):
                 hw.span(f.line_start, f.line_end)
-        if rh.framing == BODY_CHUNKED and client_11:
+        if (rh.framing == BODY_CHUNKED or rh.framing == BODY_STREAM) and client_11:
             hw.extra(b"transfer-encoding: chunked\r\n")
         if edit.lines is not None:
             for line in edit.lines:
@@ -399,25 +403,46 @@ cdef class Downstream(ClientSide):
             hw.extra(b"connection: keep-alive\r\n\r\n")
         else:
             hw.extra(CRLF)
-        if 0 < n <= 16384 and type(data) is bytes:
+        if 0 < n <= 16384 and type(data) is bytes and not self.chunking:
             # the usual small response: head and body in one write
             self.write(hw.build(raw, PyBytes_AS_STRING(data) + off, n))
             return
         self.write(hw.build(raw, NULL, 0))
-        if n:
+        if n or (end and self.chunking):
             self.send_data(data, off, n, end)
 
     cdef void send_data(self, object data, Py_ssize_t off, Py_ssize_t n, bint end):
         cdef list out
+        if self.chunking:
+            self.write((chunk(_slice(data, off, off + n)) if n else b"")
+                       + (b"0\r\n\r\n" if end else b""))
+            return
         if n == 0:
             return
         if self.dechunker is not None:
             out = []
             self.dechunker.feed(_ptr(data) + off, n, out)   # the upstream side checked it
-            for chunk in out:
-                self.write(chunk)
+            for piece in out:
+                self.write(piece)
         else:
             self.write(_slice(data, off, off + n))
+
+    cdef void send_trailers(self, list fields):
+        """To a client that asked for them (TE: trailers), in the chunked body's trailer
+        section; to others the body just ends (RFC 9110 §6.5.1)."""
+        cdef RequestHead h = self.head
+        cdef bytes raw = h.raw
+        cdef Field* f
+        cdef int i
+        cdef bint wanted = False
+        if not self.chunking:
+            return
+        for i in range(h.nfields):
+            f = &h.fields[i]
+            if f.kind == H_TE and b"trailers" in raw[f.value_start:f.value_end].lower():
+                wanted = True
+        self.write(b"0\r\n" + (b"".join([n + b": " + v + CRLF for n, v in fields]) if wanted
+                                 else b"") + CRLF)
 
     cdef Py_ssize_t local_reply(self, int status, str reason, str detail, bytes rid_line):
         # a request body we did not read leaves the connection unusable

@@ -4,8 +4,8 @@
 #
 # A request's header list becomes the same RequestHead an HTTP/1.1 request parses into
 # (http2.request_head_bytes, then http1.parse_request), so routing, the head edit, limits
-# and the report are the HTTP/1.1 ones. Its body travels to the Exchange in the framing
-# that head names: as received with a content-length, chunked without one. Responses go
+# and the report are the HTTP/1.1 ones. Its body travels to the Exchange as received:
+# with a content-length as BODY_LENGTH, without one as BODY_STREAM. Responses go
 # back as HEADERS and DATA within the client's windows; what a window does not take waits
 # in the stream, and the upstream is not read meanwhile.
 
@@ -15,7 +15,6 @@ cdef enum:
     H2_INTERNAL_ERROR = 2
 
 cdef bytes PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-cdef bytes CHUNKED_END = b"0\r\n\r\n"
 
 # the proxy's own errors as gRPC status codes (docs/grpc.md)
 cdef dict GRPC_STATUS = {400: b"13", 431: b"8", 403: b"7", 404: b"12", 501: b"12",
@@ -216,7 +215,7 @@ cdef class H2Stream(ClientSide):
     cdef double deadline         # the route's timeout, as monotonic time (0: none yet)
     # the request body, toward the exchange
     cdef bint body_open
-    cdef int framing             # BODY_LENGTH: as received; BODY_CHUNKED: chunked by us
+    cdef int framing             # BODY_NONE, BODY_LENGTH or BODY_STREAM
     cdef long long remaining     # content-length not yet received
     cdef int paused              # P_* bits: received bytes are not acknowledged meanwhile
     cdef Py_ssize_t unacked      # bytes received while paused: the client's window waits
@@ -224,13 +223,14 @@ cdef class H2Stream(ClientSide):
     cdef ChunkedReader dechunker # a chunked HTTP/1.1 response: its data goes as DATA
     cdef bytes pending           # response bytes the client's window did not take yet
     cdef bint pending_end
+    cdef list pending_trailers   # trailers to send once the pending bytes went
 
     cdef void start(self, list fields, bint end):
         cdef RequestHead h
         cdef ListenerState ls = self.ls
         cdef Exchange ex
         try:
-            raw = request_head_bytes(fields, not end)
+            raw = request_head_bytes(fields)
         except MalformedMessage as e:
             self.malformed(str(e))
             return
@@ -243,6 +243,8 @@ cdef class H2Stream(ClientSide):
         if end and h.framing != BODY_NONE:
             self.malformed("content-length without DATA")
             return
+        if not end and h.framing == BODY_NONE and h.get(b"content-length") is None:
+            h.framing = BODY_STREAM
         ctype = h.get(b"content-type")
         self.grpc = ctype is not None and ctype.startswith(b"application/grpc")
         self.body_open = not end
@@ -262,12 +264,8 @@ cdef class H2Stream(ClientSide):
             if self.remaining < 0 or (end and self.remaining):
                 self.malformed("DATA that does not match content-length")
                 return
-        elif self.framing == BODY_CHUNKED:
-            if n:
-                wire = b"%x\r\n" % n + data + (b"\r\n0\r\n\r\n" if end else CRLF)
-            elif end:
-                wire = CHUNKED_END
-            else:
+        elif self.framing == BODY_STREAM:
+            if not n and not end:
                 return
         elif n:
             self.malformed("DATA that does not match content-length")
@@ -287,20 +285,20 @@ cdef class H2Stream(ClientSide):
             self.forget()
 
     cdef void trailers(self, list fields):
-        cdef bytes wire = b""
         try:
-            lines = trailer_lines(fields)
+            fields = check_trailers(fields)
         except MalformedMessage as e:
             self.malformed(str(e))
             return
-        if self.framing == BODY_CHUNKED:
-            wire = b"0\r\n" + lines + CRLF
-        elif self.framing == BODY_LENGTH and self.remaining:
+        if self.framing == BODY_LENGTH and self.remaining:
             self.malformed("DATA that does not match content-length")
             return
         self.body_open = False
         if self.ex is not None:
-            self.ex.request_data(wire, 0, PyBytes_GET_SIZE(wire), 0, True)
+            if self.framing == BODY_STREAM:
+                self.ex.request_trailers(fields)
+            else:                     # a body with a length: HTTP/1.1 has no place for them
+                self.ex.request_data(b"", 0, 0, 0, True)
         if not self.closed and self.ex is None and self.pending is None:
             self.forget()
 
@@ -381,6 +379,15 @@ cdef class H2Stream(ClientSide):
             payload = _slice(data, off, off + n)
         self.write_body(payload, end)
 
+    cdef void send_trailers(self, list fields):
+        if self.closed:
+            return
+        if self.pending is not None:
+            self.pending_trailers = fields
+            return
+        self.client.session.send_headers(self.sid, fields, True)
+        self.client.flush()
+
     cdef void write_body(self, bytes payload, bint end):
         """Response body bytes, as far as the client's windows allow; the rest waits."""
         cdef Py_ssize_t k
@@ -406,6 +413,9 @@ cdef class H2Stream(ClientSide):
             self.pending = self.pending[k:]
             return
         self.pending = None
+        if self.pending_trailers is not None:
+            self.client.session.send_headers(self.sid, self.pending_trailers, True)
+            self.pending_trailers = None
         self.update_blocked()
         if self.ex is None:
             self.forget()

@@ -31,6 +31,7 @@ cdef class Exchange:
     cdef list replay            # the body sent upstream, while it is small enough to resend
     cdef Py_ssize_t replay_bytes
     cdef bint replay_lost       # more was sent than is kept: no resend possible
+    cdef list req_trailers      # a BODY_STREAM request's trailers, once they came
     cdef readonly bint req_done  # the whole request body came from the client
     cdef int status              # the final response status, once its head came
     cdef int rstate
@@ -222,10 +223,17 @@ cdef class Exchange:
         self.bytes_in += payload
         if end:
             self.req_done = True
-        if n:
-            self.send_upstream(_slice(data, off, off + n))
+        if n or end:
+            self.send_upstream(_slice(data, off, off + n), end)
 
-    cdef void send_upstream(self, bytes data):
+    cdef void request_trailers(self, list fields):
+        """From the client side: a BODY_STREAM request's trailers; the request is complete."""
+        self.req_done = True
+        self.req_trailers = fields
+        if self.up is not None:
+            self.up.send_trailers(fields)
+
+    cdef void send_upstream(self, bytes data, bint end):
         if not self.replay_lost:
             self.replay_bytes += PyBytes_GET_SIZE(data)
             if self.replay_bytes <= REPLAY_LIMIT:
@@ -236,7 +244,7 @@ cdef class Exchange:
                 self.replay = None
                 self.replay_lost = True
         if self.up is not None:
-            self.up.send_data(data)
+            self.up.send_data(data, end)
         else:
             if self.queued is None:
                 self.queued = []
@@ -327,7 +335,9 @@ cdef class Exchange:
                 self.upstream_failed(502, "upstream_reset", "the request body could not be sent again")
                 return
             body = self.replay
-        up.send_request(self.head, self.edit, body)
+        up.send_request(self.head, self.edit, body, self.req_done and self.req_trailers is None)
+        if self.req_trailers is not None and self.up is up:
+            up.send_trailers(self.req_trailers)
         if not self.t_up:
             self.t_up = monotonic_ns()
         self.client.resume_body(P_QUEUE)
@@ -407,6 +417,12 @@ cdef class Exchange:
         self.client.send_data(data, off, n, end)
         if end:
             self.finish()
+
+    cdef void response_trailers(self, list fields):
+        """From the upstream side: a BODY_STREAM response's trailers, which complete it."""
+        if self.client is not None:
+            self.client.send_trailers(fields)
+        self.finish()
 
     cdef void finish(self):
         """The response is complete: pool the upstream connection, free the client."""

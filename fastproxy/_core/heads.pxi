@@ -85,6 +85,11 @@ cdef class HeadWriter:
         return out
 
 
+cdef inline bytes chunk(bytes data):
+    """data as one chunk of HTTP/1.1 chunked encoding."""
+    return b"%x\r\n" % PyBytes_GET_SIZE(data) + data + b"\r\n"
+
+
 cdef inline const char* _ptr(object data):
     if type(data) is bytes:
         return PyBytes_AS_STRING(data)

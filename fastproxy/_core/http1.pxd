@@ -32,6 +32,8 @@ cdef enum Framing:
     BODY_LENGTH = 1
     BODY_CHUNKED = 2
     BODY_UNTIL_CLOSE = 3
+    BODY_STREAM = 4      # unknown length, passed as plain data with its end (and trailers)
+                         # told apart: what HTTP/2 sides give; never parsed from HTTP/1.1
 
 cdef struct Field:
     Py_ssize_t line_start   # first byte of the header line

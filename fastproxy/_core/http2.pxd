@@ -24,8 +24,8 @@ cdef class FrameReader:
     cdef int check(self, FrameHeader* h, const uint8_t* p) except -1
 
 
-cpdef bytes request_head_bytes(list fields, bint body=*)
-cpdef bytes trailer_lines(list fields)
+cpdef bytes request_head_bytes(list fields)
+cpdef list check_trailers(list fields)
 
 
 cdef class SessionHandler:

@@ -292,7 +292,7 @@ cdef bint _bad_value(bytes value) noexcept:
     return False
 
 
-cpdef bytes request_head_bytes(list fields, bint body=False):
+cpdef bytes request_head_bytes(list fields):
     """The HTTP/1.1 head bytes an HTTP/2 request's decoded header list stands for, after
     the checks of RFC 9113 §8.2-§8.3 (MalformedMessage when one fails).
 
@@ -301,13 +301,12 @@ cpdef bytes request_head_bytes(list fields, bint body=False):
     cookie crumbs joined into one (§8.2.3). http1.parse_request then classifies it as it
     does any request, so routing, the head edit, trace context and the access log work on
     it unchanged, and what HTTP/1.1 cannot carry is refused the same way (400, 501).
-    `body`: DATA frames follow; without a content-length the head says chunked, the
-    framing an HTTP/1.1 side needs for a body of unknown length."""
+"""
     cdef dict pseudo = {}
     cdef list lines = []
     cdef list cookies = None
     cdef bytes name, value, host = None
-    cdef bint regular = False, length = False
+    cdef bint regular = False
     for name, value in fields:
         if _bad_value(value):
             raise MalformedMessage(f"field {name!r}: a value with NUL, CR, LF or edge whitespace")
@@ -333,9 +332,7 @@ cpdef bytes request_head_bytes(list fields, bint body=False):
                 lines.append(None)        # the joined cookie goes where the first crumb was
             cookies.append(value)
             continue
-        if name == b"content-length":
-            length = True
-        elif name == b"host":
+        if name == b"host":
             if host is not None:
                 raise MalformedMessage("host twice")
             host = value
@@ -361,25 +358,23 @@ cpdef bytes request_head_bytes(list fields, bint body=False):
         raise MalformedMessage("neither :authority nor host")
     if cookies is not None:
         lines[lines.index(None)] = b"cookie: " + b"; ".join(cookies) + b"\r\n"
-    if body and not length:
-        lines.append(b"transfer-encoding: chunked\r\n")
     return b"".join([method, b" ", target, b" HTTP/1.1\r\nhost: ", authority, b"\r\n", *lines, b"\r\n"])
 
 
-cpdef bytes trailer_lines(list fields):
-    """A request's trailers as the lines of an HTTP/1.1 chunked trailer section, after the
-    checks of §8.1 (MalformedMessage: a pseudo-header, a bad name or value)."""
-    cdef list lines = []
+cpdef list check_trailers(list fields):
+    """The trailers to pass on, after the checks of §8.1 (MalformedMessage: a
+    pseudo-header, a bad name or value) and without the fields a trailer section must not
+    carry (RFC 9110 §6.5.1)."""
+    cdef list kept = []
     cdef bytes name, value
     for name, value in fields:
         if name[:1] == b":":
             raise MalformedMessage(f"pseudo-header {name!r} in trailers")
         if _bad_name(name) or _bad_value(value):
             raise MalformedMessage(f"trailer {name!r}: not a lowercase token, or a bad value")
-        if name in CONNECTION_SPECIFIC or name in (b"content-length", b"host", b"te"):
-            continue                  # fields a trailer section must not carry (RFC 9110 §6.5.1)
-        lines.append(name + b": " + value + b"\r\n")
-    return b"".join(lines)
+        if name not in CONNECTION_SPECIFIC and name not in (b"content-length", b"host", b"te"):
+            kept.append((name, value))
+    return kept
 
 
 include "http2_session.pxi"

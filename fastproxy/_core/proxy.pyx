@@ -52,7 +52,7 @@ from libc.string cimport memcpy, memcmp
 from libc.stdint cimport uint32_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-from fastproxy._core.http2 cimport ServerSession, SessionHandler, request_head_bytes, trailer_lines
+from fastproxy._core.http2 cimport ServerSession, SessionHandler, request_head_bytes, check_trailers
 from fastproxy._core.http2 import H2Error, MalformedMessage
 from fastproxy._core.http1 cimport (
     Head, RequestHead, ResponseHead, ChunkedReader, Field, parse_request, parse_response, ascii_ieq,
@@ -60,7 +60,7 @@ from fastproxy._core.http1 cimport (
     H_PROXY_CONNECTION, H_TE, H_UPGRADE, H_EXPECT, H_X_FORWARDED_FOR, H_X_FORWARDED_PROTO,
     H_X_REQUEST_ID, H_XFCC, H_TRACEPARENT, H_TRACESTATE, H_B3, H_B3_TRACEID, H_B3_SPANID,
     H_B3_PARENTSPANID, H_B3_SAMPLED, H_B3_FLAGS,
-    BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_UNTIL_CLOSE,
+    BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_UNTIL_CLOSE, BODY_STREAM,
 )
 
 cdef enum:

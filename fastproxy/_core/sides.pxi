@@ -11,7 +11,9 @@
 # a start line and `name: value\r\n` lines, with each field's kind classified. An HTTP/1.1
 # side parses into it directly; an HTTP/2 side will decode HPACK into the same shape.
 # Body bytes travel in the framing the head names: when a head says BODY_CHUNKED they are
-# HTTP/1.1 chunked encoding, so HTTP/1.1 -> HTTP/1.1 passes them through untouched.
+# HTTP/1.1 chunked encoding, so HTTP/1.1 -> HTTP/1.1 passes them through untouched; when it
+# says BODY_STREAM (an HTTP/2 body of unknown length) they are plain data, the end comes
+# with the last of them, and trailers as fields of their own.
 
 cdef inline uint64_t _kinds(int a, int b=0, int c=0, int d=0, int e=0, int f=0, int g=0) noexcept:
     """A set of HeaderKinds as bits (H_OTHER, 0, is never in a set)."""
@@ -80,8 +82,9 @@ cdef class ClientSide:
 
     The Exchange calls, in order: `arm_deadline` and `begin_body` once the route is
     known; `pause_body`/`resume_body` as the upstream keeps up or not; then either
-    `send_informational`* `send_response` `send_data`* (the last with end=True), or
-    `local_reply` for an answer of the proxy's own; and finally `done`, or `abort` when a
+    `send_informational`* `send_response` `send_data`* (the last with end=True, or
+    `send_trailers`), or `local_reply` for an answer of the proxy's own; and finally
+    `done`, or `abort` when a
     response that already started cannot be completed. It calls the Exchange back with
     `Exchange.start`, `request_data`, `client_blocked`, `timed_out` and `client_gone`.
     """
@@ -147,6 +150,9 @@ cdef class ClientSide:
     cdef void send_data(self, object data, Py_ssize_t off, Py_ssize_t n, bint end):
         """n more response body bytes of data[off:]; end: the response is complete."""
 
+    cdef void send_trailers(self, list fields):
+        """The response's trailers [(name, value)], which complete it (BODY_STREAM)."""
+
     cdef Py_ssize_t local_reply(self, int status, str reason, str detail, bytes rid_line):
         """An answer of the proxy's own (docs/http.md); returns the size of its body."""
         return 0
@@ -174,10 +180,11 @@ cdef class UpstreamSide:
     """One request's view of an upstream connection, as its Exchange sees it.
 
     The Exchange calls `send_request` once attached (again on a fresh side for a retry
-    or a resend), `send_data` for more request body, `pause_reading`/`resume_reading` as
+    or a resend), `send_data` for more request body and `send_trailers` for a BODY_STREAM
+    body's trailers, `pause_reading`/`resume_reading` as
     the client keeps up or not, and finally `release` when the response is complete or
     `reset` to abandon it. The side calls the Exchange back with `response_arriving`,
-    `informational`, `response_head`, `response_data`, `upstream_malformed`,
+    `informational`, `response_head`, `response_data`, `response_trailers`,
     `upstream_closed` and `upstream_blocked`.
     """
     cdef Endpoint ep
@@ -185,11 +192,15 @@ cdef class UpstreamSide:
     cdef bint closed
     cdef bint pooled             # in its endpoint's idle list
 
-    cdef void send_request(self, RequestHead h, HeadEdit edit, list body):
-        """The request head, and the body bytes that are ready (each in the head's framing)."""
+    cdef void send_request(self, RequestHead h, HeadEdit edit, list body, bint end):
+        """The request head, and the body bytes that are ready (each in the head's
+        framing); end: that is the whole request."""
 
-    cdef void send_data(self, bytes data):
-        """More request body bytes."""
+    cdef void send_data(self, bytes data, bint end):
+        """More request body bytes; end: the body is complete."""
+
+    cdef void send_trailers(self, list fields):
+        """The request's trailers [(name, value)], which complete it (BODY_STREAM)."""
 
     cdef void pause_reading(self):
         pass

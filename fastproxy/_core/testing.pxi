@@ -29,12 +29,15 @@ cdef class RecordingClient(ClientSide):
         self.set_peer(peer_id)
         self.calls = []
 
-    def request(self, bytes head, bytes body=b"", bint end=True):
+    def request(self, bytes head, bytes body=b"", bint end=True, bint stream=False):
         """Start an exchange for an HTTP/1.1 request head (the shape every protocol's
-        heads take), with the body bytes that came along it."""
+        heads take), with the body bytes that came along it; stream: a body of unknown
+        length as an HTTP/2 side hands it over (BODY_STREAM)."""
         cdef RequestHead h = RequestHead()
         if parse_request(h, head, 65536, 100) != len(head):
             raise ValueError(f"not one complete request head: {h.error_detail or head!r}")
+        if stream:
+            h.framing = BODY_STREAM
         self.head = h
         self.first_body = body
         self.first_end = end
@@ -45,6 +48,10 @@ cdef class RecordingClient(ClientSide):
     def body(self, bytes data, bint end=True):
         """More request body from the client."""
         self.ex.request_data(data, 0, len(data), len(data), end)
+
+    def trailers(self, list fields):
+        """The request's trailers (a BODY_STREAM request)."""
+        self.ex.request_trailers(fields)
 
     def blocked(self, bint blocked):
         self.write_blocked = blocked
@@ -102,6 +109,9 @@ cdef class RecordingClient(ClientSide):
 
     cdef void send_data(self, object data, Py_ssize_t off, Py_ssize_t n, bint end):
         self.calls.append(("data", bytes(data[off:off + n]) if n else b"", end))
+
+    cdef void send_trailers(self, list fields):
+        self.calls.append(("trailers", fields))
 
     cdef Py_ssize_t local_reply(self, int status, str reason, str detail, bytes rid_line):
         self.calls.append(("local_reply", status, reason))
@@ -162,6 +172,9 @@ cdef class RecordingUpstream(UpstreamSide):
     def body(self, bytes data, bint end=True):
         self.ex.response_data(data, 0, len(data), len(data), end)
 
+    def trailers(self, list fields):
+        self.ex.response_trailers(fields)
+
     def lost(self, str why="closed the connection"):
         """The connection ends before the response is complete."""
         cdef Exchange ex = self.ex
@@ -175,13 +188,17 @@ cdef class RecordingUpstream(UpstreamSide):
         self.ex.upstream_blocked(blocked)
 
     # UpstreamSide
-    cdef void send_request(self, RequestHead h, HeadEdit edit, list body):
+    cdef void send_request(self, RequestHead h, HeadEdit edit, list body, bint end):
         self.head_request = h.method == b"HEAD"
         self.calls.append(("request", h.raw[h.start:h.line_end - 2], edit.fields(h),
                            b"".join(body) if body else b""))
 
-    cdef void send_data(self, bytes data):
-        self.calls.append(("data", data))
+    cdef void send_data(self, bytes data, bint end):
+        if data:
+            self.calls.append(("data", data))
+
+    cdef void send_trailers(self, list fields):
+        self.calls.append(("trailers", fields))
 
     cdef void pause_reading(self):
         self.calls.append(("pause_reading",))

@@ -21,6 +21,7 @@ cdef class Upstream(UpstreamSide):
     cdef bint reading_paused     # the client is not taking the response: not read
     # the response in flight
     cdef bint head_request       # a response to HEAD has no body
+    cdef bint chunk_request      # a BODY_STREAM request body: we write its chunked framing
     cdef object pending          # a response head's first part
     cdef bint in_body            # the final head came: body bytes follow
     cdef int framing
@@ -85,15 +86,24 @@ cdef class Upstream(UpstreamSide):
             self.ex.upstream_blocked(False)
 
     # -- the upstream side of the exchange (UpstreamSide, sides.pxi) --------------------------
-    cdef void send_request(self, RequestHead h, HeadEdit edit, list body):
+    cdef void send_request(self, RequestHead h, HeadEdit edit, list body, bint end):
         cdef list parts
         cdef bytes head = self.request_head(h, edit)
         self.head_request = h.method_end - h.start == 4 and \
             memcmp(PyBytes_AS_STRING(h.raw) + h.start, b"HEAD", 4) == 0
+        self.chunk_request = h.framing == BODY_STREAM
         self.resp.reset()
         self.pending = None
         self.in_body = False
-        if not body:
+        if self.chunk_request:
+            parts = [head]
+            for data in body or ():
+                if PyBytes_GET_SIZE(data):
+                    parts.append(chunk(data))
+            if end:
+                parts.append(b"0\r\n\r\n")
+            self._write(b"".join(parts))
+        elif not body:
             self._write(head)
         else:
             parts = [head]
@@ -126,15 +136,25 @@ cdef class Upstream(UpstreamSide):
             hw.extra(b"host: " + edit.authority + CRLF)
         for line in edit.lines:
             hw.extra(line)
-        if h.framing == BODY_CHUNKED:
+        if h.framing == BODY_CHUNKED or h.framing == BODY_STREAM:
             hw.extra(b"transfer-encoding: chunked\r\n")
         if h.upgrade:
             hw.extra(b"connection: upgrade\r\n")
         hw.extra(CRLF)
         return hw.build(raw, NULL, 0)
 
-    cdef void send_data(self, bytes data):
-        self._write(data)
+    cdef void send_data(self, bytes data, bint end):
+        if self.chunk_request:
+            if PyBytes_GET_SIZE(data):
+                data = chunk(data)
+            if end:
+                data += b"0\r\n\r\n"
+        if PyBytes_GET_SIZE(data):
+            self._write(data)
+
+    cdef void send_trailers(self, list fields):
+        if self.chunk_request:   # the trailer section of the chunked body (RFC 9112 §7.1.2)
+            self._write(b"0\r\n" + b"".join([n + b": " + v + CRLF for n, v in fields]) + CRLF)
 
     cdef void pause_reading(self):
         if not self.reading_paused:

@@ -158,6 +158,25 @@ def test_a_streamed_body_goes_on_as_it_comes_both_ways(worker):
     assert ("release", True) in up.calls
 
 
+def test_trailers_pass_both_ways_and_are_kept_for_a_retry(worker):
+    """An HTTP/2 side's body of unknown length (BODY_STREAM) ends with trailers: they go
+    upstream after the body, again with it on a retry, and back to the client."""
+    first, second = RecordingUpstream(worker, "two", 0), RecordingUpstream(worker, "two", 1)
+    client = RecordingClient(worker, "l")
+    client.request(b"POST /retry HTTP/1.1\r\nHost: svc\r\n\r\n", b"ab", end=False, stream=True)
+    client.trailers([(b"x-sum", b"1")])
+    attached = first if first.attached else second
+    assert attached.calls[-1] == ("trailers", [(b"x-sum", b"1")])
+    attached.respond(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+    other = second if attached is first else first
+    assert other.names() == ["request", "trailers"] and other.calls[0][3] == b"ab"
+    other.respond(b"HTTP/1.1 200 OK\r\n\r\n", b"x", end=False)
+    other.trailers([(b"grpc-status", b"0")])
+    assert client.names()[-3:] == ["response", "trailers", "done"]
+    assert client.calls[-2] == ("trailers", [(b"grpc-status", b"0")])
+    assert ("release", True) in other.calls
+
+
 def test_informational_responses_are_relayed_before_the_final_one(worker):
     up = RecordingUpstream(worker, "one")
     client = RecordingClient(worker, "l")
