@@ -30,6 +30,7 @@ cpdef list check_trailers(list fields)
 
 cdef class SessionHandler:
     cdef void on_request(self, uint32_t stream_id, list fields, bint end_stream)
+    cdef void on_response(self, uint32_t stream_id, list fields, bint end_stream)
     cdef void on_data(self, uint32_t stream_id, bytes data, bint end_stream)
     cdef void on_trailers(self, uint32_t stream_id, list fields)
     cdef void on_reset(self, uint32_t stream_id, uint32_t code)
@@ -43,10 +44,11 @@ cdef class _Stream:
     cdef long long send_window
     cdef long long recv_window
     cdef long long unacked      # bytes the handler consumed, not yet given back by WINDOW_UPDATE
+    cdef bint responded         # client role: the final response head came
 
 
-@cython.final
-cdef class ServerSession:
+cdef class Session:
+    cdef bint client               # the client role (an upstream connection)
     cdef SessionHandler handler
     cdef FrameReader reader
     cdef Decoder decoder
@@ -56,8 +58,10 @@ cdef class ServerSession:
     cdef bint started              # the preface came
     cdef bint settings_seen        # the client's first frame, a SETTINGS, came
     cdef dict streams              # stream id -> _Stream, open or half-closed
-    cdef readonly uint32_t last_stream_id
+    cdef readonly uint32_t last_stream_id   # the peer's streams (server role), ours (client)
     cdef uint32_t max_concurrent
+    cdef readonly uint32_t peer_max_concurrent
+    cdef readonly bint goaway_received
     cdef uint32_t initial_window       # ours: the window each new stream gives the client
     cdef long long peer_initial_window # the client's, for what we send
     cdef uint32_t peer_max_frame
@@ -70,7 +74,13 @@ cdef class ServerSession:
     cdef bint block_end_stream
     cdef readonly bint goaway_sent
 
+    cdef void setup(self, SessionHandler handler, uint32_t max_concurrent_streams,
+                    uint32_t initial_window_size, uint32_t max_frame_size,
+                    uint32_t header_table_size, uint32_t connection_window)
     cpdef receive(self, data)
+    cpdef uint32_t send_request(self, list fields, bint end_stream=*) except 0
+    cpdef bint can_open(self)
+    cdef void response_block(self, uint32_t sid, _Stream s, list fields, bint end) except *
     cpdef bytes data_to_send(self)
     cpdef send_headers(self, uint32_t stream_id, list fields, bint end_stream=*)
     cpdef Py_ssize_t send_data(self, uint32_t stream_id, bytes data, bint end_stream=*) except -1
@@ -88,3 +98,12 @@ cdef class ServerSession:
     cdef void consume(self, uint32_t sid, _Stream s, Py_ssize_t n)
     cdef void consumed_connection(self, Py_ssize_t n)
     cdef void local_end(self, uint32_t sid, _Stream s)
+
+
+cdef class ServerSession(Session):
+    pass
+
+
+@cython.final
+cdef class ClientSession(Session):
+    pass

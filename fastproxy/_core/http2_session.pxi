@@ -1,7 +1,9 @@
-# Included by http2.pyx: ServerSession, the server role of one HTTP/2 connection (RFC 9113
-# §3.4, §5, §6.5, §6.9): the preface and SETTINGS exchange, stream states, flow-control
-# windows both ways, PING, GOAWAY, header blocks through HPACK. Sans-IO: bytes in with
-# `receive`, bytes out from `data_to_send`, and what happened told to a SessionHandler.
+# Included by http2.pyx: Session, one HTTP/2 connection (RFC 9113 §3.4, §5, §6.5, §6.9) in
+# the server role (ServerSession: a client connection of the proxy) or the client role
+# (ClientSession: an upstream connection): the preface and SETTINGS exchange, stream
+# states, flow-control windows both ways, PING, GOAWAY, header blocks through HPACK.
+# Sans-IO: bytes in with `receive`, bytes out from `data_to_send`, and what happened told
+# to a SessionHandler.
 
 from fastproxy._core.hpack import HPACKError
 
@@ -19,6 +21,9 @@ cdef class SessionHandler:
 
     cdef void on_request(self, uint32_t stream_id, list fields, bint end_stream):
         pass
+
+    cdef void on_response(self, uint32_t stream_id, list fields, bint end_stream):
+        """A response head (client role); 1xx ones too, before the final one."""
 
     cdef void on_data(self, uint32_t stream_id, bytes data, bint end_stream):
         pass
@@ -41,13 +46,12 @@ cdef class _Stream:
     pass
 
 
-@cython.final
-cdef class ServerSession:
-    """The server side of one HTTP/2 connection (its fields: http2.pxd)."""
+cdef class Session:
+    """One HTTP/2 connection, either role (its fields: http2.pxd)."""
 
-    def __init__(self, SessionHandler handler, uint32_t max_concurrent_streams=100,
-                 uint32_t initial_window_size=65535, uint32_t max_frame_size=16384,
-                 uint32_t header_table_size=4096, uint32_t connection_window=65535):
+    cdef void setup(self, SessionHandler handler, uint32_t max_concurrent_streams,
+                    uint32_t initial_window_size, uint32_t max_frame_size,
+                    uint32_t header_table_size, uint32_t connection_window):
         self.handler = handler
         self.reader = FrameReader()
         self.reader.max_frame_size = max_frame_size
@@ -58,15 +62,23 @@ cdef class ServerSession:
         self.preface = bytearray()
         self.streams = {}
         self.max_concurrent = max_concurrent_streams
+        self.peer_max_concurrent = 100       # until the peer's SETTINGS say (§6.5.2: unlimited)
         self.initial_window = initial_window_size
         self.peer_initial_window = 65535
         self.peer_max_frame = DEFAULT_MAX_FRAME_SIZE
         self.send_window = 65535
         self.recv_window = self.connection_window = max(connection_window, 65535)
-        self.out += settings_frame([(SETTINGS_MAX_CONCURRENT_STREAMS, max_concurrent_streams),
-                                    (SETTINGS_INITIAL_WINDOW_SIZE, initial_window_size),
-                                    (SETTINGS_MAX_FRAME_SIZE, max_frame_size),
-                                    (SETTINGS_HEADER_TABLE_SIZE, header_table_size)])
+        if self.client:
+            self.started = True
+            self.out += PREFACE
+            self.out += settings_frame([(SETTINGS_ENABLE_PUSH, 0),
+                                        (SETTINGS_INITIAL_WINDOW_SIZE, initial_window_size),
+                                        (SETTINGS_MAX_FRAME_SIZE, max_frame_size)])
+        else:
+            self.out += settings_frame([(SETTINGS_MAX_CONCURRENT_STREAMS, max_concurrent_streams),
+                                        (SETTINGS_INITIAL_WINDOW_SIZE, initial_window_size),
+                                        (SETTINGS_MAX_FRAME_SIZE, max_frame_size),
+                                        (SETTINGS_HEADER_TABLE_SIZE, header_table_size)])
         if self.connection_window > 65535:   # the connection's window is not a setting (§6.9.2)
             self.out += frame(WINDOW_UPDATE, 0, 0,
                               (self.connection_window - 65535).to_bytes(4, "big"))
@@ -126,6 +138,8 @@ cdef class ServerSession:
         elif t == HEADERS:
             if sid % 2 == 0:
                 raise H2Error(PROTOCOL_ERROR, f"HEADERS on stream {sid}, not a client's")
+            if self.client and sid > self.last_stream_id:
+                raise H2Error(PROTOCOL_ERROR, f"HEADERS on stream {sid}, which we did not open")
             self.block = bytearray(payload_fields(HEADERS, h.flags, payload))
             self.block_stream = sid
             self.block_end_stream = h.flags & FLAG_END_STREAM
@@ -146,8 +160,11 @@ cdef class ServerSession:
         elif t == PING:
             if not h.flags & FLAG_ACK:
                 self.out += frame(PING, FLAG_ACK, 0, payload)
+        elif t == PUSH_PROMISE:
+            raise H2Error(PROTOCOL_ERROR, "PUSH_PROMISE, though SETTINGS_ENABLE_PUSH is 0")
         elif t == GOAWAY:
             last, code, _ = payload_fields(GOAWAY, h.flags, payload)
+            self.goaway_received = True
             self.handler.on_goaway(last, code)
         elif t == WINDOW_UPDATE:
             self.window_update(sid, payload_fields(WINDOW_UPDATE, h.flags, payload))
@@ -161,6 +178,8 @@ cdef class ServerSession:
                 raise H2Error(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
             self.recv_window -= h.length   # counts for the connection all the same
             self.consumed_connection(h.length)
+            if self.client:
+                return                     # a stream we reset: its frames may still come
             raise H2Error(STREAM_CLOSED, f"DATA on closed stream {sid}", sid)
         if h.length > self.recv_window:
             raise H2Error(FLOW_CONTROL_ERROR, "DATA beyond the connection's window")
@@ -185,6 +204,9 @@ cdef class ServerSession:
         cdef list fields = self.decoder.decode_block(bytes(self.block))   # always: HPACK is stateful
         cdef bint end = self.block_end_stream
         self.block = None
+        if self.client:
+            self.response_block(sid, s, fields, end)
+            return
         if s is not None:                 # trailers
             if s.state == ST_HALF_CLOSED_REMOTE:
                 raise H2Error(STREAM_CLOSED, f"HEADERS after the end of stream {sid}", sid)
@@ -210,6 +232,48 @@ cdef class ServerSession:
             s.state = ST_HALF_CLOSED_REMOTE
         self.handler.on_request(sid, fields, end)
 
+    cdef void response_block(self, uint32_t sid, _Stream s, list fields, bint end) except *:
+        """Client role: a response head (1xx ones first), or the trailers after one."""
+        if s is None:
+            return                         # a stream we reset: its frames may still come
+        if s.state == ST_HALF_CLOSED_REMOTE:
+            raise H2Error(STREAM_CLOSED, f"HEADERS after the end of stream {sid}", sid)
+        if s.responded:
+            if not end:
+                raise H2Error(PROTOCOL_ERROR, "trailers without END_STREAM", sid)
+            self.remote_end(sid, s)
+            self.handler.on_trailers(sid, fields)
+            return
+        if not fields or fields[0][0] != b":status":
+            raise H2Error(PROTOCOL_ERROR, "a response without :status first", sid)
+        informational = fields[0][1][:1] == b"1"
+        if informational and end:
+            raise H2Error(PROTOCOL_ERROR, "a 1xx response that ends the stream", sid)
+        s.responded = not informational
+        if end:
+            self.remote_end(sid, s)
+        self.handler.on_response(sid, fields, end)
+
+    cpdef uint32_t send_request(self, list fields, bint end_stream=False) except 0:
+        """Client role: open a stream with a request head; its id."""
+        cdef uint32_t sid = self.last_stream_id + 2 if self.last_stream_id else 1
+        cdef _Stream s = _Stream()
+        s.state = ST_OPEN
+        s.send_window = self.peer_initial_window
+        s.recv_window = self.initial_window
+        self.streams[sid] = s
+        self.last_stream_id = sid
+        self.out += headers_frames(sid, self.encoder.encode_list(fields), end_stream,
+                                   self.peer_max_frame)
+        if end_stream:
+            self.local_end(sid, s)
+        return sid
+
+    cpdef bint can_open(self):
+        """Client role: another stream may be opened now."""
+        return not self.goaway_received and len(self.streams) < self.peer_max_concurrent \
+            and self.last_stream_id < 0x7FFFFFFD
+
     cdef void remote_end(self, uint32_t sid, _Stream s):
         if s.state == ST_HALF_CLOSED_LOCAL:
             s.state = ST_CLOSED
@@ -230,6 +294,8 @@ cdef class ServerSession:
                         raise H2Error(FLOW_CONTROL_ERROR, "a stream's window beyond 2^31-1")
             elif ident == SETTINGS_MAX_FRAME_SIZE:
                 self.peer_max_frame = value
+            elif ident == SETTINGS_MAX_CONCURRENT_STREAMS:
+                self.peer_max_concurrent = value
             elif ident == SETTINGS_HEADER_TABLE_SIZE:
                 self.encoder.set_max_table_size(min(value, 4096))
         self.out += settings_frame(ack=True)
@@ -328,12 +394,33 @@ cdef class ServerSession:
         if self.goaway_sent:
             return
         self.goaway_sent = final
-        self.out += frame(GOAWAY, 0, 0, (self.last_stream_id if final else WINDOW_LIMIT)
+        self.out += frame(GOAWAY, 0, 0, (0 if self.client else self.last_stream_id if final
+                                         else WINDOW_LIMIT)
                           .to_bytes(4, "big") + code.to_bytes(4, "big"))
 
     @property
     def open_streams(self):
         return len(self.streams)
+
+
+cdef class ServerSession(Session):
+    """The server role: a client's connection to the proxy."""
+
+    def __init__(self, SessionHandler handler, uint32_t max_concurrent_streams=100,
+                 uint32_t initial_window_size=65535, uint32_t max_frame_size=16384,
+                 uint32_t header_table_size=4096, uint32_t connection_window=65535):
+        self.setup(handler, max_concurrent_streams, initial_window_size, max_frame_size,
+                   header_table_size, connection_window)
+
+
+@cython.final
+cdef class ClientSession(Session):
+    """The client role: the proxy's connection to an upstream server."""
+
+    def __init__(self, SessionHandler handler, uint32_t initial_window_size=65535,
+                 uint32_t max_frame_size=16384, uint32_t connection_window=65535):
+        self.client = True
+        self.setup(handler, 0, initial_window_size, max_frame_size, 4096, connection_window)
 
 
 cdef class RecordingHandler(SessionHandler):
@@ -360,3 +447,6 @@ cdef class RecordingHandler(SessionHandler):
 
     cdef void on_goaway(self, uint32_t last_stream_id, uint32_t code):
         self.events.append(("goaway", last_stream_id, code))
+
+    cdef void on_response(self, uint32_t stream_id, list fields, bint end_stream):
+        self.events.append(("response", stream_id, fields, end_stream))
