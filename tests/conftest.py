@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support.configs import to_toml  # noqa: E402
 from support.fastproxy import ProxyProcess, render  # noqa: E402
 from support.procs import free_port as _free_port  # noqa: E402
-from support.upstreams import AppUpstream, RawUpstream  # noqa: E402
+from support.upstreams import AppUpstream, GrpcUpstream, RawUpstream  # noqa: E402
 
 
 @pytest.fixture
@@ -106,6 +106,11 @@ class _Upstreams:
 
     def app(self, names=("app",)) -> AppUpstream:
         up = AppUpstream(self.workdir, names, tag=f"app{len(self.started)}")
+        self.started.append(up)
+        return up
+
+    def grpc(self) -> GrpcUpstream:
+        up = GrpcUpstream(self.workdir, tag=f"grpc{len(self.started)}")
         self.started.append(up)
         return up
 

@@ -9,12 +9,8 @@
 # back as HEADERS and DATA within the client's windows; what a window does not take waits
 # in the stream, and the upstream is not read meanwhile.
 
-cdef enum:
-    H2_NO_ERROR = 0
-    H2_PROTOCOL_ERROR = 1
-    H2_INTERNAL_ERROR = 2
-
 cdef bytes PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+cdef bytes ORIG_PROTO = b"fastproxy-orig-proto"
 
 # the proxy's own errors as gRPC status codes (docs/grpc.md)
 cdef dict GRPC_STATUS = {400: b"13", 431: b"8", 403: b"7", 404: b"12", 501: b"12",
@@ -39,12 +35,11 @@ cdef bytes grpc_message(str text):
 
 
 @cython.final
-cdef class H2Client(SessionHandler):
+cdef class H2Client(H2Connection):
     """The HTTP/2 session of one client connection and its streams."""
     cdef Downstream conn
     cdef ServerSession session
     cdef dict streams            # stream id -> H2Stream, until its response is out
-    cdef bint flush_queued       # in the worker's list of connections to write at the turn's end
     cdef bint write_blocked      # the transport's buffer is full
     cdef int winding_down        # 1: the first GOAWAY went, 2: the final one
     cdef double idle_at          # no stream is open: when idle_timeout ends the connection
@@ -53,6 +48,7 @@ cdef class H2Client(SessionHandler):
     def __init__(self, Downstream conn):
         cdef tuple s = conn.ls.h2_settings
         self.conn = conn
+        self.w = conn.w
         self.streams = {}
         self.session = ServerSession(self, s[0], s[1], s[3], 4096, s[2])
 
@@ -70,12 +66,6 @@ cdef class H2Client(SessionHandler):
         self.flush()
         if not self.streams and self.idle_at == 0:
             self.idle()
-
-    cdef void flush(self):
-        """The session queued frames: they go at the end of this loop turn."""
-        if not self.flush_queued:
-            self.flush_queued = True
-            self.conn.w.flush_later(self)
 
     cdef void write_out(self):
         cdef bytes out = self.session.data_to_send()
@@ -247,6 +237,7 @@ cdef class H2Stream(ClientSide):
             h.framing = BODY_STREAM
         ctype = h.get(b"content-type")
         self.grpc = ctype is not None and ctype.startswith(b"application/grpc")
+        self.h2 = not (ls.tls_mode == TLS_MUTUAL and self.orig_http1(h))
         self.body_open = not end
         self.framing = h.framing
         self.remaining = h.content_length
@@ -254,6 +245,21 @@ cdef class H2Stream(ClientSide):
         ex.init(self, h)
         self.ex = ex
         ex.start()
+
+    cdef bint orig_http1(self, RequestHead h):
+        """A peer sidecar marked the stream as an HTTP/1.1 request carried over HTTP/2
+        (`fastproxy-orig-proto`, SPEC §12): the mark goes, and an auto cluster speaks
+        HTTP/1.1 to the application. Trusted only from mTLS peers."""
+        cdef bytes raw = h.raw
+        cdef Field* f
+        cdef int i
+        cdef bint marked = False
+        for i in range(h.nfields):
+            f = &h.fields[i]
+            if f.name_end - f.line_start == 20 and raw[f.line_start:f.name_end] == ORIG_PROTO:
+                f.drop = True
+                marked = True
+        return marked
 
     # -- the request body ----------------------------------------------------------------------
     cdef void body(self, bytes data, bint end):
@@ -338,10 +344,7 @@ cdef class H2Stream(ClientSide):
             f = &rh.fields[i]
             if edit.keeps(f):
                 out.append((raw[f.line_start:f.name_end].lower(), raw[f.value_start:f.value_end]))
-        if edit.lines is not None:
-            for line in edit.lines:
-                k = line.find(b":")
-                out.append((line[:k], line[k + 2:PyBytes_GET_SIZE(line) - 2]))
+        add_lines(out, edit.lines)
         return out
 
     cdef void send_informational(self, ResponseHead rh):

@@ -299,14 +299,22 @@ cdef class Exchange:
                 self.reject(503, "no_healthy_upstream", f"cluster {cl.name} has no healthy endpoint")
             return
         self.endpoint = ep
-        up = ep.take_idle()
+        up = ep.take_idle(self.upstream_protocol())
         if up is not None:
             self.attach(up, True)
             return
         self.connecting = True
         if not self.t_up:
             self.t_dial = monotonic_ns()
-        open_upstream(self.w, cl, ep, self)
+        open_upstream(self.w, cl, ep, self, self.upstream_protocol())
+
+    cdef int upstream_protocol(self):
+        """What to speak upstream (SPEC §12): the cluster's protocol; for auto, what ALPN
+        settles on TLS, and on plain connections the protocol the client used."""
+        cdef Cluster cl = self.cluster
+        if cl.protocol != PROTO_AUTO or cl.tls_mode != TLS_OFF:
+            return cl.protocol
+        return PROTO_HTTP2 if self.client.h2 else PROTO_HTTP1
 
     cdef inline void dialed(self):
         """A connection attempt (or a wait for a slot of a busy cluster) ended: its time was
@@ -494,11 +502,7 @@ cdef class Exchange:
                 and not self.resent and self.req_done and not self.replay_lost:
             # the keep-alive race: the upstream closed an idle connection just as we sent
             # on it. Send again, once, on a fresh connection (docs/http.md).
-            self.drop_upstream()
-            self.resent = True
-            self.replay_on_attach = True
-            self.connecting = True
-            open_upstream(self.w, self.cluster, self.endpoint, self)   # same endpoint, fresh
+            self.resend()
             return
         if self.rstate == R_HEAD and not self.got_response_bytes and self.may_retry(RETRY_RESET):
             self.retry(f"upstream {why}")
@@ -509,6 +513,24 @@ cdef class Exchange:
                                  "before a complete response head")
         else:
             self.upstream_failed(502, "upstream_reset", "upstream closed mid-body")
+
+    cdef void resend(self):
+        """Send the request again, once, on a fresh connection to the same endpoint:
+        it never reached the application (outside `retries`, docs/http.md)."""
+        self.drop_upstream()
+        self.resent = True
+        self.replay_on_attach = True
+        self.connecting = True
+        open_upstream(self.w, self.cluster, self.endpoint, self, self.upstream_protocol())
+
+    cdef void upstream_refused(self):
+        """From an HTTP/2 upstream side: the server refused the stream (REFUSED_STREAM, or
+        above a GOAWAY's last stream): it never reached the application."""
+        if self.rstate == R_HEAD and not self.got_response_bytes and not self.resent \
+                and self.req_done and not self.replay_lost:
+            self.resend()
+        else:
+            self.upstream_closed("refused the stream", False)
 
     cdef void timed_out(self):
         """From the client side: the route's timeout passed."""

@@ -26,6 +26,7 @@ cdef class FrameReader:
 
 cpdef bytes request_head_bytes(list fields)
 cpdef list check_trailers(list fields)
+cpdef bytes response_head_bytes(list fields)
 
 
 cdef class SessionHandler:

@@ -10,6 +10,8 @@ whether it ends the connection or one stream.
 
 `hyperframe` is the oracle in tests/unit/core/test_h2_frames.py, never used here.
 """
+from http import HTTPStatus
+
 cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -359,6 +361,37 @@ cpdef bytes request_head_bytes(list fields):
     if cookies is not None:
         lines[lines.index(None)] = b"cookie: " + b"; ".join(cookies) + b"\r\n"
     return b"".join([method, b" ", target, b" HTTP/1.1\r\nhost: ", authority, b"\r\n", *lines, b"\r\n"])
+
+
+cdef dict REASON_PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+cpdef bytes response_head_bytes(list fields):
+    """The HTTP/1.1 head bytes an HTTP/2 response's decoded header list stands for, after
+    the checks of §8.1-§8.3 (MalformedMessage): exactly one :status, first; no
+    connection-specific field; names lowercase tokens; values without NUL, CR or LF (what
+    would split an HTTP/1.1 head). http1.parse_response then reads it as any response."""
+    cdef list lines = []
+    cdef bytes name, value, status = None
+    cdef int code
+    for name, value in fields:
+        if _bad_value(value):
+            raise MalformedMessage(f"field {name!r}: a value with NUL, CR, LF or edge whitespace")
+        if name[:1] == b":":
+            if name != b":status" or status is not None or lines:
+                raise MalformedMessage(f"pseudo-header {name!r} in a response")
+            status = value
+            continue
+        if _bad_name(name):
+            raise MalformedMessage(f"field name {name!r}: not a lowercase token")
+        if name in CONNECTION_SPECIFIC:
+            raise MalformedMessage(f"connection-specific field {name.decode()!r}")
+        lines.append(name + b": " + value + b"\r\n")
+    if status is None or len(status) != 3 or not status.isdigit():
+        raise MalformedMessage(":status missing or not three digits")
+    code = int(status)
+    return b"".join([b"HTTP/1.1 ", status, b" ", REASON_PHRASES.get(code, b""), b"\r\n",
+                     *lines, b"\r\n"])
 
 
 cpdef list check_trailers(list fields):

@@ -8,6 +8,8 @@ cdef class Endpoint:
     cdef readonly str label          # "host:port", "[v6]:port"
     cdef bytes json_label            # the label as a JSON string, for the access log
     cdef list idle
+    cdef list h2conns                # H2Upstream: open HTTP/2 connections, shared by requests
+    cdef object h2_connecting        # an _Connect making an HTTP/2 connection, with room for more
     cdef readonly int active
     cdef public double idle_timeout
     cdef readonly int consecutive_failures
@@ -21,6 +23,7 @@ cdef class Endpoint:
         self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.json_label = json_quoted(self.label)
         self.idle = []
+        self.h2conns = []
         self.idle_timeout = 60.0
 
     @property
@@ -37,11 +40,21 @@ cdef class Endpoint:
             until = datetime.datetime.fromtimestamp(time.time() + left, datetime.timezone.utc) \
                 .isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return {"address": address, "healthy": until is None, "ejected_until": until,
-                "ejections": self.ejections, "active": self.active, "idle": len(self.idle)}
+                "ejections": self.ejections, "active": self.active, "idle": len(self.idle),
+                "http2_connections": len(self.h2conns)}
 
-    cdef UpstreamSide take_idle(self):
-        """A side ready to carry a request now: an idle pooled connection, or None."""
+    cdef UpstreamSide take_idle(self, int protocol):
+        """A side ready to carry a request now, speaking `protocol` (PROTO_*; auto: either):
+        a stream on an HTTP/2 connection with room, an idle pooled HTTP/1.1 connection, or
+        None."""
         cdef UpstreamSide up
+        cdef H2Upstream c
+        if protocol != PROTO_HTTP1:
+            for c in self.h2conns:
+                if c.can_take():
+                    return c.take()
+            if protocol == PROTO_HTTP2:
+                return None
         while self.idle:
             up = self.idle.pop()
             if not up.closed:
@@ -67,9 +80,13 @@ cdef class Endpoint:
 
     def close_idle(self):
         cdef UpstreamSide up
+        cdef H2Upstream c
         for up in list(self.idle):
             up.reset()
         self.idle.clear()
+        for c in list(self.h2conns):
+            if not c.calls and not c.reserved:
+                c.close()
 
 
 cdef class Admission:
@@ -122,6 +139,7 @@ cdef class Cluster:
     cdef readonly tuple addresses    # as configured: ((host, port, is_ip), ...)
     cdef readonly bytes default_host
     cdef readonly int tls_mode
+    cdef readonly int protocol       # PROTO_*
     cdef readonly str peer           # the SPIFFE id pattern an mtls server must present
     cdef readonly str sni            # server name for tls clusters (a configured DNS name)
     cdef readonly Breaker breaker    # None unless [cluster.X.circuit_breaker]
@@ -145,6 +163,7 @@ cdef class Cluster:
         self.addresses = spec.addresses
         self.default_host = spec.default_host
         self.tls_mode = spec.tls_mode
+        self.protocol = spec.protocol
         self.peer = spec.peer
         self.sni = spec.sni
         self.balance = spec.balance

@@ -52,7 +52,10 @@ from libc.string cimport memcpy, memcmp
 from libc.stdint cimport uint32_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-from fastproxy._core.http2 cimport ServerSession, SessionHandler, request_head_bytes, check_trailers
+from fastproxy._core.http2 cimport (
+    ClientSession, ServerSession, SessionHandler, check_trailers, request_head_bytes,
+    response_head_bytes,
+)
 from fastproxy._core.http2 import H2Error, MalformedMessage
 from fastproxy._core.http1 cimport (
     Head, RequestHead, ResponseHead, ChunkedReader, Field, parse_request, parse_response, ascii_ieq,
@@ -118,6 +121,20 @@ cdef enum:
     RETRY_5XX = 4
     RETRY_GATEWAY = 8
 
+# HTTP/2 error codes (RFC 9113 §7) the core sends or acts on
+cdef enum:
+    H2_NO_ERROR = 0
+    H2_PROTOCOL_ERROR = 1
+    H2_INTERNAL_ERROR = 2
+    H2_REFUSED_STREAM = 7
+    H2_CANCEL = 8
+
+# a cluster's protocol (SPEC §12), in the order of fastproxy.config.model.PROTOCOLS
+cdef enum:
+    PROTO_AUTO = 0
+    PROTO_HTTP1 = 1
+    PROTO_HTTP2 = 2
+
 cdef enum:
     BALANCE_ROUND_ROBIN = 0
     BALANCE_LEAST_REQUEST = 1
@@ -148,6 +165,7 @@ include "pool.pxi"
 include "worker.pxi"
 include "sides.pxi"
 include "client_h1.pxi"
+include "upstream_h2.pxi"
 include "client_h2.pxi"
 include "exchange.pxi"
 include "upstream_h1.pxi"

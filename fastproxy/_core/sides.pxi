@@ -62,12 +62,21 @@ cdef class HeadEdit:
                 out.append((raw[f.line_start:f.name_end], value))
         if self.authority is not None:
             out.append((b"host", self.authority))
-        if self.lines is not None:
-            for block in self.lines:
-                for line in (<bytes>block).split(CRLF)[:-1]:
-                    name, _, value = line.partition(b":")
-                    out.append((name, value.strip()))
+        add_lines(out, self.lines)
         return out
+
+
+cdef void add_lines(list out, list lines):
+    """Append the proxy's own `name: value\r\n` lines (one or more per item) to a field
+    list, as (name, value) pairs: what a side that encodes fields sends of them."""
+    cdef bytes block, line
+    if lines is None:
+        return
+    for block in lines:
+        for line in block.split(CRLF):
+            if line:
+                name, _, value = line.partition(b":")
+                out.append((name, value.strip()))
 
 
 cdef inline HeadEdit new_edit(uint64_t drop):
@@ -92,6 +101,7 @@ cdef class ClientSide:
     cdef ListenerState ls
     cdef readonly bytes client_ip
     cdef readonly str peer_id       # the verified SPIFFE id of an mtls client, else None
+    cdef bint h2                    # the client speaks HTTP/2 (for a cluster's auto protocol)
     cdef bytes forwarded_lines      # x-forwarded-for, -proto and -client-cert, for requests without XFF
     cdef bytes proto_lines          # x-forwarded-proto and -client-cert, for requests with XFF
     cdef bint denied                # the peer is not in the listener's allow

@@ -218,6 +218,7 @@ cdef class TLSLink:
     cdef double timeout             # server links: seconds the handshake may take (0: none)
     cdef object timer
     cdef public object on_handshake
+    cdef public object select_app   # client links: link -> the app, once ALPN has settled
     cdef object session_store       # client links: where the session to resume is kept
     cdef TLSSession offered         # the session this link offered, if any
     cdef int state
@@ -314,6 +315,7 @@ cdef class TLSLink:
         self.free()
         # the app holds this link as its transport: part the two, as uvloop parts from us
         self.app = self.raw = self.raw_write = self.on_handshake = self.session_store = None
+        self.select_app = None
 
     def pause_writing(self):
         if self.made:
@@ -476,6 +478,9 @@ cdef class TLSLink:
             self.made = True
             if self.session_store is not None:
                 self.keep_session()
+            if self.select_app is not None:
+                self.app = self.select_app(self)
+                self.select_app = None
             self.app.connection_made(self)
             self.report(None)
             if self.state == L_OPEN:

@@ -318,27 +318,43 @@ cdef class Upstream(UpstreamSide):
 
 cdef class _Connect:
     """One new upstream connection attempt: the TCP connection, then for a tls/mtls
-    cluster the handshake; `connect_timeout` covers both."""
+    cluster the handshake; `connect_timeout` covers both. An HTTP/2 attempt serves the
+    exchanges that wait for it meanwhile too (`waiting`), up to the streams it will carry."""
     cdef Worker w
     cdef Cluster cl
     cdef Endpoint ep
     cdef Exchange ex
+    cdef int protocol        # PROTO_*: HTTP/1.1, HTTP/2, or what ALPN settles (auto, TLS)
+    cdef list waiting        # HTTP/2: more exchanges for this connection
     cdef object timer
     cdef object fut          # the TCP connection
     cdef object link         # the TLSLink, once its TCP connection is made
     cdef bint over           # reported: later news of this attempt is ignored
 
     def upstream(self):
+        if self.protocol == PROTO_HTTP2:
+            return H2Upstream(self.w, self.cl, self.ep)
         return Upstream(self.w, self.cl, self.ep)
 
     def tls_link(self):
         """Protocol factory of a tls/mtls cluster's connection."""
         cdef Worker w = self.w
         cdef Cluster cl = self.cl
-        self.link = TLSLink(w.client_tls(cl), Upstream(w, cl, self.ep), w.loop,
+        self.link = TLSLink(w.client_tls(cl, self.protocol), self.upstream(), w.loop,
                             server_name=cl.sni or self.ep.host, on_handshake=self.handshake_done,
                             session_store=self.ep)
+        if self.protocol == PROTO_AUTO:
+            self.link.select_app = self.settled
         return self.link
+
+    def settled(self, link):
+        """ALPN chose (auto clusters): the protocol that speaks it."""
+        if link.selected_alpn_protocol() == "h2":
+            self.protocol = PROTO_HTTP2
+            self.ep.h2_connecting = self
+            return H2Upstream(self.w, self.cl, self.ep)
+        self.protocol = PROTO_HTTP1
+        return link.app
 
     def timed_out(self):
         self.timer = None
@@ -363,17 +379,17 @@ cdef class _Connect:
             return
         if fut.cancelled():
             self.end()
-            self.ex.connect_failed(self.ep, "connect timeout")
+            self.failed(False, "connect timeout")
             return
         exc = fut.exception()
         if exc is not None:
             self.end()
-            self.ex.connect_failed(self.ep, exc.strerror if isinstance(exc, OSError) and exc.strerror
-                                   else str(exc) or type(exc).__name__)
+            self.failed(False, exc.strerror if isinstance(exc, OSError) and exc.strerror
+                        else str(exc) or type(exc).__name__)
             return
         if self.link is None:
             self.end()
-            self.connected(<Upstream>fut.result()[1])
+            self.connected(fut.result()[1])
         # TLS: handshake_done follows
 
     def handshake_done(self, link, exc):
@@ -381,11 +397,11 @@ cdef class _Connect:
             return
         self.end()
         if exc is None:
-            self.connected(<Upstream>link.app)
+            self.connected(link.app)
         elif isinstance(exc, TLSError):
-            self.ex.tls_failed(self.ep, exc.reason)
+            self.failed(True, exc.reason)
         else:   # the server closed or reset the connection instead of answering
-            self.ex.tls_failed(self.ep, (str(exc) or type(exc).__name__) + ": is it a TLS server?")
+            self.failed(True, (str(exc) or type(exc).__name__) + ": is it a TLS server?")
 
     cdef void end(self):
         """The attempt's outcome is known: it is reported once, and the timer stops."""
@@ -393,12 +409,47 @@ cdef class _Connect:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.ep.h2_connecting is self:
+            self.ep.h2_connecting = None
 
-    cdef void connected(self, Upstream up):
-        cdef Exchange ex = self.ex
+    cdef list exchanges(self):
+        """The exchanges still waiting for this connection."""
+        cdef Exchange ex
+        return [ex for ex in [self.ex] + (self.waiting or [])
+                if ex.client is not None and ex.rstate != R_DONE and ex.connecting]
+
+    cdef void failed(self, bint tls, str why):
+        cdef Exchange ex
+        for ex in self.exchanges():
+            if tls:
+                ex.tls_failed(self.ep, why)
+            else:
+                ex.connect_failed(self.ep, why)
+
+    cdef void connected(self, object app):
+        cdef Exchange ex
+        cdef Upstream up
+        cdef H2Upstream h2
+        if isinstance(app, H2Upstream):
+            h2 = <H2Upstream>app
+            if h2.tls_error is not None:
+                self.failed(True, h2.tls_error)
+                return
+            for ex in self.exchanges():
+                if h2.can_take():
+                    ex.attach(h2.take(), False)
+                else:                   # more waited than the server takes at once
+                    open_upstream(self.w, self.cl, self.ep, ex, PROTO_HTTP2)
+            if not h2.calls and not h2.reserved:
+                h2.call_ended(None)     # nobody came: idle until idle_timeout
+            return
+        up = <Upstream>app
+        ex = self.ex
         if up.tls_error is not None:
             ex.tls_failed(self.ep, up.tls_error)
             return
+        for other in self.waiting or ():  # auto: hoped for HTTP/2, got HTTP/1.1
+            open_upstream(self.w, self.cl, self.ep, <Exchange>other, PROTO_HTTP1)
         if ex.client is None or ex.rstate == R_DONE or not ex.connecting:
             # the exchange ended meanwhile (timeout, client gone): keep the connection
             self.ep.release(up, self.w.now())
@@ -406,12 +457,23 @@ cdef class _Connect:
         ex.attach(up, False)
 
 
-cdef void open_upstream(Worker w, Cluster cl, Endpoint ep, Exchange ex):
-    cdef _Connect c = _Connect()
+cdef void open_upstream(Worker w, Cluster cl, Endpoint ep, Exchange ex, int protocol):
+    """A new connection for ex (PROTO_*: what it should speak); an HTTP/2 one already on
+    its way takes ex along instead when it has room."""
+    cdef _Connect c = ep.h2_connecting
+    if protocol != PROTO_HTTP1 and c is not None and len(c.waiting or ()) < 99:
+        if c.waiting is None:
+            c.waiting = []
+        c.waiting.append(ex)
+        return
+    c = _Connect()
     c.w = w
     c.cl = cl
     c.ep = ep
     c.ex = ex
+    c.protocol = protocol
+    if protocol == PROTO_HTTP2:
+        ep.h2_connecting = c
     factory = c.tls_link if cl.tls_mode != TLS_OFF else c.upstream
     c.fut = asyncio.ensure_future(w.loop.create_connection(factory, ep.host, ep.port), loop=w.loop)
     c.timer = w.loop.call_later(cl.connect_timeout, c.timed_out)

@@ -29,7 +29,7 @@ cdef class Worker:
     cdef HeadWriter hw               # reused by every head built on this loop
     cdef HeadEdit response_edit      # reused by every response head passed on
     cdef list rid_lines              # [the x-request-id line], for response_edit.lines
-    cdef list h2_unflushed           # H2Clients with frames queued: written once per loop turn
+    cdef list h2_unflushed           # HTTP/2 connections with frames queued: written once per turn
     cdef public object identity      # fastproxy.identity.tls.IdentityState, or None
     cdef public object id_allowed    # (patterns, spiffe id) -> bool
     cdef object default_tls          # a system-trust client context, made on first use
@@ -74,7 +74,7 @@ cdef class Worker:
         self.tls_contexts = {}
         self.h2_unflushed = []
 
-    cdef void flush_later(self, H2Client c):
+    cdef void flush_later(self, H2Connection c):
         """Write c's frames at the end of this loop turn, with whatever else its streams
         queue meanwhile: responses that arrive together leave in one write."""
         if not self.h2_unflushed:
@@ -82,7 +82,7 @@ cdef class Worker:
         self.h2_unflushed.append(c)
 
     def flush_h2(self):
-        cdef H2Client c
+        cdef H2Connection c
         cdef list clients = self.h2_unflushed
         self.h2_unflushed = []
         for c in clients:
@@ -183,21 +183,22 @@ cdef class Worker:
         when the identity rotates)."""
         found = self.tls_contexts.get(context)
         if found is None:
-            if len(self.tls_contexts) >= 16:   # rotated away: let the old ones go
+            if len(self.tls_contexts) >= 64:   # rotated away: let the old ones go
                 self.tls_contexts.clear()
             found = self.tls_contexts[context] = TLSContext(context)
         return found
 
-    cdef object client_tls(self, Cluster cl):
-        """The client context for a new connection of a tls/mtls cluster (newest material)."""
+    cdef object client_tls(self, Cluster cl, int protocol):
+        """The client context for a new connection of a tls/mtls cluster (newest material),
+        offering by ALPN what `protocol` (PROTO_*) asks."""
         if cl.tls_mode == TLS_MUTUAL:
-            return self.tls_context(self.identity.client_mtls)
+            return self.tls_context(self.identity.client_contexts[True, protocol])
         if self.identity is not None and self.identity.material is not None:
-            return self.tls_context(self.identity.client_tls)
+            return self.tls_context(self.identity.client_contexts[False, protocol])
         if self.default_tls is None:
-            from fastproxy.identity.tls import tls_client_context
-            self.default_tls = tls_client_context(None)   # the system's trust
-        return self.tls_context(self.default_tls)
+            from fastproxy.identity.tls import CLIENT_ALPN, tls_client_context
+            self.default_tls = [tls_client_context(None, alpn) for alpn in CLIENT_ALPN]   # the system's trust
+        return self.tls_context(self.default_tls[protocol])
 
     def protocol_factory(self, Port port):
         """The factory for asyncio's create_server on one listening socket. A tls/mtls

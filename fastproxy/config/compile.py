@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from fastproxy.config.model import (
     BALANCERS,
     PROPAGATORS,
+    PROTOCOLS,
     RETRY_ON,
     TLS_MODES,
     Cluster,
@@ -59,6 +60,7 @@ class ClusterSpec:
     max_ejected: float
     breaker: BreakerSpec | None
     budget: BudgetSpec
+    protocol: int = 0            # index in PROTOCOLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,7 @@ def _cluster(c: Cluster) -> ClusterSpec:
         breaker=None if breaker is None else BreakerSpec(
             breaker.max_failures, breaker.window, breaker.open_for, breaker.half_open_requests),
         budget=_budget(c.retry_budget),
+        protocol=PROTOCOLS.index(c.protocol),
     )
 
 

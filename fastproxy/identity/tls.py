@@ -68,8 +68,15 @@ def server_context(material: Material, require_client_cert: bool, http2: bool = 
     return ctx
 
 
-def mtls_client_context(material: Material) -> ssl.SSLContext:
+# what a client context offers by ALPN, by cluster protocol (config.model.PROTOCOLS order):
+# auto lets the server choose, http2 insists
+CLIENT_ALPN = (["h2", "http/1.1"], ["http/1.1"], ["h2"])
+
+
+def mtls_client_context(material: Material, alpn: list[str] | None = None) -> ssl.SSLContext:
     ctx = _common(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     # the server is identified by the SPIFFE id in its certificate, checked after the
     # handshake against the cluster's `peer`, not by a host name
     ctx.check_hostname = False
@@ -79,11 +86,15 @@ def mtls_client_context(material: Material) -> ssl.SSLContext:
     return ctx
 
 
-def tls_client_context(material: Material | None) -> ssl.SSLContext:
+def tls_client_context(material: Material | None, alpn: list[str] | None = None) -> ssl.SSLContext:
     """Plain server-authenticated TLS: the mesh trust bundle if there is one, else the system's."""
     if material is not None:
-        return _common(ssl.create_default_context(cadata=material.trust_pem.decode()))
-    return _common(ssl.create_default_context())
+        ctx = _common(ssl.create_default_context(cadata=material.trust_pem.decode()))
+    else:
+        ctx = _common(ssl.create_default_context())
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
 
 
 @dataclass
@@ -93,8 +104,8 @@ class IdentityState:
     own_id: str
     material: Material | None = None
     server_contexts: dict[tuple[bool, bool], ssl.SSLContext] = field(default_factory=dict)  # (mtls, http2)
-    client_mtls: ssl.SSLContext | None = None
-    client_tls: ssl.SSLContext | None = None
+    # (mtls, cluster protocol index) -> the client context for new upstream connections
+    client_contexts: dict[tuple[bool, int], ssl.SSLContext] = field(default_factory=dict)
     trust_domains: frozenset[str] = frozenset()
     rotations: int = 0
     rotation_failures: int = 0
@@ -118,8 +129,9 @@ class IdentityState:
         """Use new material for every handshake from now on."""
         self.server_contexts = {(m, h2): server_context(material, m, h2)
                                 for m in (False, True) for h2 in (False, True)}
-        self.client_mtls = mtls_client_context(material)
-        self.client_tls = tls_client_context(material)
+        self.client_contexts = {
+            (mtls, protocol): (mtls_client_context if mtls else tls_client_context)(material, alpn)
+            for mtls in (False, True) for protocol, alpn in enumerate(CLIENT_ALPN)}
         # a bundle whose CA certificates name no SPIFFE trust domain trusts our own
         self.trust_domains = frozenset(trust_domains(material.trust)
                                        or {parse_spiffe_id(self.own_id).trust_domain})

@@ -45,7 +45,7 @@ def h2(tmp_path_factory, module_fastproxy, module_upstreams):
         {"name": "h1only", "bind": "${listen:h1only}", "tls": "tls", "http2": False,
          "route": routes},
         {"name": "plain1", "bind": "${listen:plain1}", "http2": False, "route": routes},
-    ], {"app": {"endpoints": [app.addr()]},
+    ], {"app": {"endpoints": [app.addr()], "protocol": "http1"},   # the app speaks only HTTP/1.1
         "closed": {"endpoints": ["127.0.0.1:1"], "connect_timeout": "1s"}})
     config["proxy"]["access_log"] = "stdout"
     proxy = module_fastproxy(config, name="h2")

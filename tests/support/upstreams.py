@@ -221,3 +221,24 @@ class AppUpstream:
 
     def stop(self) -> None:
         stop_group(self.proc, grace_s=3)
+
+
+# ---------------------------------------------------------------- gRPC upstream
+
+class GrpcUpstream:
+    """A real grpcio server of the Echo service (grpc_app.py) in its own process."""
+
+    def __init__(self, workdir: Path, tag: str = "grpc"):
+        self.port = free_port()
+        self.gen = workdir / "grpc-stubs"
+        from .grpc_app import stubs
+        self.pb, self.rpc = stubs(self.gen)   # generated once, before the server imports them
+        self.proc, self.logs = _spawn([PYTHON, str(HERE / "grpc_app.py"), "--port", str(self.port),
+                                       "--gen", str(self.gen)], workdir, tag)
+        wait_for_ports([self.port], proc=self.proc, what=tag, logs=self.logs)
+
+    def addr(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def stop(self) -> None:
+        stop_group(self.proc, grace_s=3)
