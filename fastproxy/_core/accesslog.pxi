@@ -160,7 +160,8 @@ cdef class LogBuffer:
                    const char* authority, Py_ssize_t authority_len, int status,
                    long long bytes_in, long long bytes_out, bytes cluster, bytes upstream, str peer,
                    bint traced, uint64_t trace_hi, uint64_t trace_lo,
-                   const char* request_id, Py_ssize_t request_id_len, str error) noexcept:
+                   const char* request_id, Py_ssize_t request_id_len, str error, bint h2,
+                   int grpc_status) noexcept:
         """One access log line, the fields of docs/observability.md in their order. listener, route,
         cluster and upstream come JSON-quoted (json_quoted), or None."""
         cdef Py_ssize_t need = 512 + 6 * (method_len + path_len + authority_len + request_id_len) \
@@ -217,6 +218,15 @@ cdef class LogBuffer:
             self.text(request_id, request_id_len, True)
         self.raw(b",\"error\":", 9)
         self.str_or_null(error)
+        if h2:
+            self.raw(b",\"protocol\":\"HTTP/2\"", 20)
+        else:
+            self.raw(b",\"protocol\":\"HTTP/1.1\"", 22)
+        self.raw(b",\"grpc_status\":", 15)
+        if grpc_status >= 0:
+            self.number(grpc_status)
+        else:
+            self.raw(b"null", 4)
         self.raw(b"}\n", 2)
 
 
@@ -234,7 +244,8 @@ def access_log_line(record):
     strings are encoded as the core holds them, latin-1 for what came from the request)."""
     cdef LogBuffer buf = LogBuffer()
     (start, end, listener, _, route, cluster, upstream, method, path, authority, status,
-     error, bytes_in, bytes_out, peer, trace_id, _, _, _, request_id, _) = record
+     error, bytes_in, bytes_out, peer, trace_id, _, _, _, request_id, _, protocol,
+     grpc_status) = record
     m, p, a = method.encode("latin-1"), path.encode("latin-1"), authority.encode("latin-1")
     rid = request_id.encode("latin-1") if request_id is not None else None
     hi = int(trace_id[:16], 16) if trace_id is not None else 0
@@ -243,5 +254,6 @@ def access_log_line(record):
              m, len(m), p, len(p), a, len(a), status, bytes_in, bytes_out, json_quoted(cluster),
              json_quoted(upstream), peer,
              trace_id is not None, hi, lo, PyBytes_AS_STRING(rid) if rid is not None else NULL,
-             len(rid) if rid is not None else 0, error)
+             len(rid) if rid is not None else 0, error, protocol == "HTTP/2",
+             grpc_status if grpc_status is not None else -1)
     return buf.take()

@@ -12,9 +12,6 @@
 cdef bytes PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 cdef bytes ORIG_PROTO = b"fastproxy-orig-proto"
 
-# the proxy's own errors as gRPC status codes (docs/grpc.md)
-cdef dict GRPC_STATUS = {400: b"13", 431: b"8", 403: b"7", 404: b"12", 501: b"12",
-                         502: b"14", 503: b"14", 504: b"4"}
 
 
 cdef inline bint is_preface_start(object buf) noexcept:
@@ -200,7 +197,6 @@ cdef class H2Stream(ClientSide):
     cdef uint32_t sid
     cdef Exchange ex
     cdef RequestHead head
-    cdef bint grpc               # content-type application/grpc*: errors as gRPC statuses
     cdef bint closed             # reset, or the response went and the stream is forgotten
     cdef double deadline         # the route's timeout, as monotonic time (0: none yet)
     # the request body, toward the exchange
@@ -237,7 +233,8 @@ cdef class H2Stream(ClientSide):
             h.framing = BODY_STREAM
         ctype = h.get(b"content-type")
         self.grpc = ctype is not None and ctype.startswith(b"application/grpc")
-        self.h2 = not (ls.tls_mode == TLS_MUTUAL and self.orig_http1(h))
+        self.h2 = True
+        self.orig_h1 = ls.tls_mode == TLS_MUTUAL and self.orig_http1(h)
         self.body_open = not end
         self.framing = h.framing
         self.remaining = h.content_length
@@ -439,7 +436,7 @@ cdef class H2Stream(ClientSide):
         if self.grpc:   # trailers-only (docs/grpc.md)
             self.client.session.send_headers(self.sid, [
                 (b":status", b"200"), (b"content-type", b"application/grpc"),
-                (b"grpc-status", GRPC_STATUS.get(status, b"2")),
+                (b"grpc-status", b"%d" % GRPC_STATUS_OF.get(status, 2)),
                 (b"grpc-message", grpc_message(f"fastproxy: {reason}: {detail}")),
                 (b"fastproxy-error", reason.encode()), (b"x-request-id", rid)], True)
             self.client.flush()

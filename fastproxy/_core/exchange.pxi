@@ -50,6 +50,9 @@ cdef class Exchange:
     cdef int retries_done
     cdef bint replay_on_attach   # a retry: send the head and the kept body again
     cdef bint judged             # the outcome went to the breaker
+    cdef bint grpc               # a gRPC request (SPEC §12): statuses in grpc-status
+    cdef bint h2                 # the client spoke HTTP/2 (the access log's protocol)
+    cdef int grpc_status         # the response's grpc-status, -1 until known
     # what is reported when it ends (metrics, and a record for logs, spans, failures)
     cdef ListenerState ls
     cdef str peer                # the client's verified SPIFFE id (mtls listeners)
@@ -76,6 +79,9 @@ cdef class Exchange:
         self.w = client.w
         self.head = head
         self.req_done = head.framing == BODY_NONE
+        self.grpc = client.grpc
+        self.grpc_status = -1
+        self.h2 = client.h2
 
     # -- the phases of a request -------------------------------------------------------------
     cdef void start(self):
@@ -95,13 +101,25 @@ cdef class Exchange:
             self.reject(404, "no_route", "no route matches " + h.authority.decode("latin-1")
                         + h.path.decode("latin-1"))
             return
-        client.arm_deadline(route.timeout)
+        client.arm_deadline(self.deadline(route))
         if not self.choose_cluster():
             return
         self.edit = self.edit_request()
         client.begin_body()        # the body that came with the head; 100 Continue
         if self.rstate != R_DONE:  # (a malformed body is answered with 400 there)
             self.connect()
+
+    cdef double deadline(self, Route route):
+        """The route's timeout, capped by a gRPC client's grpc-timeout."""
+        cdef bytes value
+        cdef double t
+        if self.grpc:
+            value = self.head.get(b"grpc-timeout")
+            if value is not None and 2 <= len(value) <= 9 and value[:-1].isdigit():
+                t = int(value[:-1]) * GRPC_UNITS.get(value[-1:], 0.0)
+                if 0 < t < route.timeout:
+                    return t
+        return route.timeout
 
     # -- the cluster ----------------------------------------------------------------------
     cdef bint choose_cluster(self):
@@ -314,7 +332,7 @@ cdef class Exchange:
         cdef Cluster cl = self.cluster
         if cl.protocol != PROTO_AUTO or cl.tls_mode != TLS_OFF:
             return cl.protocol
-        return PROTO_HTTP2 if self.client.h2 else PROTO_HTTP1
+        return PROTO_HTTP2 if self.client.h2 and not self.client.orig_h1 else PROTO_HTTP1
 
     cdef inline void dialed(self):
         """A connection attempt (or a wait for a slot of a busy cluster) ended: its time was
@@ -396,11 +414,22 @@ cdef class Exchange:
         framing); end: that is the whole response. A 5xx may be retried instead."""
         cdef int status = rh.status
         cdef HeadEdit e
+        cdef bytes grpc_status
         if status >= 500 and (self.may_retry(RETRY_5XX) or (
                 (status == 502 or status == 503 or status == 504) and self.may_retry(RETRY_GATEWAY))):
             self.retry(f"upstream answered {status}")
             return
-        self.judge(status >= 500)
+        if self.grpc and status == 200:
+            grpc_status = rh.get(b"grpc-status")   # trailers-only: the status is in the head
+            if grpc_status is not None:
+                self.grpc_status = parse_grpc_status(grpc_status)
+                if self.may_retry(GRPC_RETRY.get(self.grpc_status, 0)):
+                    self.retry(f"upstream answered grpc-status {self.grpc_status}")
+                    return
+                self.judge(self.grpc_status in GRPC_FAILURES)
+            # else the status comes in the trailers: judged then
+        else:
+            self.judge(status >= 500)
         self.status = status
         e = self.w.response_edit    # the same for every response: a copy per one is waste
         if rh.request_id_field < 0:
@@ -428,6 +457,11 @@ cdef class Exchange:
 
     cdef void response_trailers(self, list fields):
         """From the upstream side: a BODY_STREAM response's trailers, which complete it."""
+        if self.grpc:
+            for name, value in fields:
+                if name == b"grpc-status":
+                    self.grpc_status = parse_grpc_status(value)
+            self.judge(self.grpc_status in GRPC_FAILURES)
         if self.client is not None:
             self.client.send_trailers(fields)
         self.finish()
@@ -436,6 +470,7 @@ cdef class Exchange:
         """The response is complete: pool the upstream connection, free the client."""
         cdef UpstreamSide up = self.up
         cdef ClientSide client = self.client
+        self.judge(False)        # a gRPC response that ended without trailers
         self.report(self.status, None)
         self.rstate = R_DONE
         if up is not None:
@@ -459,6 +494,8 @@ cdef class Exchange:
         if client is None:
             return
         self.client = None
+        if self.grpc:
+            self.grpc_status = GRPC_STATUS_OF.get(status, 2)
         if self.rid_line is None:
             rid = self.head.get(b"x-request-id")
             self.rid_line = b"x-request-id: " + rid + CRLF if rid else self.w.new_request_id_line()
@@ -669,7 +706,7 @@ cdef class Exchange:
             over = end - self.t0 - self.t_wait
         if w.count_requests:
             count_request(w.metrics, ls, self.cluster.name if self.cluster is not None else "",
-                          status, end - self.t0, over)
+                          status, end - self.t0, over, self.grpc_status if self.grpc else -2)
         if w.trace_families and not self.traced:
             self.trace()    # a response of our own gets a span too
         if w.log_all:
@@ -695,7 +732,8 @@ cdef class Exchange:
             self.endpoint.json_label if self.endpoint is not None else None, self.peer,
             self.traced, self.trace_hi, self.trace_lo,
             PyBytes_AS_STRING(rid) + 14 if rid is not None else NULL,
-            PyBytes_GET_SIZE(rid) - 16 if rid is not None else 0, error)
+            PyBytes_GET_SIZE(rid) - 16 if rid is not None else 0, error, self.h2,
+            self.grpc_status if self.grpc else -2)
 
     cdef tuple record(self, int status, str error, int64_t end, int64_t over):
         """A fastproxy.observe.records.Record, as a plain tuple (same field order)."""
@@ -716,9 +754,25 @@ cdef class Exchange:
                 f"{self.span_id:016x}" if self.traced else None,
                 f"{self.parent_id:016x}" if self.parent_id else None,
                 self.sampled, rid[14:PyBytes_GET_SIZE(rid) - 2].decode("latin-1") if rid is not None else None,
-                over * 1e-9)
+                over * 1e-9, "HTTP/2" if self.h2 else "HTTP/1.1",
+                (self.grpc_status if self.grpc_status >= 0 else None) if self.grpc else None)
 
 
+
+# gRPC (SPEC §12): grpc-timeout units; the statuses that count as failures (as a 5xx
+# does); the retry_on bit of each status retried; the proxy's statuses as gRPC ones
+cdef dict GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+cdef frozenset GRPC_FAILURES = frozenset((2, 4, 13, 14, 15))
+cdef dict GRPC_RETRY = {1: RETRY_GRPC_CANCELLED, 4: RETRY_GRPC_DEADLINE, 8: RETRY_GRPC_EXHAUSTED,
+                        13: RETRY_GRPC_INTERNAL, 14: RETRY_GRPC_UNAVAILABLE}
+cdef dict GRPC_STATUS_OF = {400: 13, 431: 8, 403: 7, 404: 12, 501: 12, 502: 14, 503: 14, 504: 4}
+
+
+cdef int parse_grpc_status(bytes value):
+    """grpc-status as a number; 2 (UNKNOWN) when it is not one."""
+    if 1 <= len(value) <= 2 and value.isdigit():
+        return int(value)
+    return 2
 
 cdef void report_refusal(ClientSide down, int status, str reason, bytes rid, Py_ssize_t sent):
     """A request refused before it became an exchange (malformed, too large, too slow):
@@ -729,6 +783,9 @@ cdef void report_refusal(ClientSide down, int status, str reason, bytes rid, Py_
     ex.w = down.w
     ex.ls = down.ls
     ex.peer = down.peer_id
+    ex.h2 = down.h2
+    ex.grpc = down.grpc
+    ex.grpc_status = GRPC_STATUS_OF.get(status, 2)
     ex.rid_line = rid
     ex.bytes_out = sent
     ex.report(status, reason)

@@ -120,6 +120,11 @@ cdef enum:
     RETRY_RESET = 2
     RETRY_5XX = 4
     RETRY_GATEWAY = 8
+    RETRY_GRPC_CANCELLED = 16
+    RETRY_GRPC_DEADLINE = 32
+    RETRY_GRPC_EXHAUSTED = 64
+    RETRY_GRPC_INTERNAL = 128
+    RETRY_GRPC_UNAVAILABLE = 256
 
 # HTTP/2 error codes (RFC 9113 §7) the core sends or acts on
 cdef enum:

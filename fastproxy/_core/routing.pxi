@@ -80,6 +80,7 @@ cdef class ListenerState:
             labels = (self.name + "\x1f" + cluster).encode()
             ps = PairStats()
             ps.prefix = b"fastproxy_requests_total\x1f" + labels + b"\x1f"
+            ps.grpc_prefix = b"fastproxy_grpc_requests_total\x1f" + labels + b"\x1f"
             ps.duration = table.slot(b"fastproxy_request_duration_seconds\x1f" + labels)
             self.pairs[cluster] = ps
             if self.overhead is NULL:
@@ -124,12 +125,18 @@ cdef Route compile_route(spec, dict clusters):
 
 
 cdef void count_request(MetricTable table, ListenerState ls, str cluster, int status,
-                        int64_t duration_ns, int64_t overhead_ns):
-    """One request in fastproxy_requests_total and the two histograms (docs/observability.md)."""
+                        int64_t duration_ns, int64_t overhead_ns, int grpc_status):
+    """One request in fastproxy_requests_total and the two histograms, and a gRPC one
+    (grpc_status -1: unknown, -2: not gRPC) in fastproxy_grpc_requests_total
+    (docs/observability.md)."""
     cdef PairStats ps = ls.pair(table, cluster)
     cdef MetricSlot* slot = ps.code(table, status)
     if slot is not NULL:
         fp_addu(&slot.v[0], 1)
+    if grpc_status != -2:
+        slot = ps.grpc_code(table, grpc_status)
+        if slot is not NULL:
+            fp_addu(&slot.v[0], 1)
     if ps.duration is not NULL:
         hist_observe(ps.duration, DURATION_NS, N_DURATION, duration_ns)
     if ls.overhead is not NULL:

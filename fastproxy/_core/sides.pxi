@@ -101,7 +101,9 @@ cdef class ClientSide:
     cdef ListenerState ls
     cdef readonly bytes client_ip
     cdef readonly str peer_id       # the verified SPIFFE id of an mtls client, else None
-    cdef bint h2                    # the client speaks HTTP/2 (for a cluster's auto protocol)
+    cdef bint h2                    # the client speaks HTTP/2
+    cdef bint orig_h1               # ... for an HTTP/1.1 client behind a peer sidecar (SPEC §12)
+    cdef bint grpc                  # the request is gRPC (content-type application/grpc*)
     cdef bytes forwarded_lines      # x-forwarded-for, -proto and -client-cert, for requests without XFF
     cdef bytes proto_lines          # x-forwarded-proto and -client-cert, for requests with XFF
     cdef bint denied                # the peer is not in the listener's allow

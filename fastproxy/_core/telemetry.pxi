@@ -165,6 +165,8 @@ cdef class PairStats:
     cdef MetricSlot* duration
     cdef MetricSlot* codes[MAX_STATUS]
     cdef bytes prefix          # b"fastproxy_requests_total\x1fLISTENER\x1fCLUSTER\x1f"
+    cdef MetricSlot* grpc_codes[18]   # by grpc-status; [17]: none came
+    cdef bytes grpc_prefix
 
     cdef MetricSlot* code(self, MetricTable table, int status) except? NULL:
         if status < 0 or status >= MAX_STATUS:
@@ -172,6 +174,14 @@ cdef class PairStats:
         if self.codes[status] is NULL:
             self.codes[status] = table.slot(self.prefix + str(status).encode())
         return self.codes[status]
+
+    cdef MetricSlot* grpc_code(self, MetricTable table, int status) except? NULL:
+        if status < 0 or status > 16:
+            status = 17
+        if self.grpc_codes[status] is NULL:
+            self.grpc_codes[status] = table.slot(
+                self.grpc_prefix + (b"none" if status == 17 else str(status).encode()))
+        return self.grpc_codes[status]
 
 
 # -- trace context -------------------------------------------------------------------------

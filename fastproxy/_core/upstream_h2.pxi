@@ -256,7 +256,7 @@ cdef class H2Call(UpstreamSide):
             self.ex.upstream_closed("closed the connection", False)
             return
         fields = request_fields(h, edit, c.cl.tls_mode != TLS_OFF)
-        if not self.ex.client.h2 and c.cl.tls_mode == TLS_MUTUAL:
+        if (not self.ex.client.h2 or self.ex.client.orig_h1) and c.cl.tls_mode == TLS_MUTUAL:
             fields.append((ORIG_PROTO, b"HTTP/1.1"))   # the peer sidecar speaks it on (SPEC §12)
         self.sid = c.session.send_request(fields, end and not body)
         c.calls[self.sid] = self

@@ -41,7 +41,9 @@ TLS_MODES = ("off", "tls", "mtls")
 DIRECTIONS = ("inbound", "outbound")
 BALANCERS = ("round_robin", "least_request", "random")
 PROTOCOLS = ("auto", "http1", "http2")
-RETRY_ON = ("connect-failure", "reset", "5xx", "gateway-error")
+RETRY_ON = ("connect-failure", "reset", "5xx", "gateway-error",
+            # gRPC statuses of trailers-only responses: 1, 4, 8, 13, 14
+            "cancelled", "deadline-exceeded", "resource-exhausted", "internal", "unavailable")
 PROPAGATORS = ("w3c", "b3")
 
 

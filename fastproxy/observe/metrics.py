@@ -17,6 +17,9 @@ SEP = "\x1f"
 FAMILIES: dict[str, tuple[str, tuple[str, ...], str, bool, tuple[float, ...] | None]] = {
     "fastproxy_requests_total": (
         "counter", ("listener", "cluster", "code"), "Requests answered, by status code.", False, None),
+    "fastproxy_grpc_requests_total": (
+        "counter", ("listener", "cluster", "grpc_status"), "gRPC requests answered, by "
+        "grpc-status (\"none\": the response ended without one).", False, None),
     "fastproxy_request_duration_seconds": (
         "histogram", ("listener", "cluster"), "Request duration, from a complete request head "
         "to the end of the response.", False, DURATION_BUCKETS),

@@ -33,6 +33,8 @@ class Record(NamedTuple):
     sampled: bool
     request_id: str
     overhead: float         # seconds spent inside the proxy, upstream time excluded
+    protocol: str = "HTTP/1.1"      # the client's: "HTTP/1.1" or "HTTP/2"
+    grpc_status: int | None = None  # a gRPC request's grpc-status, when one came
 
     @property
     def failed(self) -> bool:

@@ -555,7 +555,17 @@ def _request_attributes(r: Record) -> list[tuple[str, str | int]]:
                    ("http.response.body.size", r.bytes_out)]
     if r.request_id is not None:
         attributes.append(("fastproxy.request_id", r.request_id))
-    return attributes
+    return attributes + _rpc_attributes(r)
+
+
+def _rpc_attributes(r: Record) -> list[tuple[str, str | int]]:
+    """A gRPC call's attributes (OpenTelemetry RPC conventions): the path is
+    /package.Service/Method."""
+    if r.grpc_status is None:
+        return []
+    _, service, method = (r.path.split("?", 1)[0].split("/", 2) + ["", ""])[:3]
+    return [("rpc.system", "grpc"), ("rpc.service", service), ("rpc.method", method),
+            ("rpc.grpc.status_code", r.grpc_status)]
 
 
 def _fill_span(span: Span, r: Record) -> None:
@@ -718,6 +728,8 @@ def encode_span(r: Record) -> bytes:
     parts += (_size_attribute(_BODY_IN, r.bytes_in), _size_attribute(_BODY_OUT, r.bytes_out))
     if r.request_id is not None:
         parts.append(_string_attribute(_REQUEST_ID, r.request_id))
+    if r.grpc_status is not None:
+        parts += [_attribute(_key(key), value) for key, value in _rpc_attributes(r)]
     parts.append(_FLAGS[bool(parent_id)])
     span = b"".join(parts)
     return _delimited(b"\x12", span)

@@ -11,7 +11,9 @@ Topology (module-wide):
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,6 +21,7 @@ import grpc
 import httpx
 import pytest
 
+from support.h2client import H2Conn
 from support.mesh import MeshCA, admin_get, sid, sidecar_config
 from support.procs import wait_until
 
@@ -46,13 +49,21 @@ def mesh(tmp_path_factory, module_fastproxy, module_upstreams):
     edge = sidecar_config(frontend, FRONTEND, [
         {"name": "edge", "bind": "${listen:edge}", "route": [
             {"headers": {"x-route": "slow"}, "cluster": "grpc", "timeout": "500ms"},
+            {"headers": {"x-route": "retry"}, "cluster": "grpc", "retries": 1,
+             "retry_on": ["unavailable"]},
+            {"headers": {"x-route": "fragile"}, "cluster": "fragile"},
             {"prefix": "/nowhere.", "cluster": "closed"},
             {"prefix": SVC, "cluster": "grpc"},
-            {"prefix": "/plain/", "cluster": "plain_h2"}]},
+            {"prefix": "/plain/", "cluster": "plain_h2"},
+            {"prefix": "/slow", "cluster": "h1app"}]},
     ], {"grpc": {"endpoints": [m.grpc.addr()], "protocol": "http2"},
         "plain_h2": {"endpoints": [m.grpc.addr()], "protocol": "http2"},
+        "h1app": {"endpoints": [m.app.addr()], "protocol": "http1"},
+        "fragile": {"endpoints": [m.grpc.addr()], "protocol": "http2",
+                    "circuit_breaker": {"max_failures": 1, "window": "10s", "open_for": "60s"}},
         "closed": {"endpoints": ["127.0.0.1:1"], "protocol": "http2"}})
     edge["proxy"]["access_log"] = "stdout"
+    edge["proxy"]["admin"] = "${listen:admin}"
     m.edge = module_fastproxy(edge, name="edge")
 
     m.backend = module_fastproxy(sidecar_config(backend, BACKEND, [
@@ -149,6 +160,51 @@ def test_proxy_errors_are_grpc_statuses(mesh, path, metadata, code, reason):
     assert ("fastproxy-error", reason) in e.value.trailing_metadata() + e.value.initial_metadata()
 
 
+def test_grpc_timeout_caps_the_route_timeout(mesh):
+    """The proxy's own deadline, before the route's (30 s): a server that ignores
+    grpc-timeout (here the HTTP/1.1 test app) is cut when it passes, and the client gets
+    DEADLINE_EXCEEDED as a trailers-only response of the proxy."""
+    c = H2Conn(mesh.edge.port("edge"))
+    started = time.monotonic()
+    s = c.wait(c.request("/slow?delay=3", method="POST", body=b"\x00\x00\x00\x00\x00", headers=[
+        ("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", "300m")]))[0]
+    assert time.monotonic() - started < 2.5
+    assert (s.status, s.header("grpc-status"), s.header("fastproxy-error")) == (200, "4", "upstream_timeout")
+
+
+def test_unavailable_is_retried_when_the_route_asks(mesh):
+    with pytest.raises(grpc.RpcError) as e:
+        edge_stub(mesh).Say(mesh.pb.Msg(text="fail:14"), metadata=(("x-route", "retry"),), timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    wait_until(lambda: "upstream answered grpc-status 14" in mesh.edge.stderr(), deadline_s=5,
+               what="the retry in the log")
+
+
+def test_failing_grpc_statuses_open_the_circuit(mesh):
+    stub = edge_stub(mesh)
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Say(mesh.pb.Msg(text="fail:13"), metadata=(("x-route", "fragile"),), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INTERNAL and e.value.details() == "asked to fail"
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Say(mesh.pb.Msg(text="ok"), metadata=(("x-route", "fragile"),), timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert e.value.details().startswith("fastproxy: circuit_open: ")
+
+
+def test_grpc_requests_are_counted_by_status(mesh):
+    stub = edge_stub(mesh)
+    stub.Say(mesh.pb.Msg(text="counted"), timeout=10)
+    with pytest.raises(grpc.RpcError):
+        stub.Say(mesh.pb.Msg(text="fail:5"), timeout=10)
+    host, _, port = mesh.edge.config["proxy"]["admin"].rpartition(":")
+    text = httpx.get(f"http://{host}:{port}/metrics", timeout=5).text
+    assert re.search(r'fastproxy_grpc_requests_total\{listener="edge",cluster="grpc",'
+                     r'grpc_status="0"\} [1-9]', text), text
+    assert re.search(r'fastproxy_grpc_requests_total\{listener="edge",cluster="grpc",'
+                     r'grpc_status="5"\} [1-9]', text)
+
+
 # ---------------------------------------------------------------- HTTP/2 between sidecars
 
 def test_http1_app_traffic_crosses_the_sidecars_as_http2_and_leaves_as_http1(mesh):
@@ -177,3 +233,4 @@ def test_access_log_records_the_protocol(mesh):
     wait_until(lambda: rid in mesh.edge.stdout(), deadline_s=5, what="the access log line")
     (line,) = [json.loads(x) for x in mesh.edge.stdout().splitlines() if rid in x]
     assert line["status"] == 200 and line["path"] == SVC + "Say" and line["cluster"] == "grpc"
+    assert (line["protocol"], line["grpc_status"]) == ("HTTP/2", 0)

@@ -481,11 +481,11 @@ CASES = {
     "retries bool": (doc(route='cluster = "app"\nretries = true'), "listener[0].route[0].retries: must be an integer >= 0"),
     "retry_on value": (
         doc(route='cluster = "app"\nretry_on = ["5xx", "timeout"]'),
-        'listener[0].route[0].retry_on[1]: must be one of "connect-failure", "reset", "5xx", "gateway-error"',
+        'listener[0].route[0].retry_on[1]: must be one of "connect-failure", "reset", "5xx", "gateway-error", "cancelled", "deadline-exceeded", "resource-exhausted", "internal", "unavailable"',
     ),
     "retry_on typo": (
         doc(route='cluster = "app"\nretry_on = ["connect_failure"]'),
-        'listener[0].route[0].retry_on[0]: must be one of "connect-failure", "reset", "5xx", "gateway-error" (did you mean "connect-failure"?)',
+        'listener[0].route[0].retry_on[0]: must be one of "connect-failure", "reset", "5xx", "gateway-error", "cancelled", "deadline-exceeded", "resource-exhausted", "internal", "unavailable" (did you mean "connect-failure"?)',
     ),
     "route allow without mtls": (doc(route='cluster = "app"\nallow = ["*"]'), 'listener[0].route[0].allow: only allowed with tls = "mtls"'),
     "route name": (doc(route='cluster = "app"\nname = "a/b"'), "listener[0].route[0].name: must be made of A-Z a-z 0-9 _ -"),

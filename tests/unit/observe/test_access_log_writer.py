@@ -17,7 +17,8 @@ from fastproxy.observe.accesslog import PIPE_BUF, AccessLog
 from fastproxy.observe.records import Record
 
 FIELDS = ["time", "listener", "route", "method", "path", "authority", "status", "duration_ms",
-          "bytes_in", "bytes_out", "cluster", "upstream", "peer", "trace_id", "request_id", "error"]
+          "bytes_in", "bytes_out", "cluster", "upstream", "peer", "trace_id", "request_id", "error",
+          "protocol", "grpc_status"]
 
 
 def record(i: int = 0, **changes) -> Record:
@@ -40,6 +41,7 @@ def expected(r: Record) -> dict:
         "duration_ms": round((r.end - r.start) * 1000, 3), "bytes_in": r.bytes_in,
         "bytes_out": r.bytes_out, "cluster": r.cluster, "upstream": r.upstream, "peer": r.peer,
         "trace_id": r.trace_id, "request_id": r.request_id, "error": r.error,
+        "protocol": r.protocol, "grpc_status": r.grpc_status,
     }
 
 
@@ -50,7 +52,8 @@ def test_a_line_has_the_spec_fields_in_order():
     assert list(entry) == FIELDS
     assert entry == expected(record(peer="spiffe://mesh.local/ns/default/sa/web"))
     assert entry["time"] == "2025-11-25T21:10:00.012Z" and entry["duration_ms"] == 23.5
-    assert re.fullmatch(rb'\{"time":"[^"]+","listener":"out",.*"error":null\}\n', line)
+    assert re.fullmatch(rb'\{"time":"[^"]+","listener":"out",.*"error":null,'
+                        rb'"protocol":"HTTP/1.1","grpc_status":null\}\n', line)
 
 
 def test_nulls_for_what_a_refused_request_lacks():
@@ -67,15 +70,18 @@ latin1 = st.text(st.characters(min_codepoint=0, max_codepoint=255), max_size=40)
        status=st.integers(0, 599), duration_us=st.integers(0, 10**9),
        sizes=st.tuples(st.integers(0, 2**40), st.integers(0, 2**40)),
        start=st.floats(0, 4e9), error=st.sampled_from([None, "no_route", "upstream_reset"]),
-       trace=st.one_of(st.none(), st.integers(1, 2**128 - 1).map(lambda n: f"{n:032x}")))
+       trace=st.one_of(st.none(), st.integers(1, 2**128 - 1).map(lambda n: f"{n:032x}")),
+       protocol=st.sampled_from(["HTTP/1.1", "HTTP/2"]),
+       grpc_status=st.one_of(st.none(), st.integers(0, 16)))
 def test_any_request_bytes_make_valid_json_that_says_the_same(method, path, authority, request_id,
                                                              status, duration_us, sizes, start,
-                                                             error, trace):
+                                                             error, trace, protocol, grpc_status):
     # start on a whole millisecond: the line truncates to milliseconds, like the oracle
     start = int(start * 1000) / 1000
     r = record(method=method, path=path, authority=authority, request_id=request_id,
                status=status, start=start, end=start + duration_us / 1e6, bytes_in=sizes[0],
-               bytes_out=sizes[1], error=error, trace_id=trace)
+               bytes_out=sizes[1], error=error, trace_id=trace, protocol=protocol,
+               grpc_status=grpc_status)
     entry = orjson.loads(access_log_line(r))
     want = expected(r)
     assert entry.pop("duration_ms") == round(duration_us / 1000, 3)

@@ -442,7 +442,8 @@ def records(draw) -> Record:
         span_id=draw(st.text(HEX, min_size=16, max_size=16)),
         parent_id=draw(st.none() | st.just("") | st.text(HEX, min_size=16, max_size=16)),
         sampled=True, request_id=draw(optional(NAMES | st.text(min_size=100, max_size=300))),
-        overhead=0.001)
+        overhead=0.001, protocol=draw(st.sampled_from(["HTTP/1.1", "HTTP/2"])),
+        grpc_status=draw(optional(st.integers(0, 16))))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -450,6 +451,7 @@ def records(draw) -> Record:
 @example([record()])
 @example([record(), record(direction="outbound", parent_id=None, status=503,
                           error="no_healthy_upstream", request_id="x" * 5000)])
+@example([record(path="/pkg.Svc/Say", protocol="HTTP/2", grpc_status=14)])
 def test_the_hand_made_request_is_the_library_request(batch):
     assert_as_the_library(batch)
 
