@@ -397,6 +397,8 @@ class Fastproxy(Contender):
             if hop == "outbound":
                 identity = _identity_block(certs.client.spiffe_id, certs.client.cert, certs.client.key, certs.ca)
                 cluster_tls = f'tls = "mtls"\npeer = "{certs.server.spiffe_id}"'
+            elif scenario.protocol == "h2c":
+                cluster_tls = 'protocol = "http1"'   # the backend speaks only HTTP/1.1
             config = self.write_config(ctx.workdir / f"{name}.toml", f"127.0.0.1:{port}", upstream,
                                        identity, listener_tls, cluster_tls, scenario.traffic,
                                        self.observe)

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -19,8 +20,10 @@ import httpx
 import pytest
 
 from support.app_upstream import PATTERN, pattern_sha256
+from support.configs import simple_config
 from support.h2client import H2Conn
 from support.mesh import MeshCA, sid, sidecar_config
+from support.procs import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -322,3 +325,23 @@ def test_access_log_and_metrics_count_http2_requests(h2):
         time.sleep(0.05)
     line = next(json.loads(x) for x in h2.stdout().splitlines() if "/echo/logged-h2" in x)
     assert line["status"] == 200 and line["listener"] == "main"
+
+
+def test_drain_sends_goaway_and_lets_streams_in_flight_finish(fastproxy, shared_app):
+    """nghttp as the client (the h2 library treats any GOAWAY as the end): the stream in
+    flight at SIGTERM completes, after GOAWAY 2^31-1 and then the final GOAWAY."""
+    proxy = fastproxy(simple_config(shared_app.addr(), cluster='protocol = "http1"',
+                                    drain_timeout="5s"))
+    tag = uuid.uuid4().hex
+    client = subprocess.Popen(["nghttp", "-v", proxy.url(f"/slow?delay=1.5&tag={tag}")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_until(lambda: shared_app.seen(tag), deadline_s=5, what="the request at the app")
+    proxy.signal(signal.SIGTERM)
+    out = client.communicate(timeout=15)[0].decode()
+    assert client.returncode == 0, out
+    goaways = re.findall(r"recv GOAWAY frame.*\n.*last_stream_id=(\d+), error_code=(\w+)", out)
+    assert [g[0] for g in goaways[:2]] == ["2147483647", "13"], out
+    assert all(code.startswith("NO_ERROR") for _, code in goaways), out
+    assert "recv (stream_id=13) :status: 200" in out and "slow done" in out
+    assert "slow done" not in out.split("GOAWAY")[0]   # it was still in flight at the GOAWAY
+    assert proxy.wait(10) == 0

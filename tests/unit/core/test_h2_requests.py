@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastproxy._core.http1 import parse_request_head
-from fastproxy._core.http2 import MalformedMessage, request_head_bytes
+from fastproxy._core.http2 import MalformedMessage, check_trailers, request_head_bytes, response_head_bytes
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -102,3 +102,43 @@ def test_malformed_requests_are_refused(headers, h2_too):
     with pytest.raises(MalformedMessage):
         request_head_bytes(headers)
     assert _h2_refuses(headers) == h2_too
+
+
+# ---------------------------------------------------------------- responses and trailers
+
+@FUZZ
+@given(st.sampled_from([b"200", b"204", b"404", b"503", b"299"]), st.lists(regular, max_size=10))
+def test_a_well_formed_response_keeps_its_status_and_fields(status, fields):
+    raw = response_head_bytes([(b":status", status), *fields])
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+    conn.receive_data(raw)
+    event = conn.next_event()
+    assert isinstance(event, h11.Response) and event.status_code == int(status)
+    assert [(n, v) for n, v in event.headers] == fields
+
+
+@pytest.mark.parametrize("fields", [
+    [(b"x-a", b"1")],                                          # no :status
+    [(b":status", b"200"), (b":status", b"200")],
+    [(b"x-a", b"1"), (b":status", b"200")],                     # after a regular field
+    [(b":status", b"20")], [(b":status", b"2xx")],
+    [(b":status", b"200"), (b":path", b"/")],
+    [(b":status", b"200"), (b"X-Upper", b"1")],
+    [(b":status", b"200"), (b"x-a", b"1\r\nset-cookie: evil=1")],   # would split the head
+    [(b":status", b"200"), (b"x-a", b"nul\x00")],
+    [(b":status", b"200"), (b"connection", b"close")],
+    [(b":status", b"200"), (b"transfer-encoding", b"chunked")],
+])
+def test_malformed_responses_are_refused(fields):
+    with pytest.raises(MalformedMessage):
+        response_head_bytes(fields)
+
+
+def test_trailers_lose_what_a_trailer_section_must_not_carry_and_refuse_the_rest():
+    assert check_trailers([(b"grpc-status", b"0"), (b"content-length", b"5"), (b"te", b"x"),
+                           (b"grpc-message", b"ok")]) == [(b"grpc-status", b"0"),
+                                                           (b"grpc-message", b"ok")]
+    for bad in ([(b":status", b"200")], [(b"Grpc-Status", b"0")], [(b"x", b"a\nb")]):
+        with pytest.raises(MalformedMessage):
+            check_trailers(bad)
