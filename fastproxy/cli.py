@@ -149,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
                           description="Starts demo services, each with its own sidecar and certificate, "
                           "sends them load and shows live what the mesh does. Ctrl-C stops everything.")
     demo.add_argument("--base-port", type=_base_port, default=15000, metavar="N",
-                      help="the demo uses the 14 ports N..N+13 on 127.0.0.1 (default 15000)")
+                      help="the demo uses the 15 ports N..N+14 on 127.0.0.1 (default 15000)")
     demo.add_argument("--duration", type=_seconds, default=0, metavar="SECONDS",
                       help="stop after this many seconds of traffic (default: until Ctrl-C)")
     demo.add_argument("--rate", type=_nonnegative, default=100, metavar="N",

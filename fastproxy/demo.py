@@ -14,6 +14,7 @@ SIGTERM stops every child (SIGTERM, then SIGKILL after a grace) and removes the 
                  ──mTLS──> reviews-v1 sidecar :B+2 ──> reviews-v1 app   (90 %)
                  ──mTLS──> reviews-v2 sidecar :B+3 ──> reviews-v2 app   (10 %)
                  ──mTLS──> ratings sidecar    :B+4 ──> ratings app      (circuit breaker)
+    gRPC calls ──> frontend sidecar :B+1 (h2c) ──mTLS, HTTP/2──> ratings sidecar ──> ratings gRPC
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fastproxy.demo_apps import LOOPBACK, HttpClient
+from fastproxy.demo_apps import GRPC_METHOD, LOOPBACK, HttpClient, grpc_call
 
 TRUST_DOMAIN = "demo.local"
 WORKLOADS = ("frontend", "reviews-v1", "reviews-v2", "ratings")
@@ -55,6 +56,7 @@ PORTS = {
     "app:reviews-v1": (11, "reviews-v1 app"),
     "app:reviews-v2": (12, "reviews-v2 app"),
     "app:ratings": (13, "ratings app"),
+    "grpc:ratings": (14, "ratings app, gRPC service (HTTP/2)"),
 }
 PORT_SPAN = len(PORTS)
 
@@ -69,6 +71,9 @@ def _q(text: str) -> str:
 
 
 # --- configuration -----------------------------------------------------------------------
+
+GRPC_NAMES = {0: "OK", 4: "DEADLINE_EXCEEDED", 14: "UNAVAILABLE"}
+
 
 def sidecar_config(name: str, port: dict[str, int], certs: Path, logs: Path) -> str:
     """The TOML of one workload's sidecar."""
@@ -95,19 +100,32 @@ sample = 1.0                          # a demo: every request gets a trace
 export = "{target}"
 """
     if name != "frontend":
+        grpc_route = grpc_cluster = ""
+        if name == "ratings":
+            grpc_route = f"""
+  [[listener.route]]                  # gRPC calls: HTTP/2 to the app's gRPC port
+  name = "ratings-grpc"
+  prefix = "{GRPC_METHOD.rsplit('/', 1)[0]}/"
+  cluster = "grpc"
+"""
+            grpc_cluster = f"""
+[cluster.grpc]
+endpoints = ["{LOOPBACK}:{port['grpc:ratings']}"]
+protocol = "http2"
+"""
         return head + f"""
 [[listener]]                          # only the frontend may call {name}, and only over mTLS
 name = "inbound"
 bind = "{LOOPBACK}:{port[f'inbound:{name}']}"
 tls = "mtls"
 allow = ["{spiffe_id('frontend')}"]
-
+{grpc_route}
   [[listener.route]]
   cluster = "app"
 
 [cluster.app]
 endpoints = ["{LOOPBACK}:{port[f'app:{name}']}"]
-"""
+{grpc_cluster}"""
 
     def mtls_cluster(cluster: str) -> str:
         return f"""
@@ -292,6 +310,8 @@ class Stats:
         self.degraded = 0
         self.errors = 0
         self.last_error = ""
+        self.grpc: collections.Counter[int] = collections.Counter()   # by grpc-status
+        self.grpc_errors = 0
 
     @property
     def answered(self) -> int:
@@ -333,6 +353,8 @@ class Demo:
             return 0 if stop.is_set() else 1
         self.started = self.next_slot = loop.time()
         load = [asyncio.create_task(self.load_worker()) for _ in range(self.load_connections())]
+        if self.args.rate > 0:
+            load.append(asyncio.create_task(self.grpc_worker()))
         print(self.intro() + "\n", flush=True)
         try:
             while not stop.is_set():
@@ -434,6 +456,17 @@ class Demo:
         finally:
             client.close()
 
+    async def grpc_worker(self) -> None:
+        """gRPC calls to ratings, a few a second, through the frontend sidecar (h2c in,
+        HTTP/2 over mTLS to the ratings sidecar, HTTP/2 to the app's gRPC service)."""
+        while True:
+            try:
+                status, _ = await grpc_call(self.port["outbound"], "ratings")
+                self.stats.grpc[status] += 1
+            except (OSError, asyncio.TimeoutError, ConnectionError):
+                self.stats.grpc_errors += 1
+            await asyncio.sleep(0.25)
+
     # -- reading --
     async def poll(self) -> Snapshot:
         fe = self.admin["frontend"]
@@ -479,6 +512,8 @@ class Demo:
             (f"curl -i http://{LOOPBACK}:{p['ingress']}/", "a page: the reviews version, who called it, the trace id"),
             (f"curl -i -H 'x-canary: 1' http://{LOOPBACK}:{p['ingress']}/", "the canary route: always reviews-v2"),
             (f"curl -i -H 'Host: reviews' http://{LOOPBACK}:{p['outbound']}/", "the frontend's outbound listener: the split"),
+            (f"curl -i --http2-prior-knowledge -H 'Host: reviews' http://{LOOPBACK}:{p['outbound']}/",
+             "the same over HTTP/2 (and HTTP/2 between the sidecars)"),
             (f"curl -vk https://{LOOPBACK}:{p['inbound:reviews-v1']}/", "refused: no client certificate, no HTTP answer"),
             (f"curl -ik --cert {certs}/ratings/cert.pem --key {certs}/ratings/key.pem "
              f"https://{LOOPBACK}:{p['inbound:reviews-v1']}/", "403: ratings may not call reviews"),
@@ -497,6 +532,7 @@ fastproxy demo: a mesh on loopback; trust domain {TRUST_DOMAIN}; CA, certificate
       -mTLS-> reviews-v1 sidecar :{p['inbound:reviews-v1']} -> app    90 %
       -mTLS-> reviews-v2 sidecar :{p['inbound:reviews-v2']} -> app    10 %  (x-canary: 1 -> 100 %)
       -mTLS-> ratings sidecar    :{p['inbound:ratings']} -> app    {ratings}; circuit breaker
+  gRPC ratings.Get, 4/s -> frontend sidecar :{p['outbound']} (h2c) -mTLS, HTTP/2-> ratings sidecar -> app :{p['grpc:ratings']}
 
 Try:
 {try_lines}
@@ -559,6 +595,9 @@ Ctrl-C stops everything."""
                 app += f" for {phase['changes_in']:.0f} s more"
         codes = " ".join(f"{c} x{_n(n)}" for c, n in sorted(snap.ratings_codes.items())) if snap.ratings_codes else "n/a"
         lines.append(f"ratings: app {app}; what the frontend got through its sidecar: {codes}")
+        grpc = " ".join(f"{GRPC_NAMES.get(c, c)} x{_n(n)}" for c, n in sorted(s.grpc.items())) or "-"
+        lines.append(f"gRPC ratings.Get over HTTP/2 (grpc-status): {grpc}"
+                     + (f"; connection errors {_n(s.grpc_errors)}" if s.grpc_errors else ""))
         if snap.circuit:
             c = snap.circuit
             trips = f", trips {c['trips']}" if "trips" in c else ""
@@ -661,6 +700,7 @@ def main(args) -> int:
             "--frontend", str(port["app:frontend"]), "--outbound", str(port["outbound"]),
             "--reviews-v1", str(port["app:reviews-v1"]), "--reviews-v2", str(port["app:reviews-v2"]),
             "--ratings", str(port["app:ratings"]), "--otlp", str(port["otlp"]),
+            "--ratings-grpc", str(port["grpc:ratings"]),
             "--ratings-healthy", str(args.ratings_healthy), "--ratings-failing", str(args.ratings_failing),
         ], logs / "apps.log"))
         for name in WORKLOADS:

@@ -1,7 +1,7 @@
 """The applications behind `fastproxy demo`, and the small HTTP/1.1 client it uses.
 
 Owns the demo's workloads — `frontend`, `reviews` v1 and v2, `ratings` (which fails in
-phases) — and an OTLP/HTTP sink that keeps the spans the sidecars export, all served by
+phases, and also answers gRPC calls) — and an OTLP/HTTP sink that keeps the spans the sidecars export, all served by
 one helper process (`python -m fastproxy.demo_apps ...`, started by fastproxy.demo).
 The apps know nothing about the mesh: they speak plain HTTP on loopback, and the
 frontend calls `reviews` and `ratings` through its sidecar's outbound listener, passing
@@ -377,6 +377,109 @@ def _otlp_value(value):
 
 # --- the helper process --------------------------------------------------------------------
 
+# --- gRPC, minimal --------------------------------------------------------------------------
+#
+# The ratings service over gRPC (unary `fastproxy.demo.Ratings/Get`, JSON messages:
+# content-type application/grpc+json), served and called with the HTTP/2 sessions of
+# fastproxy's own core, so the demo needs no gRPC library.
+
+GRPC_METHOD = "/fastproxy.demo.Ratings/Get"
+
+
+def grpc_message(payload: bytes) -> bytes:
+    """One length-prefixed gRPC message, uncompressed."""
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+class RatingsGrpc(asyncio.Protocol):
+    """One HTTP/2 connection of the gRPC ratings service: stars while `ratings` is
+    healthy, UNAVAILABLE (14) while it fails."""
+
+    def __init__(self, ratings: Ratings):
+        from fastproxy._core.http2 import RecordingHandler, ServerSession
+        self.ratings = ratings
+        self.handler = RecordingHandler()
+        self.session = ServerSession(self.handler)
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(self.session.data_to_send())
+
+    def data_received(self, data):
+        try:
+            self.session.receive(data)
+        except Exception:   # a broken peer: what the session queued (GOAWAY) goes, then close
+            self.transport.write(self.session.data_to_send())
+            self.transport.close()
+            return
+        for event in self.handler.events:
+            ended = event[0] == "request" and event[3] or event[0] == "data" and event[3]
+            if ended:
+                self.answer(event[1])
+        self.handler.events.clear()
+        self.transport.write(self.session.data_to_send())
+
+    def answer(self, stream_id: int) -> None:
+        if self.ratings.started is None:
+            self.ratings.started = time.monotonic()
+        phase, left = self.ratings.phase()
+        head = [(b":status", b"200"), (b"content-type", b"application/grpc+json")]
+        if phase == "failing":   # trailers-only: the status in the only HEADERS frame
+            self.session.send_headers(stream_id, head + [
+                (b"grpc-status", b"14"),
+                (b"grpc-message", b"simulated outage, healthy again in %d s" % left)], True)
+            return
+        self.session.send_headers(stream_id, head)
+        self.session.send_data(stream_id, grpc_message(orjson.dumps({"service": "ratings",
+                                                                     "stars": 4})))
+        self.session.send_headers(stream_id, [(b"grpc-status", b"0")], True)
+
+
+async def serve_grpc(ratings: Ratings, port: int) -> asyncio.AbstractServer:
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.create_server(lambda: RatingsGrpc(ratings), LOOPBACK, port)
+    except OSError as exc:
+        raise SystemExit(f"app ratings (gRPC): cannot listen on {LOOPBACK}:{port}: {exc.strerror}")
+
+
+async def grpc_call(port: int, authority: str, timeout: float = 3.0) -> tuple[int, str]:
+    """One unary call of GRPC_METHOD through h2c on `port`: (grpc-status, grpc-message)."""
+    from fastproxy._core.http2 import ClientSession, RecordingHandler
+    handler = RecordingHandler()
+    session = ClientSession(handler)
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        sid = session.send_request([(b":method", b"POST"), (b":scheme", b"http"),
+                                    (b":authority", authority.encode()),
+                                    (b":path", GRPC_METHOD.encode()),
+                                    (b"content-type", b"application/grpc+json"),
+                                    (b"te", b"trailers")])
+        session.send_data(sid, grpc_message(b"{}"), True)
+        writer.write(session.data_to_send())
+        fields: dict[bytes, bytes] = {}
+        async with asyncio.timeout(timeout):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionError("the connection closed before the call ended")
+                session.receive(data)
+                writer.write(session.data_to_send())
+                for event in handler.events:
+                    if event[0] in ("response", "trailers"):
+                        fields.update(event[2])
+                    if event[0] == "reset":
+                        raise ConnectionError(f"stream reset (HTTP/2 error {event[2]})")
+                if any(e[0] == "trailers" or e[0] == "response" and e[3] for e in handler.events):
+                    break
+        status = fields.get(b"grpc-status", b"2")
+        return (int(status) if status.isdigit() else 2,
+                fields.get(b"grpc-message", b"").decode("utf-8", "replace"))
+    finally:
+        writer.close()
+
+
 async def run(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -385,12 +488,15 @@ async def run(args: argparse.Namespace) -> None:
     # a closing terminal sends SIGHUP to every process of the demo: the demo itself
     # decides, and stops everyone with SIGTERM
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    ratings = Ratings(args.ratings_healthy, args.ratings_failing)
     servers = [
         await serve_http(Frontend(args.outbound), args.frontend, "app frontend"),
         await serve_http(Reviews("v1"), args.reviews_v1, "app reviews-v1"),
         await serve_http(Reviews("v2"), args.reviews_v2, "app reviews-v2"),
-        await serve_http(Ratings(args.ratings_healthy, args.ratings_failing), args.ratings, "app ratings"),
+        await serve_http(ratings, args.ratings, "app ratings"),
     ]
+    if args.ratings_grpc:
+        servers.append(await serve_grpc(ratings, args.ratings_grpc))
     if args.otlp:
         servers.append(await serve_http(OtlpSink(), args.otlp, "OTLP sink"))
     await stop.wait()
@@ -404,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("frontend", "outbound", "reviews-v1", "reviews-v2", "ratings"):
         p.add_argument(f"--{name}", type=int, required=True, metavar="PORT")
     p.add_argument("--otlp", type=int, default=0, metavar="PORT", help="OTLP sink port (0: none)")
+    p.add_argument("--ratings-grpc", type=int, default=0, metavar="PORT",
+                   help="the ratings gRPC service's port (0: none)")
     p.add_argument("--ratings-healthy", type=float, default=20.0, metavar="SECONDS")
     p.add_argument("--ratings-failing", type=float, default=20.0, metavar="SECONDS")
     args = p.parse_args(argv)

@@ -30,6 +30,11 @@ cdef class Endpoint:
     def idle_count(self):
         return len(self.idle)
 
+    @property
+    def http2_count(self):
+        """Open HTTP/2 connections (each may carry many requests)."""
+        return len(self.h2conns)
+
     def status(self):
         """This endpoint for the admin API's /clusters."""
         import datetime, time

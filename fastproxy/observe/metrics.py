@@ -35,7 +35,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str, bool, tuple[float, ...] | N
     "fastproxy_config_reloads_total": (
         "counter", ("result",), "Configuration reloads, by result.", False, None),
     "fastproxy_upstream_connections": (
-        "gauge", ("cluster", "state"), "Upstream connections, active or idle in the pool.", True, None),
+        "gauge", ("cluster", "state"), "Upstream connections: HTTP/1.1 ones active or idle in the pool, and "
+        "HTTP/2 ones (http2), each shared by many requests.", True, None),
     "fastproxy_downstream_connections": (
         "gauge", ("listener",), "Open client connections.", True, None),
     "fastproxy_downstream_connections_waiting": (

@@ -344,6 +344,8 @@ class WorkerProcess:
                 sum(ep.active for ep in cluster.endpoints)
             gauges[metrics.key("fastproxy_upstream_connections", cluster.name, "idle", worker=i)] = \
                 sum(ep.idle_count for ep in cluster.endpoints)
+            gauges[metrics.key("fastproxy_upstream_connections", cluster.name, "http2", worker=i)] = \
+                sum(ep.http2_count for ep in cluster.endpoints)
         for name in self.core.listeners:
             gauges[metrics.key("fastproxy_downstream_connections", name, worker=i)] = 0
         for name in self.core.connection_listeners():

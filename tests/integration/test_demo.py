@@ -24,7 +24,7 @@ from support.procs import LOOPBACK, kill_group, live_pids_in_group
 
 pytestmark = pytest.mark.timeout(90)
 
-PORT_SPAN = 14          # fastproxy.demo.PORT_SPAN: the demo uses base..base+13
+PORT_SPAN = 15          # fastproxy.demo.PORT_SPAN: the demo uses base..base+14
 IDS = [f"spiffe://demo.local/ns/default/sa/{name}"
        for name in ("frontend", "reviews-v1", "reviews-v2", "ratings")]
 # ratings fails 4 s after the load starts; the circuit (open_for 5 s) probes while
@@ -78,7 +78,7 @@ class Demo:
 
 def summary(lines: list[str]) -> dict:
     """What the plain summary showed so far."""
-    seen = {"split": None, "circuit": [], "failed": [], "ids": set(), "spans": 0}
+    seen = {"split": None, "circuit": [], "failed": [], "ids": set(), "spans": 0, "grpc": {}}
     for line in lines:
         m = re.search(r"\] split: reviews-v1 ([\d.]+)% \(([\d,]+)\)\s+reviews-v2 ([\d.]+)% \(([\d,]+)\)", line)
         if m:
@@ -92,6 +92,9 @@ def summary(lines: list[str]) -> dict:
         m = re.search(r"\] traces: ([\d,]+) spans at the OTLP sink", line)
         if m:
             seen["spans"] = int(m[1].replace(",", ""))
+        m = re.search(r"\] gRPC ratings.Get over HTTP/2 \(grpc-status\): (.*)", line)
+        if m:
+            seen["grpc"] = {k: int(v.replace(",", "")) for k, v in re.findall(r"(\w+) x([\d,]+)", m[1])}
         m = re.search(r"\] identity \S+: (spiffe://\S+)", line)
         if m:
             seen["ids"].add(m[1])
@@ -102,7 +105,8 @@ def complete(seen: dict) -> bool:
     circuit = seen["circuit"]
     reopened = "open" in circuit and "closed" in circuit[circuit.index("open"):]
     return (seen["split"] is not None and seen["split"][1] >= 200 and reopened
-            and bool(seen["failed"]) and seen["ids"] == set(IDS) and seen["spans"] > 0)
+            and bool(seen["failed"]) and seen["ids"] == set(IDS) and seen["spans"] > 0
+            and seen["grpc"].get("OK", 0) > 0 and seen["grpc"].get("UNAVAILABLE", 0) > 0)
 
 
 def test_demo_shows_split_circuit_failures_identities_and_stops_on_sigint():
@@ -146,6 +150,10 @@ def test_demo_shows_split_circuit_failures_identities_and_stops_on_sigint():
             f"the ratings circuit did not close again after opening: {circuit}\n{out}"
         assert seen["failed"], f"no failed ratings request with a trace id from /requests/failed:\n{out}"
         assert seen["spans"] > 0, f"no spans reached the demo's OTLP sink:\n{out}"
+        # gRPC through both sidecars: answered while ratings is healthy, UNAVAILABLE
+        # (the app's own trailers-only status, or the proxy's circuit_open) while it fails
+        assert seen["grpc"].get("OK", 0) > 0 and seen["grpc"].get("UNAVAILABLE", 0) > 0, \
+            f"gRPC calls: {seen['grpc']}\n{out}"
     finally:
         demo.kill()
 

@@ -218,6 +218,9 @@ def test_http1_app_traffic_crosses_the_sidecars_as_http2_and_leaves_as_http1(mes
     _, clusters = admin_get(mesh.frontend, "/clusters")
     (endpoint,) = clusters["clusters"][0]["endpoints"]
     assert endpoint["http2_connections"] == 1 and endpoint["idle"] == 0
+    host, _, port = mesh.frontend.config["proxy"]["admin"].rpartition(":")
+    metrics = httpx.get(f"http://{host}:{port}/metrics", timeout=5).text
+    assert 'fastproxy_upstream_connections{cluster="backend",state="http2"} 1' in metrics
 
 
 def test_curl_http1_through_the_pair(mesh):

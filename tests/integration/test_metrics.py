@@ -181,7 +181,7 @@ def test_upstream_connections_active_then_idle(env):
                     what="the pool connection is idle")
     assert family_type(m, "fastproxy_upstream_connections") == "gauge"
     states = {dict(k)["state"] for k in m.samples("fastproxy_upstream_connections")}
-    assert "idle" in states and states <= {"active", "idle"}, states
+    assert "idle" in states and states <= {"active", "idle", "http2"}, states
 
 
 def test_circuit_gauge_and_trips(env):
