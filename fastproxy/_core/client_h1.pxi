@@ -103,6 +103,8 @@ cdef class Downstream(ClientSide):
         if st == S_H2 and not self.paused:
             self.h2.receive(data)
             return
+        if st == S_LINGER:
+            return
         if self.paused & P_ADMISSION:
             # uvloop starts reading after connection_made: keep what came, read no more
             self.hold(data)
@@ -126,7 +128,7 @@ cdef class Downstream(ClientSide):
             self.feed(data)
 
     def eof_received(self):
-        if self.state == S_H2:
+        if self.state == S_H2 or self.state == S_LINGER:
             return False
         if self.state == S_TUNNEL and self.ex is not None:
             return self.ex.tunnel_eof(True)
@@ -516,8 +518,25 @@ cdef class Downstream(ClientSide):
             self.state = S_CLOSED
             self.transport.close()
 
+    cdef void linger(self):
+        """Close after what was written (GOAWAY) went, reading and dropping whatever the
+        peer still sends meanwhile: closing a socket with unread bytes would reset the
+        connection, and the peer would lose the frames that say why. At most a second."""
+        if self.state == S_CLOSED:
+            return
+        if not self.transport.can_write_eof():   # TLS: close_notify follows what was written
+            self.close()
+            return
+        self.state = S_LINGER
+        self.transport.write_eof()
+        self.deadline = self.w.now() + 1.0
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = self.deadline
+        self.timer = self.w.loop.call_at(self.deadline, self.on_timer)
+
     cdef void write(self, bytes data):
-        if self.state != S_CLOSED:
+        if self.state != S_CLOSED and self.state != S_LINGER:
             self._write(data)
 
     # one lazily re-armed timer per connection: deadlines move without timer churn
@@ -535,6 +554,10 @@ cdef class Downstream(ClientSide):
             return
         if self.state == S_H2:
             self.h2.on_timer()
+            return
+        if self.state == S_LINGER:
+            self.state = S_CLOSED
+            self.transport.abort()
             return
         if self.w.now() < self.deadline - 0.0005:
             self.set_deadline(self.deadline)

@@ -10,6 +10,9 @@
 # in the stream, and the upstream is not read meanwhile.
 
 cdef bytes PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# control frames (PING and SETTINGS acknowledgements, RST_STREAM) we may queue for a
+# client that does not read what we write, before its connection ends (SPEC §12)
+cdef long long CONTROL_BACKLOG = 10000
 cdef bytes ORIG_PROTO = b"fastproxy-orig-proto"
 
 
@@ -41,28 +44,48 @@ cdef class H2Client(H2Connection):
     cdef int winding_down        # 1: the first GOAWAY went, 2: the final one
     cdef double idle_at          # no stream is open: when idle_timeout ends the connection
     cdef double goaway_at        # winding down: when the final GOAWAY goes
+    cdef long long answers_at_block   # session.answers when the transport stopped taking bytes
 
     def __init__(self, Downstream conn):
         cdef tuple s = conn.ls.h2_settings
         self.conn = conn
         self.w = conn.w
         self.streams = {}
-        self.session = ServerSession(self, s[0], s[1], s[3], 4096, s[2])
+        self.session = ServerSession(self, s[0], s[1], s[3], 4096, s[2], conn.ls.max_header_bytes,
+                                     conn.ls.max_headers)
 
     # -- from the Downstream ---------------------------------------------------------------
     cdef void receive(self, object data):
         try:
             self.session.receive(data)
+            if self.write_blocked and self.session.answers - self.answers_at_block > CONTROL_BACKLOG:
+                self.session.goaway(H2_ENHANCE_YOUR_CALM)
+                raise H2Error(H2_ENHANCE_YOUR_CALM, f"more than {CONTROL_BACKLOG} control frames "
+                              "queued for a client that does not read", reason="control_flood")
         except H2Error as e:          # a connection error: GOAWAY is queued
-            log.debug("listener %s: HTTP/2 connection error from %s: %s", self.conn.listener_name,
-                      self.conn.client_ip.decode(), e)
-            self.write_out()
-            self.lost()
-            self.conn.close()
+            self.protocol_error(e)
             return
         self.flush()
         if not self.streams and self.idle_at == 0:
             self.idle()
+
+    cdef void protocol_error(self, object e):
+        """The client broke HTTP/2 or set off a protection: counted, GOAWAY, closed; its
+        streams' exchanges end with it (the proxy's other connections carry on)."""
+        cdef Downstream c = self.conn
+        log.info("listener %s: HTTP/2 connection from %s closed: %s", c.listener_name,
+                 c.client_ip.decode(), e)
+        cdef MetricSlot* slot = self.w.metrics.slot(
+            f"fastproxy_http2_protocol_errors_total\x1f{c.listener_name}\x1f{e.reason}".encode())
+        if slot is not NULL:
+            fp_addu(&slot.v[0], 1)
+        self.write_out()
+        self.lost()
+        if self.write_blocked:      # a client that does not read would keep the GOAWAY, and us
+            c.transport.abort()
+            c.close()
+        else:
+            c.linger()
 
     cdef void write_out(self):
         cdef bytes out = self.session.data_to_send()
@@ -72,6 +95,7 @@ cdef class H2Client(H2Connection):
     cdef void set_blocked(self, bint blocked):
         cdef H2Stream s
         self.write_blocked = blocked
+        self.answers_at_block = self.session.answers
         for s in list(self.streams.values()):
             s.update_blocked()
 
@@ -152,6 +176,7 @@ cdef class H2Client(H2Connection):
         s.forwarded_lines = c.forwarded_lines
         s.proto_lines = c.proto_lines
         s.denied = c.denied
+        s.h2 = True
         s.write_blocked = self.write_blocked
         self.streams[stream_id] = s
         self.idle_at = 0
@@ -215,6 +240,11 @@ cdef class H2Stream(ClientSide):
         cdef RequestHead h
         cdef ListenerState ls = self.ls
         cdef Exchange ex
+        self.body_open = not end
+        if fields is None:            # the session cut a list over the limits
+            self.refuse(431, "header_too_large", f"request header list over max_header_bytes "
+                        f"({ls.max_header_bytes}) or max_headers ({ls.max_headers})")
+            return
         try:
             raw = request_head_bytes(fields)
         except MalformedMessage as e:
@@ -233,7 +263,6 @@ cdef class H2Stream(ClientSide):
             h.framing = BODY_STREAM
         ctype = h.get(b"content-type")
         self.grpc = ctype is not None and ctype.startswith(b"application/grpc")
-        self.h2 = True
         self.orig_h1 = ls.tls_mode == TLS_MUTUAL and self.orig_http1(h)
         self.body_open = not end
         self.framing = h.framing

@@ -20,6 +20,8 @@ cdef class Decoder:
     cdef _Table table
     cdef public Py_ssize_t max_table_size   # SETTINGS_HEADER_TABLE_SIZE we announced
     cdef public Py_ssize_t max_list_size    # decoded name + value + 32 per field, at most
+    cdef public Py_ssize_t max_fields       # fields per list, at most
+    cdef readonly bint oversized            # the last list went over a limit: cut short
     cdef list decode_block(self, bytes block)
 
 

@@ -152,6 +152,7 @@ cdef class Decoder:
         self.table = _Table()
         self.max_table_size = DEFAULT_TABLE_SIZE
         self.max_list_size = 65536
+        self.max_fields = 1000
 
     @property
     def table_size(self):
@@ -170,6 +171,7 @@ cdef class Decoder:
         cdef bint fields = False
         cdef bytes name, value
         cdef tuple entry
+        self.oversized = False
         while i < n:
             b = p[i]
             if b & 0x80:                              # indexed field
@@ -196,8 +198,11 @@ cdef class Decoder:
                     self.table.add(name, value)
             fields = True
             total += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + ENTRY_OVERHEAD
-            if total > self.max_list_size:
-                raise HPACKError(f"header list larger than {self.max_list_size} bytes")
+            if total > self.max_list_size or len(out) >= self.max_fields:
+                # the block is still decoded to its end, so that the dynamic table stays
+                # in step with the encoder's (RFC 7541 §2.3), but no field beyond is kept
+                self.oversized = True
+                continue
             out.append((name, value))
         return out
 

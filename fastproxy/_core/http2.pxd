@@ -74,10 +74,20 @@ cdef class Session:
     cdef uint32_t block_stream
     cdef bint block_end_stream
     cdef readonly bint goaway_sent
+    cdef Py_ssize_t max_block      # a header block's bytes, at most (max_header_bytes)
+    cdef readonly long long answers   # control frames we queued in answer (PING, SETTINGS, RST)
+    cdef double window_start       # the flood counters count in one-second windows
+    cdef int resets_in_window
+    cdef int empty_in_window
 
     cdef void setup(self, SessionHandler handler, uint32_t max_concurrent_streams,
                     uint32_t initial_window_size, uint32_t max_frame_size,
-                    uint32_t header_table_size, uint32_t connection_window)
+                    uint32_t header_table_size, uint32_t connection_window,
+                    Py_ssize_t max_header_bytes, Py_ssize_t max_headers)
+    cdef void check_block(self, FrameHeader* h) except *
+    cdef void tick(self)
+    cdef void count_reset(self) except *
+    cdef void count_empty(self) except *
     cpdef receive(self, data)
     cpdef uint32_t send_request(self, list fields, bint end_stream=*) except 0
     cpdef bint can_open(self)

@@ -13,6 +13,7 @@ whether it ends the connection or one stream.
 from http import HTTPStatus
 
 cimport cython
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t
@@ -40,13 +41,23 @@ cdef uint32_t MAX_WINDOW = 0x7FFFFFFF
 cdef uint32_t LARGEST_FRAME_SIZE = 0xFFFFFF
 
 
-class H2Error(Exception):
-    """A peer broke RFC 9113: `code` to send, on `stream_id` (0: the connection ends)."""
+# a connection error's reason, for fastproxy_http2_protocol_errors_total, by code; the
+# protections (ENHANCE_YOUR_CALM) name their own
+REASONS = {PROTOCOL_ERROR: "protocol_error", INTERNAL_ERROR: "internal_error",
+           FLOW_CONTROL_ERROR: "flow_control", SETTINGS_TIMEOUT: "settings_timeout",
+           STREAM_CLOSED: "stream_closed", FRAME_SIZE_ERROR: "frame_size",
+           COMPRESSION_ERROR: "compression", ENHANCE_YOUR_CALM: "enhance_your_calm"}
 
-    def __init__(self, code: int, detail: str, stream_id: int = 0):
+
+class H2Error(Exception):
+    """A peer broke RFC 9113: `code` to send, on `stream_id` (0: the connection ends);
+    `reason` names it for the metrics."""
+
+    def __init__(self, code: int, detail: str, stream_id: int = 0, reason: str | None = None):
         super().__init__(detail)
         self.code = code
         self.stream_id = stream_id
+        self.reason = reason or REASONS.get(code, "protocol_error")
 
 
 cdef inline uint32_t _u32(const uint8_t* p) noexcept:

@@ -15,6 +15,15 @@ cdef enum:
 
 cdef long long WINDOW_LIMIT = 0x7FFFFFFF
 
+# the protections of SPEC §12, per client connection
+cdef int EMPTY_FRAMES_PER_SECOND = 1000    # DATA without data or END_STREAM, empty CONTINUATION
+
+
+cdef inline double _now() noexcept:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
 
 cdef class SessionHandler:
     """What a ServerSession reports. The HTTP/2 client side implements it; tests record it."""
@@ -51,12 +60,16 @@ cdef class Session:
 
     cdef void setup(self, SessionHandler handler, uint32_t max_concurrent_streams,
                     uint32_t initial_window_size, uint32_t max_frame_size,
-                    uint32_t header_table_size, uint32_t connection_window):
+                    uint32_t header_table_size, uint32_t connection_window,
+                    Py_ssize_t max_header_bytes, Py_ssize_t max_headers):
         self.handler = handler
+        self.max_block = max_header_bytes
         self.reader = FrameReader()
         self.reader.max_frame_size = max_frame_size
         self.decoder = Decoder()
         self.decoder.max_table_size = header_table_size
+        self.decoder.max_list_size = max_header_bytes
+        self.decoder.max_fields = max_headers
         self.encoder = Encoder()
         self.out = bytearray()
         self.preface = bytearray()
@@ -145,14 +158,20 @@ cdef class Session:
             self.block_end_stream = h.flags & FLAG_END_STREAM
             if h.flags & FLAG_END_HEADERS:
                 self.header_block()
+            else:
+                self.check_block(h)
         elif t == CONTINUATION:
             self.block += payload
             if h.flags & FLAG_END_HEADERS:
                 self.header_block()
+            else:
+                self.check_block(h)
         elif t == RST_STREAM:
             if sid > self.last_stream_id:
                 raise H2Error(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
             if self.streams.pop(sid, None) is not None:
+                if not self.client:
+                    self.count_reset()
                 self.handler.on_reset(sid, payload_fields(RST_STREAM, h.flags, payload))
         elif t == SETTINGS:
             if not h.flags & FLAG_ACK:
@@ -160,6 +179,7 @@ cdef class Session:
         elif t == PING:
             if not h.flags & FLAG_ACK:
                 self.out += frame(PING, FLAG_ACK, 0, payload)
+                self.answers += 1
         elif t == PUSH_PROMISE:
             raise H2Error(PROTOCOL_ERROR, "PUSH_PROMISE, though SETTINGS_ENABLE_PUSH is 0")
         elif t == GOAWAY:
@@ -191,6 +211,8 @@ cdef class Session:
             self.consumed_connection(h.length)
             raise H2Error(FLOW_CONTROL_ERROR, f"DATA beyond the window of stream {sid}", sid)
         s.recv_window -= h.length
+        if h.length == 0 and not h.flags & FLAG_END_STREAM and not self.client:
+            self.count_empty()
         data = payload_fields(DATA, h.flags, payload)
         if len(data) < h.length:          # padding is flow-controlled but nobody consumes it
             self.consume(sid, s, h.length - len(data))
@@ -204,6 +226,8 @@ cdef class Session:
         cdef list fields = self.decoder.decode_block(bytes(self.block))   # always: HPACK is stateful
         cdef bint end = self.block_end_stream
         self.block = None
+        if self.decoder.oversized:
+            fields = None                  # over max_header_bytes/max_headers: the handler says 431
         if self.client:
             self.response_block(sid, s, fields, end)
             return
@@ -212,6 +236,8 @@ cdef class Session:
                 raise H2Error(STREAM_CLOSED, f"HEADERS after the end of stream {sid}", sid)
             if not end:
                 raise H2Error(PROTOCOL_ERROR, "trailers without END_STREAM", sid)
+            if fields is None:
+                raise H2Error(PROTOCOL_ERROR, "trailers over the header limits", sid)
             self.remote_end(sid, s)
             self.handler.on_trailers(sid, fields)
             return
@@ -238,6 +264,8 @@ cdef class Session:
             return                         # a stream we reset: its frames may still come
         if s.state == ST_HALF_CLOSED_REMOTE:
             raise H2Error(STREAM_CLOSED, f"HEADERS after the end of stream {sid}", sid)
+        if fields is None:
+            raise H2Error(PROTOCOL_ERROR, "a response header list over the limits", sid)
         if s.responded:
             if not end:
                 raise H2Error(PROTOCOL_ERROR, "trailers without END_STREAM", sid)
@@ -299,6 +327,7 @@ cdef class Session:
             elif ident == SETTINGS_HEADER_TABLE_SIZE:
                 self.encoder.set_max_table_size(min(value, 4096))
         self.out += settings_frame(ack=True)
+        self.answers += 1
         if delta > 0:
             for sid in list(self.streams):
                 self.handler.on_window(sid)
@@ -386,6 +415,40 @@ cdef class Session:
     cpdef reset_stream(self, uint32_t stream_id, uint32_t code):
         self.streams.pop(stream_id, None)
         self.out += frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
+        self.answers += 1
+
+    # -- the protections (SPEC §12) ---------------------------------------------------------
+    cdef void check_block(self, FrameHeader* h) except *:
+        """A header block still open: the CONTINUATION flood ends when it grows past
+        max_header_bytes, before it is complete (nothing of it is decoded or kept)."""
+        if len(self.block) > self.max_block:
+            raise H2Error(ENHANCE_YOUR_CALM, f"a header block over {self.max_block} bytes and "
+                          "not ended", reason="continuation_flood")
+        if h.length == 0:
+            self.count_empty()
+
+    cdef void tick(self):
+        """The one-second window the flood counters count in."""
+        cdef double now = _now()
+        if now - self.window_start >= 1.0:
+            self.window_start = now
+            self.resets_in_window = self.empty_in_window = 0
+
+    cdef void count_reset(self) except *:
+        """Rapid reset (CVE-2023-44487): streams the client opens and resets before their
+        response, more than 2 x max_concurrent_streams in a second."""
+        self.tick()
+        self.resets_in_window += 1
+        if self.resets_in_window > 2 * self.max_concurrent:
+            raise H2Error(ENHANCE_YOUR_CALM, f"more than {2 * self.max_concurrent} streams reset "
+                          "by the client within a second", reason="rapid_reset")
+
+    cdef void count_empty(self) except *:
+        self.tick()
+        self.empty_in_window += 1
+        if self.empty_in_window > EMPTY_FRAMES_PER_SECOND:
+            raise H2Error(ENHANCE_YOUR_CALM, f"more than {EMPTY_FRAMES_PER_SECOND} empty frames "
+                          "within a second", reason="empty_frames")
 
     cpdef goaway(self, uint32_t code=NO_ERROR, bint final=True):
         """No new streams: the ones up to the last we saw finish (§6.8). Not final: the
@@ -408,9 +471,10 @@ cdef class ServerSession(Session):
 
     def __init__(self, SessionHandler handler, uint32_t max_concurrent_streams=100,
                  uint32_t initial_window_size=65535, uint32_t max_frame_size=16384,
-                 uint32_t header_table_size=4096, uint32_t connection_window=65535):
+                 uint32_t header_table_size=4096, uint32_t connection_window=65535,
+                 Py_ssize_t max_header_bytes=65536, Py_ssize_t max_headers=100):
         self.setup(handler, max_concurrent_streams, initial_window_size, max_frame_size,
-                   header_table_size, connection_window)
+                   header_table_size, connection_window, max_header_bytes, max_headers)
 
 
 @cython.final
@@ -420,7 +484,8 @@ cdef class ClientSession(Session):
     def __init__(self, SessionHandler handler, uint32_t initial_window_size=65535,
                  uint32_t max_frame_size=16384, uint32_t connection_window=65535):
         self.client = True
-        self.setup(handler, 0, initial_window_size, max_frame_size, 4096, connection_window)
+        self.setup(handler, 0, initial_window_size, max_frame_size, 4096, connection_window,
+                   262144, 1000)
 
 
 cdef class RecordingHandler(SessionHandler):

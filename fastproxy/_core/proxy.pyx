@@ -85,6 +85,8 @@ cdef enum:
     S_TUNNEL = 3     # an Upgrade tunnel: bytes flow both ways
     S_CLOSED = 4
     S_H2 = 5         # the connection speaks HTTP/2: its H2Client has it
+    S_LINGER = 6     # closing after a protocol error: what comes is read and dropped, so
+                     # that the last frames (GOAWAY) are not lost to a reset
 
 # why a client connection is not being read
 cdef enum:
@@ -133,6 +135,7 @@ cdef enum:
     H2_INTERNAL_ERROR = 2
     H2_REFUSED_STREAM = 7
     H2_CANCEL = 8
+    H2_ENHANCE_YOUR_CALM = 11
 
 # a cluster's protocol (SPEC §12), in the order of fastproxy.config.model.PROTOCOLS
 cdef enum:

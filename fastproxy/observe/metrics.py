@@ -20,6 +20,10 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str, bool, tuple[float, ...] | N
     "fastproxy_grpc_requests_total": (
         "counter", ("listener", "cluster", "grpc_status"), "gRPC requests answered, by "
         "grpc-status (\"none\": the response ended without one).", False, None),
+    "fastproxy_http2_protocol_errors_total": (
+        "counter", ("listener", "reason"), "HTTP/2 client connections closed for breaking the "
+        "protocol or setting off a protection (rapid_reset, continuation_flood, "
+        "control_flood, empty_frames, flow_control, compression, frame_size, ...).", False, None),
     "fastproxy_request_duration_seconds": (
         "histogram", ("listener", "cluster"), "Request duration, from a complete request head "
         "to the end of the response.", False, DURATION_BUCKETS),
