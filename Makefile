@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test build debug bench bench-deps bench-micro bench-tls clean
+.PHONY: run test build debug bench bench-deps bench-micro bench-tls fuzz clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ bench-micro: build
 # Full TLS handshakes per proxy CPU-second and memory per idle TLS connection.
 bench-tls: build
 	$(BIN)/python -m bench.tls_costs
+
+# Every fuzz target (fuzz/targets.py) under atheris, FUZZ_RUNS executions each; a finding
+# stops the run and is written as crash-*.
+FUZZ_RUNS ?= 10000000
+fuzz: build
+	$(BIN)/pip install -q atheris
+	for t in hpack_decode h2_frames h2_session http1_request chunked; do \
+	  $(BIN)/python -m fuzz $$t -runs=$(FUZZ_RUNS) -max_len=4096 -print_final_stats=1 || exit 1; done
 
 clean:
 	rm -rf build $(VENV) fastproxy/_core/*.c fastproxy/_core/*.so fastproxy/_core/*.html

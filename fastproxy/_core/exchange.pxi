@@ -332,6 +332,8 @@ cdef class Exchange:
         cdef Cluster cl = self.cluster
         if cl.protocol != PROTO_AUTO or cl.tls_mode != TLS_OFF:
             return cl.protocol
+        if self.endpoint is not None and self.endpoint.speaks_h1:
+            return PROTO_HTTP1
         return PROTO_HTTP2 if self.client.h2 and not self.client.orig_h1 else PROTO_HTTP1
 
     cdef inline void dialed(self):

@@ -15,6 +15,7 @@ cdef class Endpoint:
     cdef readonly int consecutive_failures
     cdef readonly int ejections
     cdef int64_t ejected_until       # monotonic ms; 0 when not ejected
+    cdef bint speaks_h1              # answered HTTP/1.1 to an h2c preface: auto speaks HTTP/1.1 to it
     cdef public object tls_session   # tls/mtls clusters: the session the next connection offers
 
     def __init__(self, str host, int port):

@@ -39,6 +39,7 @@ cdef class H2Upstream(H2Connection):
     cdef str tls_error
     cdef object timer
     cdef double idle_at
+    cdef list heads_waiting      # calls whose response head waits for its first DATA
 
     def __init__(self, Worker w, Cluster cl, Endpoint ep):
         self.w = w
@@ -69,18 +70,43 @@ cdef class H2Upstream(H2Connection):
         self.write_out()               # the preface and our SETTINGS
 
     def data_received(self, data):
+        cdef H2Call c
+        if self.closed:
+            return
         try:
             self.session.receive(data)
+            if self.heads_waiting:    # no DATA came with them in these bytes: heads alone
+                waiting = self.heads_waiting
+                self.heads_waiting = None
+                for c in waiting:
+                    c.pass_head(None, False)
         except H2Error as e:
+            if not self.session.settings_seen and data[:7] == b"HTTP/1." \
+                    and self.cl.protocol == PROTO_AUTO:
+                self.http1_server()
+                return
             why = f"broke HTTP/2: {e}"
             if not self.session.settings_seen and data[:7] == b"HTTP/1.":
-                why = f"answered HTTP/1.1, not HTTP/2 (cluster protocol \"http1\" speaks it)"
+                why = "answered HTTP/1.1, not HTTP/2 (cluster protocol \"http1\" speaks it)"
             log.warning("cluster %s: %s %s", self.cl.name, self.ep.label, why)
             self.write_out()
             self.lost(why)
             self.close()
             return
         self.flush()
+
+    cdef void http1_server(self):
+        """An auto cluster's endpoint answered our h2c preface with HTTP/1.1: it speaks
+        only that. Its requests here never reached the application (the preface came
+        first): they are sent again over HTTP/1.1, which auto uses for it from now on."""
+        cdef H2Call c
+        if not self.ep.speaks_h1:
+            log.info("cluster %s: %s answered HTTP/1.1 to HTTP/2 with prior knowledge: speaking "
+                     "HTTP/1.1 to it", self.cl.name, self.ep.label)
+        self.ep.speaks_h1 = True
+        self.close()
+        for c in list(self.calls.values()):
+            c.was_reset(H2_REFUSED_STREAM)
 
     def eof_received(self):
         self.lost("closed the connection")
@@ -242,6 +268,8 @@ cdef class H2Call(UpstreamSide):
     cdef list pending_trailers
     cdef bint reading_paused     # the client is not taking the response: DATA not acknowledged
     cdef Py_ssize_t unacked
+    cdef bint head_waiting       # the response head is kept for the DATA that follows it, so
+                                 # that a small response leaves in one write with its head
 
     # -- the upstream side of the exchange (UpstreamSide, sides.pxi) --------------------------
     cdef void send_request(self, RequestHead h, HeadEdit edit, list body, bint end):
@@ -371,9 +399,22 @@ cdef class H2Call(UpstreamSide):
         self.responded = True
         if end:
             rh.framing = BODY_NONE
-        elif rh.framing != BODY_LENGTH and rh.framing != BODY_NONE:
+            ex.response_head(rh, None, 0, 0, True)
+            return
+        if rh.framing != BODY_LENGTH and rh.framing != BODY_NONE:
             rh.framing = BODY_STREAM
-        ex.response_head(rh, None, 0, 0, end)
+        self.head_waiting = True
+        if self.conn.heads_waiting is None:
+            self.conn.heads_waiting = []
+        self.conn.heads_waiting.append(self)
+
+    cdef void pass_head(self, bytes data, bint end):
+        """The response head goes to the exchange, with the first body bytes if they came."""
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data) if data is not None else 0
+        if not self.head_waiting or self.ex is None:
+            return
+        self.head_waiting = False
+        self.ex.response_head(self.resp, data, 0, n, end)
 
     cdef void data(self, bytes data, bint end):
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
@@ -381,7 +422,10 @@ cdef class H2Call(UpstreamSide):
             self.conn.session.consumed(self.sid, n)
             self.ex.upstream_failed(502, "bad_gateway", "DATA before the response head")
             return
-        self.ex.response_data(data, 0, n, n, end)
+        if self.head_waiting:
+            self.pass_head(data, end)
+        else:
+            self.ex.response_data(data, 0, n, n, end)
         if self.closed:
             self.conn.session.consumed(self.sid, n)
         elif self.reading_paused:
@@ -395,7 +439,9 @@ cdef class H2Call(UpstreamSide):
         except MalformedMessage as e:
             self.ex.upstream_failed(502, "bad_gateway", f"malformed HTTP/2 trailers: {e}")
             return
-        self.ex.response_trailers(fields)
+        self.pass_head(None, False)
+        if self.ex is not None:
+            self.ex.response_trailers(fields)
 
     cdef void was_reset(self, uint32_t code):
         """The server reset the stream (or a GOAWAY left it out)."""

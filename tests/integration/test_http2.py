@@ -219,22 +219,48 @@ def test_route_timeout_on_one_stream_leaves_the_others(h2):
 
 # ---------------------------------------------------------------- strictness per stream
 
-@pytest.mark.parametrize("fields", [
-    [("connection", "keep-alive")],
-    [("transfer-encoding", "chunked")],
-    [("te", "gzip")],
-    [("X-Upper", "1")],
-    [("x-bad", "a\r\nx-smuggled: 1")],
-    [("x-bad", " leading")],
-    [(":unknown", "1")],
-], ids=["connection", "transfer-encoding", "te", "uppercase", "crlf", "whitespace", "pseudo"])
-def test_malformed_requests_reset_only_their_stream(h2, fields):
+MALFORMED = {   # SPEC §12 Strictness: (headers replacing the pseudo-headers or not, extra fields)
+    "connection": (None, [("connection", "keep-alive")]),
+    "keep-alive": (None, [("keep-alive", "300")]),
+    "proxy-connection": (None, [("proxy-connection", "close")]),
+    "transfer-encoding": (None, [("transfer-encoding", "chunked")]),
+    "upgrade": (None, [("upgrade", "websocket")]),
+    "te-not-trailers": (None, [("te", "gzip")]),
+    "uppercase-name": (None, [("X-Upper", "1")]),
+    "crlf-in-value": (None, [("x-bad", "a\r\nx-smuggled: 1")]),
+    "lf-in-value": (None, [("x-bad", "a\nGET /evil HTTP/1.1")]),
+    "nul-in-value": (None, [("x-bad", "a\x00b")]),
+    "cr-in-name": (None, [("x-b\rad", "1")]),
+    "leading-whitespace": (None, [("x-bad", " leading")]),
+    "trailing-whitespace": (None, [("x-bad", "trailing\t")]),
+    "unknown-pseudo": (None, [(":unknown", "1")]),
+    "pseudo-after-regular": ([(":method", "GET"), (":scheme", "http"), ("x-a", "1"),
+                              (":path", "/slow"), (":authority", "t")], []),
+    "method-missing": ([(":scheme", "http"), (":path", "/slow"), (":authority", "t")], []),
+    "scheme-missing": ([(":method", "GET"), (":path", "/slow"), (":authority", "t")], []),
+    "path-missing": ([(":method", "GET"), (":scheme", "http"), (":authority", "t")], []),
+    "path-empty": ([(":method", "GET"), (":scheme", "http"), (":path", ""), (":authority", "t")], []),
+    "path-repeated": ([(":method", "GET"), (":scheme", "http"), (":path", "/slow"),
+                       (":path", "/other"), (":authority", "t")], []),
+    "authority-host-differ": (None, [("host", "elsewhere")]),
+    "content-length-malformed": (None, [("content-length", "1x")]),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_requests_reset_only_their_stream(h2, case):
+    pseudo, fields = MALFORMED[case]
     c = conn(h2)
     tag = uuid.uuid4().hex
-    bad = c.request(f"/slow?tag={tag}", headers=fields)
+    if pseudo is None:
+        bad = c.request(f"/slow?tag={tag}", headers=fields)
+    else:
+        bad = c.send_fields([(n, v.replace("/slow", f"/slow?tag={tag}")) for n, v in pseudo])
     good = c.request("/echo")
     b, g = c.wait(bad, good)
-    assert b.reset == PROTOCOL_ERROR and b.headers is None
+    # RST_STREAM(PROTOCOL_ERROR), or the 400 of the checks HTTP/1.1 heads get too
+    assert (b.reset == PROTOCOL_ERROR and b.headers is None) or \
+        (b.status == 400 and b.header("fastproxy-error") == "bad_request"), b
     assert g.status == 200
     assert not h2.app.seen(tag)
 
@@ -345,3 +371,26 @@ def test_drain_sends_goaway_and_lets_streams_in_flight_finish(fastproxy, shared_
     assert "recv (stream_id=13) :status: 200" in out and "slow done" in out
     assert "slow done" not in out.split("GOAWAY")[0]   # it was still in flight at the GOAWAY
     assert proxy.wait(10) == 0
+
+
+def test_trailers_with_a_pseudo_header_reset_the_stream(h2):
+    c = conn(h2)
+    tag = uuid.uuid4().hex
+    bad = c.request(f"/stream-upload?hold={tag}", method="POST", body=b"abc", end=False)
+    c.send_trailers(bad, [(":path", "/evil")])
+    (b,) = c.wait(bad)
+    assert b.reset == PROTOCOL_ERROR
+    h2.app.release(tag)
+
+
+def test_an_auto_cluster_falls_back_to_http1_for_a_server_that_answers_http1(fastproxy, shared_app):
+    """h2c client, plain auto cluster, an HTTP/1.1-only app: the first connection's
+    preface is answered with HTTP/1.1, its requests go again over HTTP/1.1, and the
+    endpoint is spoken to in HTTP/1.1 from then on."""
+    proxy = fastproxy(simple_config(shared_app.addr()))     # protocol "auto" (the default)
+    c = H2Conn(proxy.port())
+    first = c.wait(*[c.request(f"/echo/{i}") for i in range(4)])
+    assert [s.status for s in first] == [200] * 4
+    assert [json.loads(s.body)["version"] for s in first] == ["1.1"] * 4
+    assert c.get("/echo/later").status == 200
+    assert proxy.stderr().count("answered HTTP/1.1 to HTTP/2") == 1

@@ -90,13 +90,17 @@ class H2Conn:
     # -- sending ------------------------------------------------------------------------
     def request(self, path: str = "/", method: str = "GET", headers=(), body: bytes | None = None,
                 end: bool = True, authority: str = "test", scheme: str = "http") -> int:
-        sid = self.h2.get_next_available_stream_id()
-        fields = [(":method", method), (":scheme", scheme), (":authority", authority),
-                  (":path", path), *headers]
-        self.streams[sid] = Stream()
-        self.h2.send_headers(sid, fields, end_stream=end and body is None)
+        sid = self.send_fields([(":method", method), (":scheme", scheme), (":authority", authority),
+                                (":path", path), *headers], end and body is None)
         if body is not None:
             self.send(sid, body, end)
+        return sid
+
+    def send_fields(self, fields, end: bool = True) -> int:
+        """A new stream with exactly this header list (pseudo-headers included)."""
+        sid = self.h2.get_next_available_stream_id()
+        self.streams[sid] = Stream()
+        self.h2.send_headers(sid, list(fields), end_stream=end)
         self.flush()
         return sid
 
