@@ -2,6 +2,8 @@
 findings of long runs as regression cases. `make fuzz` runs them long under atheris."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,3 +33,12 @@ def test_short_fuzz_run(name):
     def run(data):
         TARGETS[name](data)
     run()
+
+
+FINDINGS = Path(__file__).parent / "fuzz_findings"
+
+
+@pytest.mark.parametrize("finding", sorted(p.name for p in FINDINGS.iterdir()))
+def test_what_long_runs_found_stays_fixed(finding):
+    """Inputs a long run once failed on, named TARGET-what."""
+    TARGETS[finding.split("-", 1)[0]]((FINDINGS / finding).read_bytes())
