@@ -264,7 +264,6 @@ cdef class H2Stream(ClientSide):
         ctype = h.get(b"content-type")
         self.grpc = ctype is not None and ctype.startswith(b"application/grpc")
         self.orig_h1 = ls.tls_mode == TLS_MUTUAL and self.orig_http1(h)
-        self.body_open = not end
         self.framing = h.framing
         self.remaining = h.content_length
         ex = Exchange.__new__(Exchange)
@@ -290,7 +289,6 @@ cdef class H2Stream(ClientSide):
     # -- the request body ----------------------------------------------------------------------
     cdef void body(self, bytes data, bint end):
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-        cdef bytes wire = data
         if self.framing == BODY_LENGTH:
             self.remaining -= n
             if self.remaining < 0 or (end and self.remaining):
@@ -305,7 +303,7 @@ cdef class H2Stream(ClientSide):
         if end:
             self.body_open = False
         if self.ex is not None:
-            self.ex.request_data(wire, 0, PyBytes_GET_SIZE(wire), n, end)
+            self.ex.request_data(data, 0, n, n, end)
         if self.closed:
             return
         if self.paused:
@@ -361,10 +359,9 @@ cdef class H2Stream(ClientSide):
     cdef list response_fields(self, ResponseHead rh, HeadEdit edit):
         """The head as an HTTP/2 field list: :status, the kept fields with their names
         lowercased, the proxy's own lines."""
-        cdef bytes raw = rh.raw, line
+        cdef bytes raw = rh.raw
         cdef Field* f
         cdef int i
-        cdef Py_ssize_t k
         cdef list out = [(b":status", b"%d" % rh.status)]
         for i in range(rh.nfields):
             f = &rh.fields[i]
@@ -462,7 +459,7 @@ cdef class H2Stream(ClientSide):
         cdef bytes body
         if self.closed:
             return 0
-        if self.grpc:   # trailers-only (docs/grpc.md)
+        if self.grpc:   # trailers-only (docs/http2.md, gRPC)
             self.client.session.send_headers(self.sid, [
                 (b":status", b"200"), (b"content-type", b"application/grpc"),
                 (b"grpc-status", b"%d" % GRPC_STATUS_OF.get(status, 2)),

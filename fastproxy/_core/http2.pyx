@@ -1,12 +1,13 @@
-"""HTTP/2 (RFC 9113), sans-IO, for the core. Not wired into the proxy yet.
+"""HTTP/2 (RFC 9113), sans-IO, for the core (client_h2.pxi and upstream_h2.pxi drive it).
 
 Owns reading frames in place out of the bytes a connection receives, with every check
 that needs only the frame and the CONTINUATION sequence (§4.2, §6: lengths, stream ids,
 padding, SETTINGS values, a zero WINDOW_UPDATE increment, a HEADERS block cut by another
-frame), and writing frames; the §8 rules for request header lists and the request head
-they stand for; and the server role of a connection (http2_session.pxi: stream states,
-flow-control windows, SETTINGS, PING, GOAWAY). `H2Error` carries the error code and
-whether it ends the connection or one stream.
+frame), and writing frames; the §8 rules for request and response header lists and the
+HTTP/1.1-shaped heads they stand for; and a connection's session in the server or the
+client role, with the protections of SPEC §12 (http2_session.pxi: stream states,
+flow-control windows, SETTINGS, PING, GOAWAY). `H2Error` carries the error code, whether
+it ends the connection or one stream, and the reason the metrics count it under.
 
 `hyperframe` is the oracle in tests/unit/core/test_h2_frames.py, never used here.
 """
