@@ -223,11 +223,16 @@ def test_http1_app_traffic_crosses_the_sidecars_as_http2_and_leaves_as_http1(mes
     assert 'fastproxy_upstream_connections{cluster="backend",state="http2"} 1' in metrics
 
 
-def test_curl_http1_through_the_pair(mesh):
-    out = subprocess.run(["curl", "-sS", "--max-time", "10", "-d", "x" * 70000,
+@pytest.mark.parametrize("framing", [[], ["-H", "Transfer-Encoding: chunked"]],
+                         ids=["content-length", "chunked"])
+def test_curl_http1_bodies_through_the_pair(mesh, framing):
+    out = subprocess.run(["curl", "-sS", "--max-time", "10", *framing, "-d", "x" * 70000,
                           f"http://127.0.0.1:{mesh.frontend.port('outbound')}/echo"],
                          capture_output=True, timeout=20)
-    assert json.loads(out.stdout)["body_len"] == 70000
+    echo = json.loads(out.stdout)
+    assert echo["body_len"] == 70000
+    sent = dict((k.lower(), v.lower()) for k, v in echo["headers"])
+    assert sent.get("transfer-encoding") == ("chunked" if framing else None)
 
 
 def test_access_log_records_the_protocol(mesh):
