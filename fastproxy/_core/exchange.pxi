@@ -306,6 +306,7 @@ cdef class Exchange:
         cdef Cluster cl = self.cluster
         cdef Endpoint ep
         cdef UpstreamSide up
+        cdef int protocol
         ep = cl.pick(self.tried, monotonic_ms())
         if ep is None:
             if self.tried:
@@ -317,14 +318,15 @@ cdef class Exchange:
                 self.reject(503, "no_healthy_upstream", f"cluster {cl.name} has no healthy endpoint")
             return
         self.endpoint = ep
-        up = ep.take_idle(self.upstream_protocol())
+        protocol = self.upstream_protocol()
+        up = ep.take_idle(protocol)
         if up is not None:
             self.attach(up, True)
             return
         self.connecting = True
         if not self.t_up:
             self.t_dial = monotonic_ns()
-        open_upstream(self.w, cl, ep, self, self.upstream_protocol())
+        open_upstream(self.w, cl, ep, self, protocol)
 
     cdef int upstream_protocol(self):
         """What to speak upstream (SPEC §12): the cluster's protocol; for auto, what ALPN
