@@ -241,8 +241,8 @@ cdef class Session:
             self.remote_end(sid, s)
             self.handler.on_trailers(sid, fields)
             return
-        if sid <= self.last_stream_id:
-            raise H2Error(STREAM_CLOSED, f"HEADERS on closed stream {sid}")
+        if sid <= self.last_stream_id:   # §5.1.1: an unexpected stream id
+            raise H2Error(PROTOCOL_ERROR, f"HEADERS on stream {sid}, below the last one opened")
         self.last_stream_id = sid
         if self.goaway_sent:
             return                         # §6.8: ignored after our GOAWAY

@@ -189,9 +189,9 @@ HOSTILE = {
     "DATA beyond the connection window": (PREFACE + SETTINGS + http2.headers_frames(
         1, b"\x83\x86\x84\x41\x01a", False) + b"".join(
         http2.frame(http2.DATA, 0, 1, b"z" * 16384) for _ in range(5)), http2.FLOW_CONTROL_ERROR),
-    "HEADERS reusing a closed stream": (PREFACE + SETTINGS + http2.headers_frames(
+    "HEADERS on a stream id below the last": (PREFACE + SETTINGS + http2.headers_frames(
         3, b"\x82\x86\x84\x41\x01a", True) + http2.headers_frames(1, b"\x82\x86\x84\x41\x01a", True),
-        http2.STREAM_CLOSED),
+        http2.PROTOCOL_ERROR),      # §5.1.1: an unexpected stream identifier
 }
 
 
