@@ -23,6 +23,15 @@ cdef inline bint is_preface_start(object buf) noexcept:
     return memcmp(_ptr(buf), PyBytes_AS_STRING(PREFACE), n if n < 24 else 24) == 0
 
 
+cdef list kept_trailers(ChunkedReader reader):
+    """The trailers of a chunked body that may go on in HTTP/2 (§8.1: checked, without
+    the fields a trailer section must not carry); none when they cannot."""
+    try:
+        return check_trailers(reader.trailers())
+    except MalformedMessage:
+        return None
+
+
 cdef bytes grpc_message(str text):
     """grpc-message is percent-encoded UTF-8 (gRPC's HTTP/2 protocol document)."""
     cdef bytearray out = bytearray()
@@ -395,12 +404,18 @@ cdef class H2Stream(ClientSide):
             self.client.flush()
 
     cdef void send_data(self, object data, Py_ssize_t off, Py_ssize_t n, bint end):
-        cdef list out
+        cdef list out, fields
         cdef bytes payload
         if self.dechunker is not None:
             out = []
             self.dechunker.feed(_ptr(data) + off, n, out)   # the upstream side checked it
             payload = out[0] if len(out) == 1 else b"".join(out)
+            if end and self.dechunker.done:
+                fields = kept_trailers(self.dechunker)
+                if fields:            # the chunked body's trailers end the stream
+                    self.write_body(payload, False)
+                    self.send_trailers(fields)
+                    return
         else:
             payload = _slice(data, off, off + n)
         self.write_body(payload, end)

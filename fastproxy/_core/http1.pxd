@@ -96,7 +96,9 @@ cdef class ChunkedReader:
     cdef readonly long long data_bytes   # body bytes without the framing
     cdef readonly bint done
     cdef readonly str error
+    cdef bytearray trailer_text          # the trailer lines, kept when the data is extracted
     cdef void reset(self)
+    cpdef list trailers(self)
     cdef Py_ssize_t feed(self, const char* p, Py_ssize_t n, list data_out) except -2
     cdef bint _extension(self, char c) noexcept
     cdef Py_ssize_t _fail(self, str why) noexcept

@@ -44,7 +44,8 @@ cdef class ChunkedReader:
 
     `feed` consumes bytes up to the end of the body and returns how many it consumed
     (fewer than given only when the body ended), or -1 with `error` set. The bytes it
-    consumed are valid chunked framing and may be forwarded as they are.
+    consumed are valid chunked framing and may be forwarded as they are. When it extracts
+    the data it keeps the trailer section too (`trailers()`).
     """
 
     def __cinit__(self):
@@ -58,6 +59,18 @@ cdef class ChunkedReader:
         self.data_bytes = 0
         self.done = False
         self.error = None
+        self.trailer_text = None
+
+    cpdef list trailers(self):
+        """The trailer fields kept while extracting, as [(lowercase name, value)]."""
+        cdef list out = []
+        if self.trailer_text is None:
+            return out
+        for line in bytes(self.trailer_text).split(b"\n"):
+            name, _, value = line.partition(b":")
+            if name:
+                out.append((name.lower(), value.strip(b" \t")))
+        return out
 
     cdef Py_ssize_t feed(self, const char* p, Py_ssize_t n, list data_out) except -2:
         cdef Py_ssize_t i = 0, k
@@ -123,6 +136,12 @@ cdef class ChunkedReader:
                     self.state = C_END_LF
                 elif TCHAR[<unsigned char>c]:
                     self.state = C_TRAILER_NAME
+                    if data_out is not None:
+                        if self.trailer_text is None:
+                            self.trailer_text = bytearray()
+                        elif self.trailer_text:
+                            self.trailer_text.append(LF)
+                        self.trailer_text.append(<unsigned char>c)
                 else:
                     return self._fail("invalid trailer field")
             elif self.state == C_TRAILER_NAME or self.state == C_TRAILER_VALUE:
@@ -139,6 +158,8 @@ cdef class ChunkedReader:
                     self.state = C_TRAILER_LF
                 elif <unsigned char>c < 32 and c != HTAB or c == 127:
                     return self._fail("control character in trailer")
+                if data_out is not None and c != CR:
+                    self.trailer_text.append(<unsigned char>c)
             elif self.state == C_TRAILER_LF:
                 if c != LF:
                     return self._fail("bare CR in trailer")

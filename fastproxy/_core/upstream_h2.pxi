@@ -303,6 +303,15 @@ cdef class H2Call(UpstreamSide):
             out = []
             self.dechunker.feed(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), out)
             data = b"".join(out)
+            if end and self.dechunker.done:
+                fields = kept_trailers(self.dechunker)
+                if fields:            # the chunked body's trailers end the stream
+                    if self.pending is not None:
+                        self.pending += data
+                    else:
+                        self.write_body(data, False)
+                    self.send_trailers(fields)
+                    return
         if self.pending is not None:
             self.pending += data
             self.pending_end = end

@@ -394,3 +394,14 @@ def test_an_auto_cluster_falls_back_to_http1_for_a_server_that_answers_http1(fas
     assert [json.loads(s.body)["version"] for s in first] == ["1.1"] * 4
     assert c.get("/echo/later").status == 200
     assert proxy.stderr().count("answered HTTP/1.1 to HTTP/2") == 1
+
+
+def test_trailers_of_a_chunked_http1_response_reach_an_http2_client(fastproxy, raw_upstream):
+    up = raw_upstream({"default": [{"send": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                                            "Trailer: X-Checksum\r\n\r\n5\r\nhello\r\n0\r\n"
+                                            "X-Checksum: abc\r\nConnection: drop-me\r\n\r\n"}]})
+    proxy = fastproxy(simple_config(up.addr, cluster='protocol = "http1"'))
+    c = H2Conn(proxy.port())
+    s = c.get("/t")
+    assert s.status == 200 and bytes(s.body) == b"hello"
+    assert s.trailers == [(b"x-checksum", b"abc")]     # connection-specific ones are dropped

@@ -390,3 +390,14 @@ def test_mutated_bodies_refused_whenever_h11_refuses(wire):
     else:
         assert mine[2], "h11 ended the body, we did not"
         assert mine[:2] == oracle[:2]
+
+
+def test_trailers_are_kept_when_the_data_is_extracted():
+    reader = ChunkedReader()
+    body = b"5\r\nhello\r\n0\r\nX-A: 1\r\nx-b:  two \r\n\r\n"
+    used, pieces = reader.feed_bytes(body, True)
+    assert used == len(body) and b"".join(pieces) == b"hello" and reader.done
+    assert reader.trailers() == [(b"x-a", b"1"), (b"x-b", b"two")]
+    passing = ChunkedReader()          # only validated, not extracted: nothing kept
+    passing.feed_bytes(body)
+    assert passing.trailers() == []
