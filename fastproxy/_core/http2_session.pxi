@@ -97,7 +97,7 @@ cdef class Session:
                               (self.connection_window - 65535).to_bytes(4, "big"))
 
     cpdef bytes data_to_send(self):
-        """The bytes to write to the client now (b"" when there are none)."""
+        """The bytes to write to the peer now (b"" when there are none)."""
         if not self.out:
             return b""
         out = bytes(self.out)
@@ -106,7 +106,7 @@ cdef class Session:
 
     # -- receiving ------------------------------------------------------------------------
     cpdef receive(self, data):
-        """Take bytes from the client. A stream error resets that stream and goes on; a
+        """Take bytes from the peer. A stream error resets that stream and goes on; a
         connection error queues GOAWAY and raises H2Error."""
         while True:
             try:
