@@ -42,13 +42,16 @@ bench-micro: build
 bench-tls: build
 	$(BIN)/python -m bench.tls_costs
 
-# Every fuzz target (fuzz/targets.py) under atheris, FUZZ_RUNS executions each; a finding
-# stops the run and is written as crash-*.
+# Every fuzz target (fuzz/targets.py) under atheris, FUZZ_RUNS executions each, starting
+# from the seeds in fuzz/seeds (copied: the corpus a run grows stays out of the tree); a
+# finding stops the run and is written as crash-*.
 FUZZ_RUNS ?= 10000000
 fuzz: build
 	$(BIN)/pip install -q atheris
 	for t in hpack_decode h2_frames h2_session http1_request chunked; do \
-	  $(BIN)/python -m fuzz $$t -runs=$(FUZZ_RUNS) -max_len=4096 -print_final_stats=1 || exit 1; done
+	  corpus=$$(mktemp -d) && cp fuzz/seeds/$$t/* $$corpus/ && \
+	  $(BIN)/python -m fuzz $$t $$corpus -runs=$(FUZZ_RUNS) -max_len=4096 -print_final_stats=1 || exit 1; \
+	  rm -rf $$corpus; done
 
 clean:
 	rm -rf build $(VENV) fastproxy/_core/*.c fastproxy/_core/*.so fastproxy/_core/*.html
