@@ -697,7 +697,10 @@ cdef int _request_semantics(RequestHead h, const char* p) except -2:
             if _connection_tokens(h, p, f, &close, &keep):
                 h.has_connection_names = True
         elif f.kind == H_UPGRADE:
-            has_upgrade = f.value_end > f.value_start
+            # Upgrade: h2c (RFC 7540 §3.2, dropped by RFC 9113) is not honoured: the
+            # field goes as hop-by-hop and the request is served as HTTP/1.1
+            has_upgrade = f.value_end > f.value_start and not (
+                f.value_end - f.value_start == 3 and ascii_ieq(p + f.value_start, b"h2c", 3))
         elif f.kind == H_EXPECT:
             # RFC 9110 §10.1.1: an HTTP/1.0 request's 100-continue expectation is ignored
             if h.version == 11 and f.value_end - f.value_start == 12 and ascii_ieq(p + f.value_start, b"100-continue", 12):

@@ -405,3 +405,13 @@ def test_trailers_of_a_chunked_http1_response_reach_an_http2_client(fastproxy, r
     s = c.get("/t")
     assert s.status == 200 and bytes(s.body) == b"hello"
     assert s.trailers == [(b"x-checksum", b"abc")]     # connection-specific ones are dropped
+
+
+def test_upgrade_h2c_is_served_as_http1(h2):
+    """curl --http2 on http:// asks to upgrade (Upgrade: h2c, HTTP2-Settings): the proxy
+    serves the request as HTTP/1.1 and passes neither field on."""
+    out = curl("--http2", "-D", "-", h2.url("/echo", "main"))
+    head, _, body = out.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    sent = [k.lower() for k, _ in json.loads(body)["headers"]]
+    assert "upgrade" not in sent and "http2-settings" not in sent, sent
