@@ -54,6 +54,7 @@ cdef class H2Client(H2Connection):
     cdef double idle_at          # no stream is open: when idle_timeout ends the connection
     cdef double goaway_at        # winding down: when the final GOAWAY goes
     cdef long long answers_at_block   # session.answers when the transport stopped taking bytes
+    cdef double block_deadline   # a header block is open: header_timeout ends it then
 
     def __init__(self, Downstream conn):
         cdef tuple s = conn.ls.h2_settings
@@ -75,6 +76,11 @@ cdef class H2Client(H2Connection):
             self.protocol_error(e)
             return
         self.flush()
+        if self.session.block is None:
+            self.block_deadline = 0
+        elif not self.block_deadline:   # header_timeout for each header block (SPEC §12)
+            self.block_deadline = self.w.now() + self.conn.ls.header_timeout
+            self.conn.set_deadline(self.block_deadline)
         if not self.streams and self.idle_at == 0:
             self.idle()
 
@@ -136,6 +142,13 @@ cdef class H2Client(H2Connection):
         cdef Downstream c = self.conn
         cdef double now = c.w.now(), next_at = 0
         cdef H2Stream s
+        if self.block_deadline:
+            if now >= self.block_deadline - 0.0005:
+                self.session.goaway(H2_PROTOCOL_ERROR)
+                self.protocol_error(H2Error(H2_PROTOCOL_ERROR, "a header block incomplete after "
+                                            "header_timeout", reason="header_timeout"))
+                return
+            next_at = self.block_deadline
         for s in list(self.streams.values()):
             if s.ex is not None and s.deadline:
                 if s.deadline <= now + 0.0005:

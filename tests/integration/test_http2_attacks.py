@@ -168,3 +168,19 @@ def test_data_after_the_end_of_a_stream_resets_only_that_stream(env):
     c.read(lambda: STREAM_CLOSED in c.resets(1) and any(
         isinstance(f, hf.HeadersFrame) and f.stream_id == 3 for f in c.frames))
     assert c.goaway() is None
+
+
+def test_a_header_block_left_open_ends_at_header_timeout(fastproxy, shared_app):
+    """Slowloris for HTTP/2: HEADERS without END_HEADERS and then nothing."""
+    proxy = fastproxy({
+        "proxy": {"admin": "", "drain_timeout": "2s", "access_log": "off"},
+        "limits": {"header_timeout": "500ms"},
+        "listener": [{"name": "main", "bind": "${listen:main}", "route": [{"cluster": "app"}]}],
+        "cluster": {"app": {"endpoints": [shared_app.addr()], "protocol": "http1"}},
+    })
+    c = Raw(proxy.port("main"))
+    started = time.monotonic()
+    c.send(c.headers(1, end_headers=False))
+    c.read(lambda: c.goaway() is not None, timeout=5)
+    assert c.goaway().error_code == PROTOCOL_ERROR
+    assert 0.4 < time.monotonic() - started < 3
