@@ -77,6 +77,8 @@ def http1_request(data: bytes) -> None:
         return
     if head is None:         # incomplete: more bytes needed
         return
+    while data.startswith(b"\r\n"):   # RFC 9112 §2.2 lets a server skip empty lines before
+        data = data[2:]                # the request line, as we do; h11 does not
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(data)
     try:
