@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,13 +18,9 @@ from pathlib import Path
 from hyperframe.frame import HeadersFrame, SettingsFrame
 from hpack import Encoder
 
+from bench.processes import ManagedProcess, free_port
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kib(pid: int) -> int:
@@ -94,27 +88,24 @@ protocol = "http1"
         try:
             for name, opener in (("HTTP/2", open_h2), ("HTTP/1.1", open_h1)):
                 # a fresh worker per protocol: memory freed by one would be reused by the other
-                proc = subprocess.Popen([sys.executable, "-m", "fastproxy", "run", "-c", str(config)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                proxy = ManagedProcess(f"fastproxy ({name})", [sys.executable, "-m", "fastproxy", "run",
+                                                               "-c", str(config)], Path(tmp, "fastproxy.log"))
+                proxy.start()
                 try:
-                    for _ in range(200):
-                        try:
-                            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                            break
-                        except OSError:
-                            await asyncio.sleep(0.05)
+                    problem = proxy.wait_ready(port, 20)
+                    if problem:
+                        raise SystemExit(problem)
                     await asyncio.sleep(0.5)
-                    before = rss_kib(proc.pid)
+                    before = rss_kib(proxy.pid)
                     conns = await opener(port, n)
                     await asyncio.sleep(1.0)
-                    after = rss_kib(proc.pid)
+                    after = rss_kib(proxy.pid)
                     print(f"{name:9} {n} idle connections: {after - before:7,} KiB more RSS, "
                           f"{(after - before) / n:5.1f} KiB per connection")
                     for _, w in conns:
                         w.close()
                 finally:
-                    proc.terminate()
-                    proc.wait(10)
+                    proxy.stop()
         finally:
             server.close()
 

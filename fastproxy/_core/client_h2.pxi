@@ -193,11 +193,7 @@ cdef class H2Client(H2Connection):
         s.sid = stream_id
         s.w = c.w
         s.ls = c.ls = c.w.listeners.get(c.listener_name, c.ls)   # a reload may replace it
-        s.client_ip = c.client_ip
-        s.peer_id = c.peer_id
-        s.forwarded_lines = c.forwarded_lines
-        s.proto_lines = c.proto_lines
-        s.denied = c.denied
+        s.same_peer(c)
         s.h2 = True
         s.write_blocked = self.write_blocked
         self.streams[stream_id] = s
@@ -379,18 +375,8 @@ cdef class H2Stream(ClientSide):
                 self.client.flush()
 
     cdef list response_fields(self, ResponseHead rh, HeadEdit edit):
-        """The head as an HTTP/2 field list: :status, the kept fields with their names
-        lowercased, the proxy's own lines."""
-        cdef bytes raw = rh.raw
-        cdef Field* f
-        cdef int i
-        cdef list out = [(b":status", b"%d" % rh.status)]
-        for i in range(rh.nfields):
-            f = &rh.fields[i]
-            if edit.keeps(f):
-                out.append((raw[f.line_start:f.name_end].lower(), raw[f.value_start:f.value_end]))
-        add_lines(out, edit.lines)
-        return out
+        """The head as an HTTP/2 field list: :status, then the edited fields."""
+        return edit.fields(rh, [(b":status", b"%d" % rh.status)], True)
 
     cdef void send_informational(self, ResponseHead rh):
         if not self.closed:

@@ -540,12 +540,10 @@ cdef class Exchange:
             self.tls_failed(self.endpoint, why)
             return
         if self.rstate == R_HEAD and not self.got_response_bytes and self.reused \
-                and type(self.up) is Upstream and not self.resent and self.req_done \
+                and self.up.close_may_be_race() and not self.resent and self.req_done \
                 and not self.replay_lost:
-            # the keep-alive race: the upstream closed an idle HTTP/1.1 connection just as
-            # we sent on it. Send again, once, on a fresh connection (docs/http.md). (An
-            # HTTP/2 connection that ends says with GOAWAY which streams it never took;
-            # without one, a stream may have reached the application: it fails.)
+            # the keep-alive race: the upstream closed an idle connection just as we sent
+            # on it. Send again, once, on a fresh connection (docs/http.md).
             self.resend()
             return
         if self.rstate == R_HEAD and not self.got_response_bytes and self.may_retry(RETRY_RESET):

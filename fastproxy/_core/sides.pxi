@@ -46,21 +46,21 @@ cdef class HeadEdit:
     cdef inline bint keeps(self, Field* f) noexcept:
         return not f.drop and not (self.drop >> f.kind) & 1
 
-    cdef list fields(self, Head h):
-        """The edited head as (name, value) pairs, names as received: what a side that
-        encodes fields rather than copying lines sends."""
+    cdef list fields(self, Head h, list out, bint host):
+        """Append the edited head to `out` as (name, value) pairs, names lowercased: what
+        a side that encodes fields (HTTP/2) sends. host: Host goes too; else the side
+        sends it as :authority."""
         cdef bytes raw = h.raw
         cdef Field* f
         cdef int i
-        cdef list out = []
         for i in range(h.nfields):
             f = &h.fields[i]
-            if self.keeps(f):
+            if self.keeps(f) and (host or f.kind != H_HOST):
                 value = raw[f.value_start:f.value_end]
                 if i == self.append_field:
                     value += self.append
-                out.append((raw[f.line_start:f.name_end], value))
-        if self.authority is not None:
+                out.append((raw[f.line_start:f.name_end].lower(), value))
+        if host and self.authority is not None:
             out.append((b"host", self.authority))
         add_lines(out, self.lines)
         return out
@@ -120,6 +120,15 @@ cdef class ClientSide:
             self.denied = not ls.allow_all and not self.w.id_allowed(ls.allow, peer_id)
             self.proto_lines += ls.xfcc_prefix + peer_id.encode() + CRLF
         self.forwarded_lines = b"x-forwarded-for: " + self.client_ip + CRLF + self.proto_lines
+
+    cdef void same_peer(self, ClientSide other):
+        """The peer of another side of the same connection (an HTTP/2 stream's): what
+        set_peer worked out for it, without working it out again."""
+        self.client_ip = other.client_ip
+        self.peer_id = other.peer_id
+        self.forwarded_lines = other.forwarded_lines
+        self.proto_lines = other.proto_lines
+        self.denied = other.denied
 
     cdef bint forbidden(self, Route route):
         """Whether this mtls peer may not use the route (listener and route allow)."""
@@ -226,6 +235,13 @@ cdef class UpstreamSide:
 
     cdef void reset(self):
         """Abandon the request: the connection closes."""
+
+    cdef bint close_may_be_race(self):
+        """A close of a reused connection before any response byte may be the keep-alive
+        race (the server closed it idle as we sent): the request never reached the
+        application and may go again. HTTP/1.1 yes; HTTP/2 says which streams it never
+        took with GOAWAY, and without one a stream may have reached the application."""
+        return True
 
     cdef void tunnel_write(self, object data):
         pass

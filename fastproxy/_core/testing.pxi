@@ -104,7 +104,7 @@ cdef class RecordingClient(ClientSide):
 
     cdef void send_response(self, ResponseHead rh, HeadEdit edit, object data, Py_ssize_t off,
                             Py_ssize_t n, bint end):
-        self.calls.append(("response", rh.status, edit.fields(rh),
+        self.calls.append(("response", rh.status, edit.fields(rh, [], True),
                            bytes(data[off:off + n]) if n else b"", end))
 
     cdef void send_data(self, object data, Py_ssize_t off, Py_ssize_t n, bint end):
@@ -190,7 +190,7 @@ cdef class RecordingUpstream(UpstreamSide):
     # UpstreamSide
     cdef void send_request(self, RequestHead h, HeadEdit edit, list body, bint end):
         self.head_request = h.method == b"HEAD"
-        self.calls.append(("request", h.raw[h.start:h.line_end - 2], edit.fields(h),
+        self.calls.append(("request", h.raw[h.start:h.line_end - 2], edit.fields(h, [], True),
                            b"".join(body) if body else b""))
 
     cdef void send_data(self, bytes data, bint end):

@@ -372,6 +372,9 @@ cdef class H2Call(UpstreamSide):
     cdef void reset(self):
         self.end_call(H2_CANCEL)
 
+    cdef bint close_may_be_race(self):
+        return False
+
     cdef void end_call(self, uint32_t code):
         cdef H2Upstream c = self.conn
         if self.closed:
@@ -469,7 +472,7 @@ cdef class H2Call(UpstreamSide):
 cdef list request_fields(RequestHead h, HeadEdit edit, bint tls):
     """The request head as an HTTP/2 field list: the pseudo-headers, the kept fields with
     their names lowercased (Host becomes :authority), the proxy's own lines."""
-    cdef bytes raw = h.raw, name
+    cdef bytes raw = h.raw
     cdef Field* f
     cdef int i
     cdef bytes authority = edit.authority if edit.authority is not None else h.authority
@@ -482,14 +485,6 @@ cdef list request_fields(RequestHead h, HeadEdit edit, bint tls):
         f = &h.fields[i]
         if f.kind == H_TE and b"trailers" in raw[f.value_start:f.value_end]:
             te_trailers = True
-        if f.kind == H_HOST or not edit.keeps(f):
-            continue
-        name = raw[f.line_start:f.name_end].lower()
-        if i == edit.append_field:
-            out.append((name, raw[f.value_start:f.value_end] + edit.append))
-        else:
-            out.append((name, raw[f.value_start:f.value_end]))
     if te_trailers:                   # gRPC needs it; the only te HTTP/2 allows
         out.append((b"te", b"trailers"))
-    add_lines(out, edit.lines)
-    return out
+    return edit.fields(h, out, False)

@@ -116,23 +116,25 @@ def peers(tmp_path_factory, module_fastproxy, module_upstreams):
         e.stop()
 
 
-def test_envoy_as_http2_client(peers):
-    data = b"e" * 300_000
-    r = httpx.post(peers["envoy_client"].url("/echo"), content=data, timeout=20)
+def echoed(url: str, data: bytes) -> httpx.Response:
+    """POST data to the app's /echo through url; the response, after checking the app
+    got the body whole."""
+    r = httpx.post(url, content=data, timeout=20)
     assert r.status_code == 200, r.text
     echo = r.json()
     assert (echo["body_len"], echo["body_sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    return r
+
+
+def test_envoy_as_http2_client(peers):
+    r = echoed(peers["envoy_client"].url("/echo"), b"e" * 300_000)
     assert r.headers.get("x-request-id")
     r = httpx.get(peers["envoy_client"].url("/bytes/3000000"), timeout=20)
     assert len(r.content) == 3_000_000
 
 
 def test_envoy_as_http2_upstream(peers):
-    data = b"u" * 300_000
-    r = httpx.post(peers["back"].url("/echo"), content=data, timeout=20)
-    assert r.status_code == 200, r.text
-    echo = r.json()
-    assert (echo["body_len"], echo["body_sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    echo = echoed(peers["back"].url("/echo"), b"u" * 300_000).json()
     headers = dict((k.lower(), v) for k, v in echo["headers"])
     assert "x-envoy-expected-rq-timeout-ms" in headers     # it did pass through Envoy
     r = httpx.get(peers["back"].url("/chunked"), timeout=20)
