@@ -221,12 +221,11 @@ cdef class H2Client(H2Connection):
         cdef H2Stream s
         if stream_id == 0:
             for s in list(self.streams.values()):
-                if s.pending is not None:
-                    s.push()
+                s.window_opened()
         else:
             s = self.streams.get(stream_id)
-            if s is not None and s.pending is not None:
-                s.push()
+            if s is not None:
+                s.window_opened()
         self.flush()
 
     cdef void on_goaway(self, uint32_t last_stream_id, uint32_t code):
@@ -250,9 +249,6 @@ cdef class H2Stream(ClientSide):
     cdef Py_ssize_t unacked      # bytes received while paused: the client's window waits
     # the response, toward the client
     cdef ChunkedReader dechunker # a chunked HTTP/1.1 response: its data goes as DATA
-    cdef bytes pending           # response bytes the client's window did not take yet
-    cdef bint pending_end
-    cdef list pending_trailers   # trailers to send once the pending bytes went
 
     cdef void start(self, list fields, bint end):
         cdef RequestHead h
@@ -329,7 +325,7 @@ cdef class H2Stream(ClientSide):
         else:
             self.client.session.consumed(self.sid, n)
             self.client.flush()
-        if end and self.ex is None and self.pending is None:
+        if end and self.ex is None and not self.waiting():
             self.forget()
 
     cdef void trailers(self, list fields):
@@ -347,7 +343,7 @@ cdef class H2Stream(ClientSide):
                 self.ex.request_trailers(fields)
             else:                     # a body with a length: HTTP/1.1 has no place for them
                 self.ex.request_data(b"", 0, 0, 0, True)
-        if not self.closed and self.ex is None and self.pending is None:
+        if not self.closed and self.ex is None and not self.waiting():
             self.forget()
 
     # -- the client side of the exchange (ClientSide, sides.pxi) ------------------------------
@@ -420,49 +416,32 @@ cdef class H2Stream(ClientSide):
         self.write_body(payload, end)
 
     cdef void send_trailers(self, list fields):
-        if self.closed:
-            return
-        if self.pending is not None:
-            self.pending_trailers = fields
-            return
-        self.client.session.send_headers(self.sid, fields, True)
-        self.client.flush()
+        if not self.closed:
+            self.client.session.send_trailers(self.sid, fields)
+            self.client.flush()
 
     cdef void write_body(self, bytes payload, bint end):
-        """Response body bytes, as far as the client's windows allow; the rest waits."""
-        cdef Py_ssize_t k
+        """Response body bytes: what the client's windows do not take waits in the
+        session, and the upstream is not read meanwhile."""
         if self.closed:
             return
-        if self.pending is not None:
-            self.pending += payload
-            self.pending_end = end
-            return
-        if not PyBytes_GET_SIZE(payload) and not end:
-            return
-        k = self.client.session.send_data(self.sid, payload, end)
-        if k < PyBytes_GET_SIZE(payload):
-            self.pending = payload[k:]
-            self.pending_end = end
+        if not self.client.session.send_body(self.sid, payload, end):
             self.update_blocked()
         self.client.flush()
 
-    cdef void push(self):
-        """The client opened its window: send what waits."""
-        cdef Py_ssize_t k = self.client.session.send_data(self.sid, self.pending, self.pending_end)
-        if k < PyBytes_GET_SIZE(self.pending):
-            self.pending = self.pending[k:]
-            return
-        self.pending = None
-        if self.pending_trailers is not None:
-            self.client.session.send_headers(self.sid, self.pending_trailers, True)
-            self.pending_trailers = None
+    cdef bint waiting(self):
+        """Response bytes wait for the client's windows."""
+        return self.client.session.waiting(self.sid)
+
+    cdef void window_opened(self):
+        """The client opened a window (the session sent what it could)."""
         self.update_blocked()
-        if self.ex is None:
+        if self.ex is None and not self.closed and not self.waiting():
             self.forget()
 
     cdef void update_blocked(self):
         """The exchange reads the upstream only while the client takes what it sends."""
-        cdef bint blocked = self.pending is not None or self.client.write_blocked
+        cdef bint blocked = self.waiting() or self.client.write_blocked
         if blocked != self.write_blocked:
             self.write_blocked = blocked
             if self.ex is not None:
@@ -491,7 +470,7 @@ cdef class H2Stream(ClientSide):
 
     cdef void done(self):
         self.ex = None
-        if self.pending is None:
+        if not self.waiting():
             self.forget()
 
     cdef void abort(self):
@@ -515,7 +494,6 @@ cdef class H2Stream(ClientSide):
     cdef void close_stream(self):
         cdef H2Client c = self.client
         self.closed = True
-        self.pending = None
         c.streams.pop(self.sid, None)
         c.flush()
         if not c.streams:

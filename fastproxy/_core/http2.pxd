@@ -46,6 +46,9 @@ cdef class _Stream:
     cdef long long recv_window
     cdef long long unacked      # bytes the handler consumed, not yet given back by WINDOW_UPDATE
     cdef bint responded         # client role: the final response head came
+    cdef bytes queued           # body bytes the peer's windows did not take yet (send_body)
+    cdef bint queued_end
+    cdef list queued_trailers   # trailers to send once the queued bytes went
 
 
 cdef class Session:
@@ -95,6 +98,11 @@ cdef class Session:
     cpdef bytes data_to_send(self)
     cpdef send_headers(self, uint32_t stream_id, list fields, bint end_stream=*)
     cpdef Py_ssize_t send_data(self, uint32_t stream_id, bytes data, bint end_stream=*) except -1
+    cpdef bint send_body(self, uint32_t stream_id, bytes data, bint end_stream=*) except -1
+    cpdef send_trailers(self, uint32_t stream_id, list fields)
+    cpdef bint waiting(self, uint32_t stream_id)
+    cdef void push(self, uint32_t sid, _Stream s) except *
+    cdef void push_all(self) except *
     cpdef consumed(self, uint32_t stream_id, Py_ssize_t n)
     cpdef Py_ssize_t send_window_of(self, uint32_t stream_id)
     cpdef reset_stream(self, uint32_t stream_id, uint32_t code)

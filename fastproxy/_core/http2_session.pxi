@@ -329,6 +329,7 @@ cdef class Session:
         self.out += settings_frame(ack=True)
         self.answers += 1
         if delta > 0:
+            self.push_all()
             for sid in list(self.streams):
                 self.handler.on_window(sid)
 
@@ -338,6 +339,7 @@ cdef class Session:
             self.send_window += increment
             if self.send_window > WINDOW_LIMIT:
                 raise H2Error(FLOW_CONTROL_ERROR, "the connection's window beyond 2^31-1")
+            self.push_all()
             self.handler.on_window(0)
             return
         if sid > self.last_stream_id:
@@ -348,6 +350,7 @@ cdef class Session:
         s.send_window += increment
         if s.send_window > WINDOW_LIMIT:
             raise H2Error(FLOW_CONTROL_ERROR, f"the window of stream {sid} beyond 2^31-1", sid)
+        self.push(sid, s)
         self.handler.on_window(sid)
 
     # -- flow control of what we receive ---------------------------------------------------
@@ -399,6 +402,62 @@ cdef class Session:
         if end_stream and allowed == n:
             self.local_end(stream_id, s)
         return allowed
+
+    cpdef bint send_body(self, uint32_t stream_id, bytes data, bint end_stream=False) except -1:
+        """Body bytes: what the windows allow goes now, the rest waits in the stream and
+        goes as the peer opens its windows (then on_window). True: nothing waits."""
+        cdef _Stream s = self.streams.get(stream_id)
+        cdef Py_ssize_t k
+        if s is None:
+            return True
+        if s.queued is not None:
+            s.queued += data
+            s.queued_end = end_stream
+            return False
+        if not PyBytes_GET_SIZE(data) and not end_stream:
+            return True
+        k = self.send_data(stream_id, data, end_stream)
+        if k < PyBytes_GET_SIZE(data):
+            s.queued = data[k:]
+            s.queued_end = end_stream
+            return False
+        return True
+
+    cpdef send_trailers(self, uint32_t stream_id, list fields):
+        """Trailers, which end the stream: after the body bytes still waiting, if any."""
+        cdef _Stream s = self.streams.get(stream_id)
+        if s is None:
+            return
+        if s.queued is not None:
+            s.queued_trailers = fields
+        else:
+            self.send_headers(stream_id, fields, True)
+
+    cpdef bint waiting(self, uint32_t stream_id):
+        """Body bytes (or trailers) of the stream wait for the peer's windows."""
+        cdef _Stream s = self.streams.get(stream_id)
+        return s is not None and s.queued is not None
+
+    cdef void push(self, uint32_t sid, _Stream s) except *:
+        """The peer opened a window: what waits in the stream goes, as far as it can."""
+        cdef bytes data = s.queued
+        cdef Py_ssize_t k
+        if data is None:
+            return
+        k = self.send_data(sid, data, s.queued_end)
+        if k < PyBytes_GET_SIZE(data):
+            s.queued = data[k:]
+            return
+        s.queued = None
+        if s.queued_trailers is not None:
+            self.send_headers(sid, s.queued_trailers, True)
+            s.queued_trailers = None
+
+    cdef void push_all(self) except *:
+        cdef _Stream s
+        for sid, s in list(self.streams.items()):
+            if s.queued is not None:
+                self.push(sid, s)
 
     cdef void local_end(self, uint32_t sid, _Stream s):
         if s.state == ST_HALF_CLOSED_REMOTE:

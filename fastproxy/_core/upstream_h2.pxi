@@ -129,7 +129,7 @@ cdef class H2Upstream(H2Connection):
         cdef H2Call c
         self.write_blocked = False
         for c in list(self.calls.values()):
-            if c.ex is not None and c.pending is None:
+            if c.ex is not None and not self.session.waiting(c.sid):
                 c.ex.upstream_blocked(False)
 
     # -- the pool --------------------------------------------------------------------------
@@ -235,12 +235,11 @@ cdef class H2Upstream(H2Connection):
         cdef H2Call c
         if stream_id == 0:
             for c in list(self.calls.values()):
-                if c.pending is not None:
-                    c.push()
+                c.window_opened()
         else:
             c = self.calls.get(stream_id)
-            if c is not None and c.pending is not None:
-                c.push()
+            if c is not None:
+                c.window_opened()
         self.flush()
 
     cdef void on_goaway(self, uint32_t last_stream_id, uint32_t code):
@@ -262,10 +261,7 @@ cdef class H2Call(UpstreamSide):
     cdef bint head_request
     cdef bint responded          # the final response head came
     cdef ChunkedReader dechunker # a chunked request body from an HTTP/1.1 client
-    cdef bint request_ended      # END_STREAM went
-    cdef bytes pending           # request body bytes the server's window did not take yet
-    cdef bint pending_end
-    cdef list pending_trailers
+    cdef bint request_ended      # the request's end went (or waits in the session to go)
     cdef bint reading_paused     # the client is not taking the response: DATA not acknowledged
     cdef Py_ssize_t unacked
     cdef bint head_waiting       # the response head is kept for the DATA that follows it, so
@@ -306,51 +302,30 @@ cdef class H2Call(UpstreamSide):
             if end and self.dechunker.done:
                 fields = kept_trailers(self.dechunker)
                 if fields:            # the chunked body's trailers end the stream
-                    if self.pending is not None:
-                        self.pending += data
-                    else:
-                        self.write_body(data, False)
+                    self.write_body(data, False)
                     self.send_trailers(fields)
                     return
-        if self.pending is not None:
-            self.pending += data
-            self.pending_end = end
-        else:
-            self.write_body(data, end)
+        self.write_body(data, end)
         self.conn.flush()
 
     cdef void write_body(self, bytes data, bint end):
-        cdef Py_ssize_t k
-        if not PyBytes_GET_SIZE(data) and not end:
-            return
-        k = self.conn.session.send_data(self.sid, data, end)
-        if k < PyBytes_GET_SIZE(data):
-            self.pending = data[k:]
-            self.pending_end = end
-            if self.ex is not None:
-                self.ex.upstream_blocked(True)
-        elif end:
+        """Request body bytes: what the server's windows do not take waits in the
+        session, and the client is not read meanwhile."""
+        if end:
             self.request_ended = True
+        if not self.conn.session.send_body(self.sid, data, end) and self.ex is not None:
+            self.ex.upstream_blocked(True)
 
-    cdef void push(self):
-        cdef bytes data = self.pending
-        self.pending = None
-        self.write_body(data, self.pending_end)
-        if self.pending is None:
-            if self.pending_trailers is not None:
-                self.conn.session.send_headers(self.sid, self.pending_trailers, True)
-                self.pending_trailers = None
-                self.request_ended = True
-            if self.ex is not None and not self.conn.write_blocked:
-                self.ex.upstream_blocked(False)
+    cdef void window_opened(self):
+        """The server opened a window (the session sent what it could)."""
+        if self.ex is not None and not self.conn.write_blocked \
+                and not self.conn.session.waiting(self.sid):
+            self.ex.upstream_blocked(False)
 
     cdef void send_trailers(self, list fields):
         if self.request_ended or self.closed:
             return
-        if self.pending is not None:
-            self.pending_trailers = fields
-            return
-        self.conn.session.send_headers(self.sid, fields, True)
+        self.conn.session.send_trailers(self.sid, fields)
         self.request_ended = True
         self.conn.flush()
 
