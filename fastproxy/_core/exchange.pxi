@@ -6,6 +6,11 @@ cdef enum:
     R_HEAD = 0        # waiting for the response head
     R_BODY = 1        # streaming the response body (or a tunnel)
     R_DONE = 2
+    # a stream an HTTP/2 upstream refused never reached the application: sent again on a
+    # new connection this many times at most (a server that drains its connections one
+    # answered stream at a time may refuse the same stream more than once; Go's client
+    # allows six attempts)
+    MAX_REFUSED_RESENDS = 5
 
 @cython.final
 @cython.freelist(64)
@@ -37,7 +42,7 @@ cdef class Exchange:
     cdef int rstate
     cdef bint resp_started      # a response head went to the client
     cdef bint got_response_bytes
-    cdef bint resent
+    cdef int resends             # sent again because it never reached the application
     cdef bint reused
     cdef bint connecting
     cdef set tried
@@ -540,7 +545,7 @@ cdef class Exchange:
             self.tls_failed(self.endpoint, why)
             return
         if self.rstate == R_HEAD and not self.got_response_bytes and self.reused \
-                and self.up.close_may_be_race() and not self.resent and self.req_done \
+                and self.up.close_may_be_race() and self.resends == 0 and self.req_done \
                 and not self.replay_lost:
             # the keep-alive race: the upstream closed an idle connection just as we sent
             # on it. Send again, once, on a fresh connection (docs/http.md).
@@ -557,10 +562,10 @@ cdef class Exchange:
             self.upstream_failed(502, "upstream_reset", "upstream closed mid-body")
 
     cdef void resend(self):
-        """Send the request again, once, on a fresh connection to the same endpoint:
-        it never reached the application (outside `retries`, docs/http.md)."""
+        """Send the request again on a fresh connection to the same endpoint: it never
+        reached the application (outside `retries`, docs/http.md)."""
         self.drop_upstream()
-        self.resent = True
+        self.resends += 1
         self.replay_on_attach = True
         self.connecting = True
         open_upstream(self.w, self.cluster, self.endpoint, self, self.upstream_protocol())
@@ -568,8 +573,8 @@ cdef class Exchange:
     cdef void upstream_refused(self):
         """From an HTTP/2 upstream side: the server refused the stream (REFUSED_STREAM, or
         above a GOAWAY's last stream): it never reached the application."""
-        if self.rstate == R_HEAD and not self.got_response_bytes and not self.resent \
-                and self.req_done and not self.replay_lost:
+        if self.rstate == R_HEAD and not self.got_response_bytes \
+                and self.resends < MAX_REFUSED_RESENDS and self.req_done and not self.replay_lost:
             self.resend()
         else:
             self.upstream_closed("refused the stream", False)

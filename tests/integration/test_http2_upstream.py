@@ -2,7 +2,8 @@
 server (tests/support/h2_upstream.py) behind a real fastproxy, HTTP/1.1 clients in front.
 
 - REFUSED_STREAM and streams above a GOAWAY's last stream id never reached the
-  application: sent again on a new connection, outside `retries` (the route has none).
+  application: sent again on a new connection, outside `retries` (the route has none),
+  five times at most.
 - A connection that breaks fails only the streams it carried; the next request opens a
   new one.
 (The server's SETTINGS_MAX_CONCURRENT_STREAMS is checked on the client session itself, in
@@ -71,6 +72,14 @@ def test_a_refused_stream_is_sent_again_on_a_new_connection(upstream):
     (first, again) = up.requests()
     assert first["path"] == again["path"] == "/one" and first["conn"] != again["conn"]
     assert r.status_code == 200 and r.text == f"conn {again['conn']} stream 1"
+
+
+def test_a_server_that_refuses_every_stream_gets_it_six_times_then_the_client_502(upstream):
+    up, proxy = upstream("refuse-all")
+    r = get(proxy, "/one")
+    assert (r.status_code, r.headers["fastproxy-error"]) == (502, "upstream_reset")
+    tries = up.requests()
+    assert len(tries) == 6 and len({t["conn"] for t in tries}) == 6
 
 
 def test_streams_above_a_goaway_are_sent_again_and_the_ones_below_finish(upstream):

@@ -4,6 +4,7 @@ as its mode says:
 
   plain            answer everything
   refuse-first     RST_STREAM(REFUSED_STREAM) the very first stream
+  refuse-all       RST_STREAM(REFUSED_STREAM) every stream
   goaway-after-1   on each connection, answer the first stream, then GOAWAY with it as
                    the last stream id and leave the others unanswered
   drop-slow        requests to /slow are held; /drop closes the whole connection
@@ -59,7 +60,7 @@ class Conn(asyncio.Protocol):
         Conn.requests += 1
         self.record.write(json.dumps({"conn": self.number, "stream": sid, "path": path}) + "\n")
         self.record.flush()
-        if self.mode == "refuse-first" and Conn.requests == 1:
+        if self.mode == "refuse-all" or (self.mode == "refuse-first" and Conn.requests == 1):
             self.h2.reset_stream(sid, 7)
             return
         if self.mode == "goaway-after-1" and self.streams > 1:
