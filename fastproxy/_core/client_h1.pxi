@@ -18,6 +18,7 @@ cdef class Downstream(ClientSide):
     cdef bint processing         # inside feed(): a finished request must not recurse
     cdef bint client_eof         # the client half-closed: close once its requests are answered
     cdef double deadline
+    cdef Py_ssize_t dropped      # S_LINGER: bytes read and dropped
     cdef object timer
     cdef double timer_at
     cdef object _write           # transport.write, looked up once
@@ -104,6 +105,12 @@ cdef class Downstream(ClientSide):
             self.h2.receive(data)
             return
         if st == S_LINGER:
+            self.dropped += _len(data)
+            if self.dropped > LINGER_MAX_BYTES:   # a flood goes on: enough, the GOAWAY went
+                self.close()
+            return
+        if st == S_H2 and not self.paused & P_ADMISSION:
+            self.hold(data)         # read before the pause took: taken when reading resumes
             return
         if self.paused & P_ADMISSION:
             # uvloop starts reading after connection_made: keep what came, read no more
@@ -173,6 +180,9 @@ cdef class Downstream(ClientSide):
         if self.ex is not None:
             self.ex.client_blocked(True)
         elif self.h2 is not None:
+            # an HTTP/2 client that does not read what we write (answers to its PINGs,
+            # SETTINGS, refused streams...) is not read either, as TCP would have it
+            self.pause(P_CLIENT)
             self.h2.set_blocked(True)
 
     def resume_writing(self):
@@ -181,6 +191,11 @@ cdef class Downstream(ClientSide):
             self.ex.client_blocked(False)
         elif self.h2 is not None:
             self.h2.set_blocked(False)
+            self.resume(P_CLIENT)
+            if not self.paused and self.pending is not None and self.state == S_H2:
+                buf = self.pending
+                self.pending = None
+                self.h2.receive(buf)
 
     # internals --------------------------------------------------------------------------
     cdef bint identify(self, transport):

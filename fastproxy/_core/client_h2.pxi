@@ -13,6 +13,9 @@ cdef bytes PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # control frames (PING and SETTINGS acknowledgements, RST_STREAM) we may queue for a
 # client that does not read what we write, before its connection ends (SPEC §12)
 cdef long long CONTROL_BACKLOG = 10000
+# response bytes queued in one loop turn before the streams stop reading their upstreams
+# (the transport's own high-water mark)
+cdef Py_ssize_t OUTPUT_HIGH_WATER = 64 * 1024
 cdef bytes ORIG_PROTO = b"fastproxy-orig-proto"
 
 
@@ -49,11 +52,14 @@ cdef class H2Client(H2Connection):
     cdef Downstream conn
     cdef ServerSession session
     cdef dict streams            # stream id -> H2Stream, until its response is out
-    cdef bint write_blocked      # the transport's buffer is full
+    cdef list ready              # H2Streams whose request came whole, to start (start_ready)
+    cdef bint write_blocked      # streams must not read their upstreams now: one of
+    cdef bint transport_full     #   the transport's buffer is full (pause_writing), or
+    cdef bint output_full        #   this loop turn queued OUTPUT_HIGH_WATER bytes already
     cdef int winding_down        # 1: the first GOAWAY went, 2: the final one
     cdef double idle_at          # no stream is open: when idle_timeout ends the connection
     cdef double goaway_at        # winding down: when the final GOAWAY goes
-    cdef long long answers_at_block   # session.answers when the transport stopped taking bytes
+    cdef long long answers_at_unblock # session.answers when the transport last took bytes again
     cdef double block_deadline   # a header block is open: header_timeout ends it then
 
     def __init__(self, Downstream conn):
@@ -61,6 +67,7 @@ cdef class H2Client(H2Connection):
         self.conn = conn
         self.w = conn.w
         self.streams = {}
+        self.ready = []
         self.session = ServerSession(self, s[0], s[1], s[3], 4096, s[2], conn.ls.max_header_bytes,
                                      conn.ls.max_headers)
 
@@ -68,13 +75,12 @@ cdef class H2Client(H2Connection):
     cdef void receive(self, object data):
         try:
             self.session.receive(data)
-            if self.write_blocked and self.session.answers - self.answers_at_block > CONTROL_BACKLOG:
-                self.session.goaway(H2_ENHANCE_YOUR_CALM)
-                raise H2Error(H2_ENHANCE_YOUR_CALM, f"more than {CONTROL_BACKLOG} control frames "
-                              "queued for a client that does not read", reason="control_flood")
         except H2Error as e:          # a connection error: GOAWAY is queued
+            self.ready = []
             self.protocol_error(e)
             return
+        if self.ready:
+            self.start_ready()
         self.flush()
         if self.session.block is None:
             self.block_deadline = 0
@@ -96,7 +102,7 @@ cdef class H2Client(H2Connection):
             fp_addu(&slot.v[0], 1)
         self.write_out()
         self.lost()
-        if self.write_blocked:      # a client that does not read would keep the GOAWAY, and us
+        if self.transport_full:     # a client that does not read would keep the GOAWAY, and us
             c.transport.abort()
             c.close()
         else:
@@ -106,13 +112,44 @@ cdef class H2Client(H2Connection):
         cdef bytes out = self.session.data_to_send()
         if PyBytes_GET_SIZE(out):
             self.conn.write(out)
+        if self.output_full:        # it is the transport's now, which says when it is full
+            self.output_full = False
+            self.update_blocked()
 
     cdef void set_blocked(self, bint blocked):
+        """From the transport: its buffer is full (or no longer). While it is full the
+        connection is not read either (Downstream.pause_writing): a client that does not
+        read what we write cannot make us queue more. One that made us answer more than
+        CONTROL_BACKLOG control frames since it last took our bytes is flooding us."""
+        self.transport_full = blocked
+        if not blocked:
+            self.answers_at_unblock = self.session.answers
+        elif self.session.answers - self.answers_at_unblock > CONTROL_BACKLOG:
+            self.w.loop.call_soon(self.control_flood)    # not inside the transport's write
+        self.update_blocked()
+
+    def control_flood(self):
+        if self.conn.state == S_H2:
+            self.session.goaway(H2_ENHANCE_YOUR_CALM)
+            self.protocol_error(H2Error(H2_ENHANCE_YOUR_CALM, f"more than {CONTROL_BACKLOG} "
+                                        "control frames answered for a client that does not read",
+                                        reason="control_flood"))
+
+    cdef void check_output(self):
+        """Response bytes were queued. Many upstreams answering in one loop turn would all
+        be queued before the end-of-turn write could fill the transport and pause them:
+        past OUTPUT_HIGH_WATER, the streams stop reading their upstreams at once."""
+        if not self.output_full and PyByteArray_GET_SIZE(self.session.out) >= OUTPUT_HIGH_WATER:
+            self.output_full = True
+            self.update_blocked()
+
+    cdef void update_blocked(self):
         cdef H2Stream s
-        self.write_blocked = blocked
-        self.answers_at_block = self.session.answers
-        for s in list(self.streams.values()):
-            s.update_blocked()
+        cdef bint blocked = self.transport_full or self.output_full
+        if blocked != self.write_blocked:
+            self.write_blocked = blocked
+            for s in list(self.streams.values()):
+                s.update_blocked()
 
     cdef void lost(self):
         """The connection is gone: every stream's exchange with it."""
@@ -198,7 +235,23 @@ cdef class H2Client(H2Connection):
         s.write_blocked = self.write_blocked
         self.streams[stream_id] = s
         self.idle_at = 0
-        s.start(fields, end_stream)
+        if end_stream:   # complete: started once the bytes that came with it are read
+            s.fields = fields
+            self.ready.append(s)
+        else:
+            s.start(fields, False)
+
+    cdef void start_ready(self):
+        """Start the complete requests the last bytes brought. After them, not as each came:
+        a RST_STREAM in the same bytes (rapid reset, CVE-2023-44487) cancels its request
+        before anything was sent upstream."""
+        cdef H2Stream s
+        cdef list ready = self.ready
+        self.ready = []
+        for s in ready:
+            if not s.closed:
+                s.start(s.fields, True)
+            s.fields = None
 
     cdef void on_data(self, uint32_t stream_id, bytes data, bint end_stream):
         cdef H2Stream s = self.streams.get(stream_id)
@@ -247,6 +300,7 @@ cdef class H2Stream(ClientSide):
     cdef long long remaining     # content-length not yet received
     cdef int paused              # P_* bits: received bytes are not acknowledged meanwhile
     cdef Py_ssize_t unacked      # bytes received while paused: the client's window waits
+    cdef list fields             # the request's header list, until start_ready starts it
     # the response, toward the client
     cdef ChunkedReader dechunker # a chunked HTTP/1.1 response: its data goes as DATA
 
@@ -427,6 +481,7 @@ cdef class H2Stream(ClientSide):
             return
         if not self.client.session.send_body(self.sid, payload, end):
             self.update_blocked()
+        self.client.check_output()
         self.client.flush()
 
     cdef bint waiting(self):
@@ -435,6 +490,8 @@ cdef class H2Stream(ClientSide):
 
     cdef void window_opened(self):
         """The client opened a window (the session sent what it could)."""
+        if self.fields is not None:   # not started yet (start_ready)
+            return
         self.update_blocked()
         if self.ex is None and not self.closed and not self.waiting():
             self.forget()
@@ -517,6 +574,7 @@ cdef class H2Stream(ClientSide):
         log.debug("listener %s: malformed HTTP/2 request from %s: %s", self.ls.name,
                   self.client_ip.decode(), detail)
         self.ex = None
+        self.client.session.count_refused()
         if ex is not None:
             ex.client_gone()
         else:
@@ -526,5 +584,6 @@ cdef class H2Stream(ClientSide):
     cdef void refuse(self, int status, str reason, str detail):
         """A request refused before it became an exchange (too large, unsupported)."""
         cdef bytes rid = self.w.new_request_id_line()
+        self.client.session.count_refused()
         report_refusal(self, status, reason, rid, self.local_reply(status, reason, detail, rid))
         self.done()

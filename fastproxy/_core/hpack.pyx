@@ -20,6 +20,15 @@ DEFAULT_TABLE_SIZE = 4096
 cdef Py_ssize_t ENTRY_OVERHEAD = 32    # RFC 7541 §4.1: each entry's size is name + value + 32
 
 
+# A list decoded past this many times a limit is no oversized request but a bomb (a few
+# bytes referring to one large table entry again and again): decoding stops there.
+cdef Py_ssize_t BOMB_FACTOR = 4
+
+
+class HPACKBomb(ValueError):
+    """A header block that decodes to more than BOMB_FACTOR times the limits."""
+
+
 class HPACKError(ValueError):
     """A header block that breaks RFC 7541 (an HTTP/2 COMPRESSION_ERROR)."""
 
@@ -164,7 +173,7 @@ cdef class Decoder:
 
     cdef list decode_block(self, bytes block):
         cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(block)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(block), i = 0, total = 0
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(block), i = 0, total = 0, count = 0
         cdef list out = []
         cdef uint64_t index
         cdef int b
@@ -197,8 +206,12 @@ cdef class Decoder:
                 if b & 0x40:
                     self.table.add(name, value)
             fields = True
+            count += 1
             total += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + ENTRY_OVERHEAD
-            if total > self.max_list_size or len(out) >= self.max_fields:
+            if total > self.max_list_size or count > self.max_fields:
+                if total > BOMB_FACTOR * self.max_list_size or count > BOMB_FACTOR * self.max_fields:
+                    raise HPACKBomb(f"a header block decoding to more than {BOMB_FACTOR} times "
+                                    f"the limits ({self.max_list_size} bytes, {self.max_fields} fields)")
                 # the block is still decoded to its end, so that the dynamic table stays
                 # in step with the encoder's (RFC 7541 §2.3), but no field beyond is kept
                 self.oversized = True

@@ -81,6 +81,8 @@ cdef class Session:
     cdef readonly long long answers   # control frames we queued in answer (PING, SETTINGS, RST)
     cdef double window_start       # the flood counters count in one-second windows
     cdef int resets_in_window
+    cdef int refused_in_window
+    cdef int control_in_window
     cdef int empty_in_window
 
     cdef void setup(self, SessionHandler handler, uint32_t max_concurrent_streams,
@@ -91,6 +93,9 @@ cdef class Session:
     cdef void tick(self)
     cdef void count_reset(self) except *
     cdef void count_empty(self) except *
+    cdef void count_control(self) except *
+    cpdef count_refused(self)
+    cdef void check_refused(self) except *
     cpdef receive(self, data)
     cpdef uint32_t send_request(self, list fields, bint end_stream=*) except 0
     cpdef bint can_open(self)

@@ -5,7 +5,7 @@
 # Sans-IO: bytes in with `receive`, bytes out from `data_to_send`, and what happened told
 # to a SessionHandler.
 
-from fastproxy._core.hpack import HPACKError
+from fastproxy._core.hpack import HPACKBomb, HPACKError
 
 cdef enum:
     ST_OPEN = 0
@@ -17,6 +17,7 @@ cdef long long WINDOW_LIMIT = 0x7FFFFFFF
 
 # the protections of SPEC §12, per client connection
 cdef int EMPTY_FRAMES_PER_SECOND = 1000    # DATA without data or END_STREAM, empty CONTINUATION
+cdef int CONTROL_FRAMES_PER_SECOND = 1000  # PING and SETTINGS, each of which we must answer
 
 
 cdef inline double _now() noexcept:
@@ -117,10 +118,15 @@ cdef class Session:
                     self.goaway(error.code)
                     raise
                 self.reset_stream(error.stream_id, error.code)
+                self.count_refused()
+                self.check_refused()
                 data = b""              # the frames after it
             except HPACKError as error:
                 self.goaway(COMPRESSION_ERROR)
                 raise H2Error(COMPRESSION_ERROR, str(error)) from None
+            except HPACKBomb as error:
+                self.goaway(ENHANCE_YOUR_CALM)
+                raise H2Error(ENHANCE_YOUR_CALM, str(error), reason="hpack_bomb") from None
 
     cdef void _receive(self, object data) except *:
         cdef FrameHeader h
@@ -175,9 +181,11 @@ cdef class Session:
                 self.handler.on_reset(sid, payload_fields(RST_STREAM, h.flags, payload))
         elif t == SETTINGS:
             if not h.flags & FLAG_ACK:
+                self.count_control()
                 self.settings(payload_fields(SETTINGS, h.flags, payload))
         elif t == PING:
             if not h.flags & FLAG_ACK:
+                self.count_control()
                 self.out += frame(PING, FLAG_ACK, 0, payload)
                 self.answers += 1
         elif t == PUSH_PROMISE:
@@ -257,6 +265,7 @@ cdef class Session:
         if end:
             s.state = ST_HALF_CLOSED_REMOTE
         self.handler.on_request(sid, fields, end)
+        self.check_refused()              # the handler may have refused it (count_refused)
 
     cdef void response_block(self, uint32_t sid, _Stream s, list fields, bint end) except *:
         """Client role: a response head (1xx ones first), or the trailers after one."""
@@ -491,7 +500,8 @@ cdef class Session:
         cdef double now = _now()
         if now - self.window_start >= 1.0:
             self.window_start = now
-            self.resets_in_window = self.empty_in_window = 0
+            self.resets_in_window = self.empty_in_window = self.refused_in_window = 0
+            self.control_in_window = 0
 
     cdef void count_reset(self) except *:
         """Rapid reset (CVE-2023-44487): streams the client opens and resets before their
@@ -501,6 +511,31 @@ cdef class Session:
         if self.resets_in_window > 2 * self.max_concurrent:
             raise H2Error(ENHANCE_YOUR_CALM, f"more than {2 * self.max_concurrent} streams reset "
                           "by the client within a second", reason="rapid_reset")
+
+    cpdef count_refused(self):
+        """A request refused as malformed or over the limits (a stream error here, or a
+        400 or 431 from the handler)."""
+        self.tick()
+        self.refused_in_window += 1
+
+    cdef void check_refused(self) except *:
+        """A client that sends more than 2 x max_concurrent_streams requests a second that
+        must be refused is flooding us with answers to write (CVE-2019-9514), not making
+        mistakes."""
+        if self.refused_in_window > 2 * self.max_concurrent:
+            self.goaway(ENHANCE_YOUR_CALM)
+            raise H2Error(ENHANCE_YOUR_CALM, f"more than {2 * self.max_concurrent} requests "
+                          "refused as malformed or too large within a second", reason="refused_flood")
+
+    cdef void count_control(self) except *:
+        """PING and SETTINGS floods (CVE-2019-9512, -9515): a peer keeps a handful in a
+        second busy (keep-alive, settings changes); more than a thousand only makes us
+        write answers."""
+        self.tick()
+        self.control_in_window += 1
+        if self.control_in_window > CONTROL_FRAMES_PER_SECOND:
+            raise H2Error(ENHANCE_YOUR_CALM, f"more than {CONTROL_FRAMES_PER_SECOND} PING and "
+                          "SETTINGS frames within a second", reason="control_flood")
 
     cdef void count_empty(self) except *:
         self.tick()

@@ -46,7 +46,7 @@ from fastproxy._core.tls import TLSContext, TLSError, TLSLink
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
-from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memcmp
 from libc.stdint cimport uint32_t
@@ -88,12 +88,16 @@ cdef enum:
     S_LINGER = 6     # closing after a protocol error: what comes is read and dropped, so
                      # that the last frames (GOAWAY) are not lost to a reset
 
+# lingering, at most this much is read and dropped before the connection closes anyway
+cdef Py_ssize_t LINGER_MAX_BYTES = 256 * 1024
+
 # why a client connection is not being read
 cdef enum:
     P_UPSTREAM = 1   # the upstream's write buffer is full
     P_QUEUE = 2      # the upstream is still connecting and enough is queued
     P_PIPELINE = 4   # enough pipelined requests are waiting
     P_ADMISSION = 8  # over max_connections: waits until a slot frees
+    P_CLIENT = 16    # HTTP/2: the client does not take what we write
 
 # why a worker stopped accepting connections (Worker.accept_paused bits)
 cdef enum:

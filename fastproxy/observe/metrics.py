@@ -23,7 +23,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str, bool, tuple[float, ...] | N
     "fastproxy_http2_protocol_errors_total": (
         "counter", ("listener", "reason"), "HTTP/2 client connections closed for breaking the "
         "protocol or setting off a protection (rapid_reset, continuation_flood, "
-        "control_flood, empty_frames, flow_control, compression, frame_size, ...).", False, None),
+        "hpack_bomb, refused_flood, control_flood, empty_frames, flow_control, compression, frame_size, ...).", False, None),
     "fastproxy_request_duration_seconds": (
         "histogram", ("listener", "cluster"), "Request duration, from a complete request head "
         "to the end of the response.", False, DURATION_BUCKETS),

@@ -1,6 +1,7 @@
 """An HTTP/2 connection driven frame by frame (hyperframe builds and parses the frames,
 hpack encodes the header blocks), for the attack and conformance tests. Every read has a
-deadline; a connection the peer closed stops the reads."""
+deadline; the end of what the peer sent stops the reads (a send that failed does not:
+what the peer wrote before it closed, its GOAWAY, is still read)."""
 from __future__ import annotations
 
 import socket
@@ -23,7 +24,8 @@ class Raw:
             self.sock.sendall(PREFACE + hf.SettingsFrame(0).serialize())
         self.buf = bytearray()
         self.frames: list = []
-        self.closed = False
+        self.closed = False      # the peer closed the connection (a send failed, or EOF)
+        self.eof = False         # everything the peer sent has been read
         self.encoder = Encoder()
 
     def send(self, data: bytes) -> bool:
@@ -44,7 +46,7 @@ class Raw:
 
     def read(self, until, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        while not until() and not self.closed:
+        while not until() and not self.eof:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"frames so far: {self.frames[-10:]}")
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -55,7 +57,7 @@ class Raw:
             except OSError:
                 data = b""
             if not data:
-                self.closed = True
+                self.closed = self.eof = True
                 break
             self.buf += data
             while len(self.buf) >= 9:

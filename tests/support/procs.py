@@ -94,6 +94,12 @@ def _stat_fields(pid: int) -> list[str] | None:
     return rest  # rest[0]=state, rest[1]=ppid, rest[2]=pgrp
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), 0 when it is gone."""
+    f = _stat_fields(pid)
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK") if f else 0.0
+
+
 def live_pids_in_group(pgid: int) -> list[int]:
     """Pids (not zombies) whose process group is `pgid`."""
     pids = []
