@@ -5,7 +5,12 @@ bytes, and takes OTLP span exports (`POST /v1/traces`, 200) like the nginx backe
 anything else gets 404. Its cost per request is not nginx's, which the results
 say when it was used. Pipelined requests are answered in order.
 
-    python -m bench.builtin_backend --port 8080
+For bench.attacks it also answers `GET /slow` like `/` but `--delay-ms` late (an
+application that takes its time, so attack streams are in flight when they are reset),
+and tells how many requests reached it: `GET /_count` (asked directly, not through a
+proxy) answers the number of requests before it.
+
+    python -m bench.builtin_backend --port 8080 [--delay-ms 10]
 """
 from __future__ import annotations
 
@@ -27,13 +32,17 @@ NOT_FOUND = _response("404 Not Found", b"not found\n")
 
 
 class BackendProtocol(asyncio.Protocol):
+    served = 0          # requests so far, on every connection
+    delay_s = 0.0
+
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self.buffer = bytearray()
+        self.busy_until = 0.0        # a late answer is due then: later ones wait for it
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        out = []
+        out, late = [], False
         while True:
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
@@ -49,13 +58,35 @@ class BackendProtocol(asyncio.Protocol):
             del self.buffer[:end + 4 + body_length]
             parts = head.split(b" ", 2)
             target = parts[1] if len(parts) > 1 else b""
-            out.append(RESPONSES.get(target.split(b"?", 1)[0], NOT_FOUND))
+            path = target.split(b"?", 1)[0]
+            if path == b"/_count":
+                out.append(_response("200 OK", b"%d" % BackendProtocol.served))
+            else:
+                BackendProtocol.served += 1
+                out.append(RESPONSES.get(b"/" if path == b"/slow" else path, NOT_FOUND))
+                late = late or path == b"/slow"
             if b"connection: close" in head.lower():
-                self.transport.writelines(out)
-                self.transport.close()
+                self.send(out, late, close=True)
                 return
         if out:
-            self.transport.writelines(out)
+            self.send(out, late)
+
+    def send(self, out: list[bytes], late: bool, close: bool = False) -> None:
+        # a late answer delays the ones pipelined behind it: the order stays the requests'
+        loop = asyncio.get_running_loop()
+        at = max(self.busy_until, loop.time() + self.delay_s if late else 0.0)
+        if at > loop.time():
+            self.busy_until = at
+            loop.call_at(at, self.send_now, out, close)
+        else:
+            self.send_now(out, close)
+
+    def send_now(self, out: list[bytes], close: bool) -> None:
+        if self.transport.is_closing():
+            return
+        self.transport.writelines(out)
+        if close:
+            self.transport.close()
 
 
 async def serve(port: int) -> None:
@@ -68,7 +99,9 @@ async def serve(port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.builtin_backend")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="answer GET /slow this late")
     args = parser.parse_args(argv)
+    BackendProtocol.delay_s = args.delay_ms / 1000
     try:
         import uvloop
         runner = uvloop.run
