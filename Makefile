@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test build debug bench bench-deps bench-micro bench-tls fuzz clean
+.PHONY: run test build debug bench bench-deps bench-micro bench-tls bench-attacks fuzz clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench-micro: build
 # Full TLS handshakes per proxy CPU-second and memory per idle TLS connection.
 bench-tls: build
 	$(BIN)/python -m bench.tls_costs
+
+# The known HTTP/2 attacks at full speed against every proxy: what reached the upstream,
+# CPU, peak memory, a well-behaved client's p99 meanwhile.
+bench-attacks: build
+	$(BIN)/python -m bench.attacks
 
 # Every fuzz target (fuzz/targets.py) under atheris, FUZZ_RUNS executions each, starting
 # from the seeds in fuzz/seeds (copied: the corpus a run grows stays out of the tree); a

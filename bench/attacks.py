@@ -507,17 +507,20 @@ def _amount(value: float, unit: str) -> str:
 # ---- the report -----------------------------------------------------------------------------
 
 def render_markdown(run_record: dict, figures: dict[str, dict]) -> str:
-    git = run_record["git"]
+    git, machine = run_record["git"], run_record["machine"]
     commit = (git["commit"] or "unknown")[:12] + (" (uncommitted changes)" if git.get("dirty") else "")
     lines = [f"# fastproxy under HTTP/2 attack — {run_record['started_at']}", "",
              f"- command: `{run_record['command']}`",
-             f"- commit: {commit}; machine: {run_record['machine']}",
+             f"- commit: {commit}",
+             f"- machine: {machine['cpu_model']}, {machine['cores']} cores, {machine['os']}, "
+             f"Linux {machine['kernel']}, Python {machine['python']}",
              f"- tools: {', '.join(run_record['tools'])}",
              f"- placement: {run_record['placement']['note']}",
              f"- backend: {run_record['backend']}",
-             f"- each attack {run_record['settings']['time']} s on a freshly started proxy; "
-             f"load average at start {run_record['load_average_at_start']}, at end "
-             f"{run_record['load_average_at_end']}", "",
+             f"- load average at start {run_record['load_average_at_start']:.2f}, at end "
+             f"{run_record['load_average_at_end']:.2f}",
+             f"- each attack {run_record['settings']['time']:g} s on a freshly started proxy, its HTTP/2 "
+             "settings as shipped", "",
              "What each column is, and each attack, is in the docstring of bench/attacks.py. "
              "`upstream` excludes the well-behaved client's requests; `p99 ×` is the client's "
              "p99 against its p99 with no attack on the same proxy.", ""]

@@ -47,12 +47,13 @@ def process_tree(roots: list[int]) -> list[int]:
     return tree
 
 
-def cpu_seconds(pid: int) -> float | None:
+def cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """(user + system, system) CPU seconds of a process."""
     fields = _stat_fields(pid)
     if not fields:
         return None
     utime, stime = int(fields[11]), int(fields[12])   # stat fields 14 and 15
-    return (utime + stime) / CLOCK_TICKS
+    return (utime + stime) / CLOCK_TICKS, stime / CLOCK_TICKS
 
 
 def _status_bytes(pid: int, field: str) -> int | None:
@@ -79,17 +80,18 @@ def tree_rss_bytes(roots: list[int]) -> int:
 class TreeSnapshot:
     cpu_by_pid: dict[int, float]
     peak_rss_by_pid: dict[int, int]
+    system_by_pid: dict[int, float]
 
     @classmethod
     def take(cls, roots: list[int]) -> "TreeSnapshot":
-        cpu, rss = {}, {}
+        cpu, rss, system = {}, {}, {}
         for pid in process_tree(roots):
             seconds, peak = cpu_seconds(pid), peak_rss_bytes(pid)
             if seconds is not None:
-                cpu[pid] = seconds
+                cpu[pid], system[pid] = seconds
             if peak is not None:
                 rss[pid] = peak
-        return cls(cpu, rss)
+        return cls(cpu, rss, system)
 
     @property
     def processes(self) -> int:
@@ -100,6 +102,8 @@ class TreeSnapshot:
         return sum(self.peak_rss_by_pid.values())
 
 
-def cpu_used_between(before: TreeSnapshot, after: TreeSnapshot) -> float:
-    """CPU seconds the tree used between two snapshots (new processes count in full)."""
-    return sum(seconds - before.cpu_by_pid.get(pid, 0.0) for pid, seconds in after.cpu_by_pid.items())
+def cpu_used_between(before: TreeSnapshot, after: TreeSnapshot, system: bool = False) -> float:
+    """CPU seconds the tree used between two snapshots (new processes count in full);
+    with `system`, only those spent in the kernel."""
+    was, now = (before.system_by_pid, after.system_by_pid) if system else (before.cpu_by_pid, after.cpu_by_pid)
+    return sum(seconds - was.get(pid, 0.0) for pid, seconds in now.items())

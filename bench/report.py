@@ -31,6 +31,7 @@ METRICS = [
     Metric("p99_us", "p99", kind="latency"),
     Metric("p999_us", "p99.9", kind="latency"),
     Metric("cpu_us_per_request", "proxy CPU µs/req"),
+    Metric("kernel_us_per_request", "of it in the kernel"),
     Metric("peak_rss_mib", "proxy peak RSS MiB"),
     Metric("errors", "errors", kind="count"),
 ]

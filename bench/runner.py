@@ -482,14 +482,16 @@ def measure(scenario: Scenario, deployed: Running, tools: dict[str, Tool], place
         "errors_by_kind": load.errors,
         "cpu_s": None,
         "cpu_us_per_request": None,
+        "kernel_us_per_request": None,
         "peak_rss_mib": None,
         "proxy_processes": None,
         "load": load.extra,
     }
     if deployed.contender.is_proxy and before and after:
-        cpu = cpu_used_between(before, after)
+        cpu, kernel = cpu_used_between(before, after), cpu_used_between(before, after, system=True)
         figures.update(cpu_s=cpu, peak_rss_mib=after.peak_rss / 2**20, proxy_processes=after.processes,
-                       cpu_us_per_request=cpu / load.requests * 1e6 if load.requests else None)
+                       cpu_us_per_request=cpu / load.requests * 1e6 if load.requests else None,
+                       kernel_us_per_request=kernel / load.requests * 1e6 if load.requests else None)
     return figures
 
 

@@ -31,7 +31,7 @@ PROTOCOL_CONTENDERS = {"h2-small": CONTENDERS - {"direct"} | {"nghttpx"},
 VARIANTS = {"h1-observe": {"fastproxy-observe", "fastproxy-accesslog"},
             "h1-small": {"fastproxy-mesh"}, "mtls-2hop": {"fastproxy-mesh"}}
 STATUSES = {"ok", "not available", "skipped", "failed"}
-METRICS = ["rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_request", "peak_rss_mib", "errors"]
+METRICS = ["rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_request", "kernel_us_per_request", "peak_rss_mib", "errors"]
 CHARTS = ["throughput.png", "cpu_per_request.png", "latency.png"]
 
 
