@@ -1,4 +1,4 @@
-"""The `fastproxy` command: run, check, demo, ca init|issue|serve (docs/operations.md).
+"""The `fastproxy` command: run, check, demo, iptables, ca init|issue|serve (docs/operations.md).
 
 Exit codes: 0 after a clean shutdown, 2 for a configuration or usage error, 1 for a
 runtime failure. Expected errors are one clear line each, never a traceback.
@@ -74,6 +74,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _setup_logging()
     return demo_main(args)
+
+
+def cmd_iptables(args: argparse.Namespace) -> int:
+    from fastproxy.intercept.iptables import Capture, InterceptError, apply
+
+    capture = None if args.cleanup else Capture(
+        proxy_uid=args.proxy_uid, inbound_port=args.inbound_port, outbound_port=args.outbound_port,
+        exclude_inbound_ports=args.exclude_inbound_ports, exclude_outbound_ports=args.exclude_outbound_ports,
+        exclude_outbound_cidrs=args.exclude_outbound_cidrs)
+    try:
+        shown = apply(capture, args.dry_run)
+    except InterceptError as exc:
+        print(f"fastproxy: {exc}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print(shown, end="")
+    else:
+        print("fastproxy: traffic capture " + ("removed" if args.cleanup else
+              f"in place: outbound TCP -> :{args.outbound_port}, inbound TCP -> :{args.inbound_port}"))
+    return 0
+
+
+def _ports(text: str) -> list[int]:
+    """An argparse type: a comma-separated list of TCP ports."""
+    ports = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if not part.isdigit() or not 1 <= int(part) <= 65535:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a port (1-65535)")
+        ports.append(int(part))
+    return ports
+
+
+def _cidrs(text: str) -> list[str]:
+    """An argparse type: a comma-separated list of IPv4/IPv6 addresses or CIDRs."""
+    import ipaddress
+
+    cidrs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            cidrs.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not an address or CIDR") from None
+    return cidrs
 
 
 def cmd_ca_init(args: argparse.Namespace) -> int:
@@ -164,6 +207,26 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true",
                       help="keep the temporary directory (CA, certificates, configs, logs) at exit")
     demo.set_defaults(func=cmd_demo)
+
+    ipt = sub.add_parser("iptables", help="capture this network namespace's TCP traffic for the sidecar",
+                         description="The pod's init step: nat rules, through iptables-restore and "
+                         "ip6tables-restore, that redirect outbound TCP (except the proxy's own uid) to "
+                         "the outbound listener and inbound TCP to the inbound listener.")
+    ipt.add_argument("--proxy-uid", type=_nonnegative, default=1337, metavar="UID",
+                     help="the sidecar's uid: its own connections are not captured (default 1337)")
+    ipt.add_argument("--inbound-port", type=_positive, default=15006, metavar="PORT",
+                     help="the inbound listener (default 15006)")
+    ipt.add_argument("--outbound-port", type=_positive, default=15001, metavar="PORT",
+                     help="the outbound listener (default 15001)")
+    ipt.add_argument("--exclude-inbound-ports", type=_ports, default=[], metavar="P,P",
+                     help="inbound ports not captured (e.g. the admin port)")
+    ipt.add_argument("--exclude-outbound-ports", type=_ports, default=[], metavar="P,P",
+                     help="outbound destination ports not captured")
+    ipt.add_argument("--exclude-outbound-cidrs", type=_cidrs, default=[], metavar="CIDR,CIDR",
+                     help="outbound destinations not captured")
+    ipt.add_argument("--dry-run", action="store_true", help="print the iptables-restore input, change nothing")
+    ipt.add_argument("--cleanup", action="store_true", help="remove exactly the rules this command added")
+    ipt.set_defaults(func=cmd_iptables)
 
     ca = sub.add_parser("ca", help="the mesh certificate authority: init, issue, serve")
     ca_sub = ca.add_subparsers(dest="ca_command", metavar="CA_COMMAND", required=True)
