@@ -7,7 +7,7 @@ import h11
 import hpack
 from hyperframe.frame import Frame
 
-from fastproxy._core.hpack import Decoder, HPACKError
+from fastproxy._core.hpack import Decoder, HPACKBomb, HPACKError
 from fastproxy._core.http1 import ChunkedReader, ParseError, parse_request_head
 from fastproxy._core.http2 import FrameReader, H2Error, RecordingHandler, ServerSession
 
@@ -22,7 +22,7 @@ def hpack_decode(data: bytes) -> None:
     for block in (data[1:cut], data[cut:]):
         try:
             got = ours.decode(block)
-        except HPACKError:
+        except (HPACKError, HPACKBomb):
             return               # refused: stricter than hpack is allowed, the table is gone
         try:
             want = [(bytes(n), bytes(v)) for n, v in theirs.decode(block, raw=True)]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastproxy._core.hpack import Decoder, Encoder, HPACKError
+from fastproxy._core.hpack import Decoder, Encoder, HPACKBomb, HPACKError
 
 SCALE = int(os.environ.get("FASTPROXY_FUZZ_SCALE", "1"))
 FUZZ = settings(max_examples=200 * SCALE, deadline=None, suppress_health_check=list(HealthCheck))
@@ -140,3 +140,18 @@ def test_a_header_list_over_a_limit_is_cut_but_still_decoded_to_keep_the_table_i
     assert decoder.decode(encoder.encode(fields)) == fields and not decoder.oversized
     decoder.max_fields = 2
     assert decoder.decode(encoder.encode(fields)) == fields[:2] and decoder.oversized
+
+
+def test_a_block_decoding_past_four_times_a_limit_is_a_bomb_and_decoding_stops():
+    """A 1,000-byte entry and references to it: up to 4 x max_list_size the list is only
+    cut (431 material); past it the decoder gives up (the connection ends)."""
+    decoder = Decoder()
+    decoder.max_list_size = 10_000
+    entry = hpack.Encoder().encode([(b"x-bomb", b"a" * 1000)])  # into the table: 1,038 bytes
+    assert len(decoder.decode(entry + b"\xbe" * 30)) < 31 and decoder.oversized   # 32 KB: cut
+    with pytest.raises(HPACKBomb):
+        decoder.decode(b"\xbe" * 40)                              # 41 KB: a bomb
+    decoder = Decoder()
+    decoder.max_fields = 10
+    with pytest.raises(HPACKBomb):
+        decoder.decode(b"\x82" * 41)                              # 41 fields, 4 x 10 allowed
