@@ -19,6 +19,7 @@ cdef class Downstream(ClientSide):
     cdef bint client_eof         # the client half-closed: close once its requests are answered
     cdef double deadline
     cdef Py_ssize_t dropped      # S_LINGER: bytes read and dropped
+    cdef bint tls                # the connection is TLS (a permissive listener takes both)
     cdef object timer
     cdef double timer_at
     cdef object _write           # transport.write, looked up once
@@ -73,10 +74,13 @@ cdef class Downstream(ClientSide):
             transport.close()
             return
         self._write = transport.write
-        if self.port.tls_new is not NULL:
+        self.tls = isinstance(transport, TLSLink)
+        if self.tls:
             fp_addu(&(self.port.tls_resumed if transport.session_reused() else self.port.tls_new).v[0], 1)
-        if self.ls.tls_mode != TLS_MUTUAL:
-            self.set_peer(None)
+        elif self.port.plain is not NULL:        # a permissive listener's plain caller
+            fp_addu(&self.port.plain.v[0], 1)
+        if self.ls.tls_mode < TLS_MUTUAL or not self.tls:
+            self.set_peer(None, self.tls)
         elif not self.identify(transport):
             return
         self.state = S_IDLE
@@ -94,8 +98,7 @@ cdef class Downstream(ClientSide):
             w.waiting_count += 1
             if w.waiting_count >= w.max_connections:
                 w.check_accepting()
-        if self.port.tls_new is not NULL and self.ls.http2 \
-                and transport.selected_alpn_protocol() == "h2":
+        if self.tls and self.ls.http2 and transport.selected_alpn_protocol() == "h2":
             self.start_h2(b"")
 
     def data_received(self, data):
@@ -209,7 +212,7 @@ cdef class Downstream(ClientSide):
             self.state = S_CLOSED
             transport.close()
             return False
-        self.set_peer(peer)
+        self.set_peer(peer, True)
         return True
 
     cdef void admit(self):
@@ -614,3 +617,42 @@ cdef class Downstream(ClientSide):
     cdef void touch(self):
         """Push the deadline out by idle_timeout (activity on a tunnel)."""
         self.deadline = self.w.now() + self.ls.idle_timeout
+
+
+@cython.final
+cdef class Sniffer:
+    """A permissive listener's connection until its first bytes (SPEC §13): a TLS record
+    (0x16, a ClientHello) hands it to a TLSLink, anything else to a plain Downstream.
+    Nothing within header_timeout closes it."""
+    cdef object make_tls
+    cdef Downstream plain
+    cdef object transport
+    cdef object timer
+
+    def __init__(self, make_tls, Downstream plain, loop, double timeout):
+        self.make_tls = make_tls
+        self.plain = plain
+        self.timer = loop.call_later(timeout, self.timed_out) if timeout > 0 else None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        app = self.make_tls() if data[0] == 0x16 else self.plain
+        self.transport.set_protocol(app)
+        app.connection_made(self.transport)
+        app.data_received(data)
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def timed_out(self):
+        self.timer = None
+        self.transport.close()

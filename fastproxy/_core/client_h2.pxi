@@ -331,7 +331,7 @@ cdef class H2Stream(ClientSide):
             h.framing = BODY_STREAM
         ctype = h.get(b"content-type")
         self.grpc = ctype is not None and ctype.startswith(b"application/grpc")
-        self.orig_h1 = ls.tls_mode == TLS_MUTUAL and self.orig_http1(h)
+        self.orig_h1 = self.peer_id is not None and self.orig_http1(h)   # an mTLS peer's mark
         self.framing = h.framing
         self.remaining = h.content_length
         ex = Exchange.__new__(Exchange)

@@ -88,6 +88,8 @@ cdef enum:
     S_LINGER = 6     # closing after a protocol error: what comes is read and dropped, so
                      # that the last frames (GOAWAY) are not lost to a reset
 
+cdef bytes PLAIN_PROTO_LINE = b"x-forwarded-proto: http\r\n"
+
 # lingering, at most this much is read and dropped before the connection closes anyway
 cdef Py_ssize_t LINGER_MAX_BYTES = 256 * 1024
 
@@ -120,6 +122,7 @@ cdef enum:
     TLS_OFF = 0
     TLS_SERVER = 1   # "tls": server-authenticated TLS
     TLS_MUTUAL = 2   # "mtls": both sides present SPIFFE certificates
+    TLS_PERMISSIVE = 3   # listeners: "mtls" for TLS connections, plain ones taken too
 
 cdef enum:
     RETRY_CONNECT = 1

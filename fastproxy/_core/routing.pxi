@@ -152,6 +152,7 @@ cdef class Port:
     cdef MetricSlot* tls_failures    # NULL unless the listener speaks TLS
     cdef MetricSlot* tls_new         # handshakes, full and resumed (NULL likewise)
     cdef MetricSlot* tls_resumed
+    cdef MetricSlot* plain           # a permissive listener's connections without TLS
 
     def __init__(self, str listener):
         self.listener = listener

@@ -110,13 +110,17 @@ cdef class ClientSide:
     cdef dict route_allowed         # per-route allow decisions for this peer
     cdef bint write_blocked         # the client is not taking response bytes now
 
-    cdef void set_peer(self, str peer_id):
-        """Who the client is (peer_id: its verified SPIFFE id, None without mtls), and so the
-        x-forwarded-* and x-forwarded-client-cert lines its requests carry upstream."""
+    cdef void set_peer(self, str peer_id, bint tls):
+        """Who the client is (peer_id: its verified SPIFFE id, None without mtls; tls: the
+        connection is TLS), and so the x-forwarded-* and x-forwarded-client-cert lines its
+        requests carry upstream. A plain caller of a permissive listener passes only
+        where `allow` admits everyone."""
         cdef ListenerState ls = self.ls
         self.peer_id = peer_id
-        self.proto_lines = ls.proto_line
-        if peer_id is not None:
+        self.proto_lines = ls.proto_line if tls else PLAIN_PROTO_LINE
+        if peer_id is None:
+            self.denied = ls.tls_mode == TLS_PERMISSIVE and not ls.allow_all
+        else:
             self.denied = not ls.allow_all and not self.w.id_allowed(ls.allow, peer_id)
             self.proto_lines += ls.xfcc_prefix + peer_id.encode() + CRLF
         self.forwarded_lines = b"x-forwarded-for: " + self.client_ip + CRLF + self.proto_lines
@@ -134,8 +138,10 @@ cdef class ClientSide:
         """Whether this mtls peer may not use the route (listener and route allow)."""
         if self.denied:
             return True
-        if route is None or route.allow is None or self.peer_id is None:
+        if route is None or route.allow is None:
             return False
+        if self.peer_id is None:     # a plain caller of a permissive listener
+            return "*" not in route.allow
         if self.route_allowed is None:
             self.route_allowed = {}
         ok = self.route_allowed.get(route)

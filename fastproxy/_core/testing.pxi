@@ -26,7 +26,7 @@ cdef class RecordingClient(ClientSide):
         self.w = w
         self.ls = w.listeners[listener]
         self.client_ip = client_ip.encode()
-        self.set_peer(peer_id)
+        self.set_peer(peer_id, self.ls.tls_mode != TLS_OFF)
         self.calls = []
 
     def request(self, bytes head, bytes body=b"", bint end=True, bint stream=False):

@@ -215,13 +215,21 @@ cdef class Worker:
             port.tls_new = self.metrics.slot(b"fastproxy_tls_handshakes_total\x1f" + name + b"\x1fnew")
             port.tls_resumed = self.metrics.slot(
                 b"fastproxy_tls_handshakes_total\x1f" + name + b"\x1fresumed")
-        mtls = ls.tls_mode == TLS_MUTUAL
+        mtls = ls.tls_mode >= TLS_MUTUAL
         def tls_factory():
             current = self.listeners.get(port.listener, ls)
             return TLSLink(self.tls_context(self.identity.server_contexts[mtls, ls.http2]),
                            Downstream(self, port), self.loop,
                            timeout=(<ListenerState>current).header_timeout)
-        return tls_factory
+        if ls.tls_mode != TLS_PERMISSIVE:
+            return tls_factory
+        if port.plain is NULL:
+            port.plain = self.metrics.slot(b"fastproxy_plain_connections_total\x1f" + port.listener.encode())
+        def sniffing_factory():
+            current = self.listeners.get(port.listener, ls)
+            return Sniffer(tls_factory, Downstream(self, port), self.loop,
+                           (<ListenerState>current).header_timeout)
+        return sniffing_factory
 
     # -- admission: [limits] max_connections and the file descriptors ---------------------
     #

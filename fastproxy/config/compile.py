@@ -21,6 +21,7 @@ from fastproxy.config.model import (
     PROTOCOLS,
     RETRY_ON,
     TLS_MODES,
+    LISTENER_TLS_MODES,
     Cluster,
     Config,
     Listener,
@@ -84,7 +85,7 @@ class RouteSpec:
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
     name: str
-    tls_mode: int
+    tls_mode: int                # index in LISTENER_TLS_MODES
     direction: str
     allow: tuple[str, ...]
     max_header_bytes: int
@@ -164,7 +165,7 @@ def _listener(lc: Listener, config: Config) -> ListenerSpec:
     identity = config.identity
     return ListenerSpec(
         name=lc.name,
-        tls_mode=TLS_MODES.index(lc.tls),
+        tls_mode=LISTENER_TLS_MODES.index(lc.tls),
         direction=lc.direction,
         allow=tuple(lc.allow),
         max_header_bytes=lc.limits.max_header_bytes,

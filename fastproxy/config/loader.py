@@ -25,6 +25,7 @@ from fastproxy.config.model import (
     PROPAGATORS,
     RETRY_ON,
     TLS_MODES,
+    LISTENER_TLS_MODES,
     Address,
     CircuitBreaker,
     Cluster,
@@ -302,7 +303,7 @@ TRACING: dict[str, Conv] = {
 LISTENER: dict[str, Conv] = {
     "name": name,
     "bind": address,
-    "tls": choice(*TLS_MODES),
+    "tls": choice(*LISTENER_TLS_MODES),
     "direction": choice(*DIRECTIONS),
     "allow": _allow,
     "limits": lambda ctx, path, value: _limit_overrides(ctx, path, value),
@@ -361,6 +362,7 @@ CLUSTER: dict[str, Conv] = {
 TOP_LEVEL = ("proxy", "limits", "http2", "identity", "tracing", "listener", "cluster")
 
 _MTLS_ONLY = 'only allowed with tls = "mtls"'
+_PEERS_ONLY = 'only allowed with tls = "mtls" or "permissive"'
 
 
 # --- sections --------------------------------------------------------------------------
@@ -443,8 +445,8 @@ def _listener(
         return BAD, values
     tls = values.get("tls", "off")
     mtls_checks = "tls" not in raw or "tls" in values  # skip them when tls itself is invalid
-    if mtls_checks and tls != "mtls" and "allow" in raw:
-        ctx.error(key_path(path, "allow"), _MTLS_ONLY)
+    if mtls_checks and tls not in ("mtls", "permissive") and "allow" in raw:
+        ctx.error(key_path(path, "allow"), _PEERS_ONLY)
         ok = False
 
     routes_path = key_path(path, "route")
@@ -464,8 +466,9 @@ def _listener(
         for index, raw_route in enumerate(raw_routes):
             route_path = index_path(routes_path, index)
             route = _route(ctx, route_path, raw_route, index, route_schema)
-            if mtls_checks and tls != "mtls" and isinstance(raw_route, dict) and "allow" in raw_route:
-                ctx.error(key_path(route_path, "allow"), _MTLS_ONLY)
+            if mtls_checks and tls not in ("mtls", "permissive") and isinstance(raw_route, dict) \
+                    and "allow" in raw_route:
+                ctx.error(key_path(route_path, "allow"), _PEERS_ONLY)
                 ok = False
             # Names are compared even when a route has other errors, so all are reported.
             route_name = raw_route.get("name", str(index)) if isinstance(raw_route, dict) else None
@@ -632,7 +635,7 @@ def validate(raw: Any, path: str = "<dict>") -> Config:
             (
                 f'listener[{index}] has tls = "{values["tls"]}"'
                 for index, values in seen
-                if values.get("tls") in ("tls", "mtls")
+                if values.get("tls") in ("tls", "mtls", "permissive")
             ),
             None,
         ) or next(

@@ -30,6 +30,7 @@ __all__ = [
     "Config",
     "summary",
     "TLS_MODES",
+    "LISTENER_TLS_MODES",
     "DIRECTIONS",
     "BALANCERS",
     "PROTOCOLS",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 TLS_MODES = ("off", "tls", "mtls")
+# a listener may also take mTLS and plain connections on one port (SPEC §13)
+LISTENER_TLS_MODES = TLS_MODES + ("permissive",)
 DIRECTIONS = ("inbound", "outbound")
 BALANCERS = ("round_robin", "least_request", "random")
 PROTOCOLS = ("auto", "http1", "http2")
@@ -214,7 +217,7 @@ class Listener:
 
     def __post_init__(self) -> None:
         if self.direction is None:
-            direction = "inbound" if self.tls in ("tls", "mtls") else "outbound"
+            direction = "inbound" if self.tls != "off" else "outbound"
             object.__setattr__(self, "direction", direction)
 
 

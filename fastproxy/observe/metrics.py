@@ -36,6 +36,9 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str, bool, tuple[float, ...] | N
     "fastproxy_tls_handshakes_total": (
         "counter", ("listener", "session"), "Client TLS handshakes completed, by session: "
         "new (certificates checked) or resumed.", False, None),
+    "fastproxy_plain_connections_total": (
+        "counter", ("listener",), "Connections a permissive listener took without TLS (their "
+        "requests have no peer identity).", False, None),
     "fastproxy_config_reloads_total": (
         "counter", ("result",), "Configuration reloads, by result.", False, None),
     "fastproxy_upstream_connections": (

@@ -308,6 +308,7 @@ CASES = {
     # [identity]
     "identity needed by listener": (doc(listener='tls = "mtls"'), 'identity: is required because listener[0] has tls = "mtls"'),
     "identity needed by tls listener": (doc(listener='tls = "tls"'), 'identity: is required because listener[0] has tls = "tls"'),
+    "identity needed by permissive listener": (doc(listener='tls = "permissive"'), 'identity: is required because listener[0] has tls = "permissive"'),
     "identity needed by cluster": (
         doc(cluster='tls = "mtls"\npeer = "spiffe://mesh.local/x"'),
         'identity: is required because cluster.app has tls = "mtls"',
@@ -370,11 +371,12 @@ CASES = {
     "listener name length": (doc().replace('name = "out"', f'name = "{"o" * 65}"'), "listener[0].name: must be at most 64 characters long"),
     "listener bind": (doc().replace("127.0.0.1:15001", "127.0.0.1:http"), "listener[0].bind: port must be a number between 1 and 65535"),
     "listener bind v6": (doc().replace("127.0.0.1:15001", "::1:15001"), 'listener[0].bind: IPv6 addresses need brackets, like "[::1]:15001"'),
-    "listener tls": (doc(listener='tls = "mtsl"'), 'listener[0].tls: must be one of "off", "tls", "mtls" (did you mean "mtls"?)'),
+    "listener tls": (doc(listener='tls = "mtsl"'), 'listener[0].tls: must be one of "off", "tls", "mtls", "permissive" (did you mean "mtls"?)'),
+    "permissive on a cluster": (doc(cluster='tls = "permissive"'), 'cluster.app.tls: must be one of "off", "tls", "mtls"'),
     "listener direction": (doc(listener='direction = "in"'), 'listener[0].direction: must be one of "inbound", "outbound"'),
     "listener typo": (doc(listener='bnd = "x"'), "listener[0].bnd: unknown key (did you mean 'bind'?)"),
-    "allow without mtls": (doc(listener='allow = ["*"]'), 'listener[0].allow: only allowed with tls = "mtls"'),
-    "allow on tls": (IDENTITY + doc(listener='tls = "tls"\nallow = ["*"]'), 'listener[0].allow: only allowed with tls = "mtls"'),
+    "allow without mtls": (doc(listener='allow = ["*"]'), 'listener[0].allow: only allowed with tls = "mtls" or "permissive"'),
+    "allow on tls": (IDENTITY + doc(listener='tls = "tls"\nallow = ["*"]'), 'listener[0].allow: only allowed with tls = "mtls" or "permissive"'),
     "allow empty": (
         IDENTITY + doc(listener='tls = "mtls"\nallow = []'),
         'listener[0].allow: must not be empty (use ["*"] for any peer the trust bundle accepts)',
@@ -487,7 +489,7 @@ CASES = {
         doc(route='cluster = "app"\nretry_on = ["connect_failure"]'),
         'listener[0].route[0].retry_on[0]: must be one of "connect-failure", "reset", "5xx", "gateway-error", "cancelled", "deadline-exceeded", "resource-exhausted", "internal", "unavailable" (did you mean "connect-failure"?)',
     ),
-    "route allow without mtls": (doc(route='cluster = "app"\nallow = ["*"]'), 'listener[0].route[0].allow: only allowed with tls = "mtls"'),
+    "route allow without mtls": (doc(route='cluster = "app"\nallow = ["*"]'), 'listener[0].route[0].allow: only allowed with tls = "mtls" or "permissive"'),
     "route name": (doc(route='cluster = "app"\nname = "a/b"'), "listener[0].route[0].name: must be made of A-Z a-z 0-9 _ -"),
     "duplicate route name": (
         doc(route='cluster = "app"\nname = "r"', routes='[[listener.route]]\nname = "r"\ncluster = "app"'),
