@@ -161,14 +161,15 @@ cdef class LogBuffer:
                    long long bytes_in, long long bytes_out, bytes cluster, bytes upstream, str peer,
                    bint traced, uint64_t trace_hi, uint64_t trace_lo,
                    const char* request_id, Py_ssize_t request_id_len, str error, bint h2,
-                   int grpc_status) noexcept:
+                   int grpc_status, str original_destination) noexcept:
         """One access log line, the fields of docs/observability.md in their order. listener, route,
         cluster and upstream come JSON-quoted (json_quoted), or None."""
         cdef Py_ssize_t need = 512 + 6 * (method_len + path_len + authority_len + request_id_len) \
             + PyBytes_GET_SIZE(listener) + (PyBytes_GET_SIZE(route) if route is not None else 0) \
             + (PyBytes_GET_SIZE(cluster) if cluster is not None else 0) \
             + (PyBytes_GET_SIZE(upstream) if upstream is not None else 0) \
-            + (6 * len(peer) if peer is not None else 0) + (6 * len(error) if error is not None else 0)
+            + (6 * len(peer) if peer is not None else 0) + (6 * len(error) if error is not None else 0) \
+            + (len(original_destination) if original_destination is not None else 0)
         cdef long long micros = (duration_ns + 500) // 1000
         cdef char* o
         if self.length + need > LOG_LIMIT or not self.reserve(need):
@@ -227,6 +228,8 @@ cdef class LogBuffer:
             self.number(grpc_status)
         else:
             self.raw(b"null", 4)
+        self.raw(b",\"original_destination\":", 24)
+        self.str_or_null(original_destination)
         self.raw(b"}\n", 2)
 
 
@@ -245,7 +248,7 @@ def access_log_line(record):
     cdef LogBuffer buf = LogBuffer()
     (start, end, listener, _, route, cluster, upstream, method, path, authority, status,
      error, bytes_in, bytes_out, peer, trace_id, _, _, _, request_id, _, protocol,
-     grpc_status) = record
+     grpc_status, original_destination) = record
     m, p, a = method.encode("latin-1"), path.encode("latin-1"), authority.encode("latin-1")
     rid = request_id.encode("latin-1") if request_id is not None else None
     hi = int(trace_id[:16], 16) if trace_id is not None else 0
@@ -255,5 +258,5 @@ def access_log_line(record):
              json_quoted(upstream), peer,
              trace_id is not None, hi, lo, PyBytes_AS_STRING(rid) if rid is not None else NULL,
              len(rid) if rid is not None else 0, error, protocol == "HTTP/2",
-             grpc_status if grpc_status is not None else -1)
+             grpc_status if grpc_status is not None else -1, original_destination)
     return buf.take()

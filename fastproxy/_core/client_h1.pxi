@@ -20,6 +20,8 @@ cdef class Downstream(ClientSide):
     cdef double deadline
     cdef Py_ssize_t dropped      # S_LINGER: bytes read and dropped
     cdef bint tls                # the connection is TLS (a permissive listener takes both)
+    cdef bint detecting          # transparent: the first bytes will tell HTTP from the rest
+    cdef TcpRelay relay          # S_PASS: the connection to the original destination
     cdef object timer
     cdef double timer_at
     cdef object _write           # transport.write, looked up once
@@ -83,12 +85,15 @@ cdef class Downstream(ClientSide):
             self.set_peer(None, self.tls)
         elif not self.identify(transport):
             return
+        if self.ls.transparent and not self.learn_destination(transport):
+            return
         self.state = S_IDLE
         w.connections.add(self)
         if w.draining:
             self.close()
             return
-        self.set_deadline(w.now() + self.ls.header_timeout)
+        # a transparent listener first waits detect_timeout for the client to speak
+        self.set_deadline(w.now() + (self.ls.detect_timeout if self.detecting else self.ls.header_timeout))
         if w.admitted < w.max_connections and not w.waiting_count:
             w.admitted += 1
             self.admitted = True
@@ -120,6 +125,9 @@ cdef class Downstream(ClientSide):
             self.hold(data)
             self.transport.pause_reading()
             return
+        if st == S_PASS:
+            self.relay.send(data)
+            return
         if st == S_EXCHANGE:
             if self.body_open:
                 used = self.request_body(data, 0)
@@ -140,6 +148,8 @@ cdef class Downstream(ClientSide):
     def eof_received(self):
         if self.state == S_H2 or self.state == S_LINGER:
             return False
+        if self.state == S_PASS:
+            return self.relay.half_close()
         if self.state == S_TUNNEL and self.ex is not None:
             return self.ex.tunnel_eof(True)
         if self.state == S_EXCHANGE and not self.body_open and not self.responding:
@@ -160,6 +170,8 @@ cdef class Downstream(ClientSide):
             self.ex = None
         if self.h2 is not None:
             self.h2.lost()
+        if self.relay is not None:
+            self.relay.close()
         w.connections.discard(self)
         if self.counted:
             self.counted = False
@@ -180,6 +192,8 @@ cdef class Downstream(ClientSide):
 
     def pause_writing(self):
         self.write_blocked = True
+        if self.relay is not None:
+            self.relay.pause_reading()
         if self.ex is not None:
             self.ex.client_blocked(True)
         elif self.h2 is not None:
@@ -190,6 +204,8 @@ cdef class Downstream(ClientSide):
 
     def resume_writing(self):
         self.write_blocked = False
+        if self.relay is not None:
+            self.relay.resume_reading()
         if self.ex is not None:
             self.ex.client_blocked(False)
         elif self.h2 is not None:
@@ -213,6 +229,36 @@ cdef class Downstream(ClientSide):
             transport.close()
             return False
         self.set_peer(peer, True)
+        return True
+
+    cdef void pass_through(self, object data):
+        """Not HTTP, or HTTP that no route takes, on a transparent listener: the bytes go
+        to the original destination as they are, both ways, until either side closes
+        (SPEC §13). `data`: what the client sent so far."""
+        self.state = S_PASS
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        host = self.orig_host if self.ls.direction == "outbound" else LOOPBACK_OF[self.orig_version]
+        self.relay = TcpRelay(self, data, host, self.orig_port)
+        self.pause(P_QUEUE)           # until the relay is connected (TcpRelay.connection_made)
+
+    cdef bint learn_destination(self, transport):
+        """A transparent listener's connection: where it was going before iptables
+        redirected it (SO_ORIGINAL_DST, read once). One that was going to this very
+        listener would come back to it forever: refused. False: closed."""
+        host, port = original_destination(transport)
+        local = transport.get_extra_info("sockname")
+        if local is not None and (host, port) == (local[0], local[1]):
+            log.warning("listener %s: refused a connection from %s to the proxy's own address "
+                        "%s:%d (a loop)", self.ls.name, self.client_ip.decode(), host, port)
+            self.state = S_CLOSED
+            transport.abort()
+            return False
+        address = ipaddress.ip_address(host)
+        self.orig_host, self.orig_port = host, port
+        self.orig_address, self.orig_version = int(address), address.version
+        self.detecting = True
         return True
 
     cdef void admit(self):
@@ -273,6 +319,17 @@ cdef class Downstream(ClientSide):
         cdef ListenerState ls = self.ls
         cdef RequestHead h = self.head
         cdef Py_ssize_t r
+        if self.detecting:
+            r = looks_like_http(buf)
+            if r == 0:                # not yet known: wait for more (detect_timeout runs)
+                self.pending = bytearray(buf)
+                self.state = S_HEAD
+                return
+            self.detecting = False
+            if r < 0:
+                self.pass_through(buf)
+                return
+            self.set_deadline(self.w.now() + ls.header_timeout)
         if self.requests == 0 and ls.http2 and is_preface_start(buf):
             if _len(buf) >= 24:       # HTTP/2 with prior knowledge (h2c)
                 self.start_h2(buf)
@@ -295,6 +352,9 @@ cdef class Downstream(ClientSide):
             self.refuse(h.error_status, PARSE_REASONS.get(h.error_status, "bad_request"),
                         h.error_detail)
             self.state = S_CLOSED
+            return
+        if ls.transparent and self.requests == 0 and ls.route_for(h, self) is None:
+            self.pass_through(buf)    # HTTP no route takes goes on as it came (SPEC §13)
             return
         self.state = S_EXCHANGE
         self.start_exchange(h, buf, r)
@@ -577,8 +637,16 @@ cdef class Downstream(ClientSide):
             self.state = S_CLOSED
             self.transport.abort()
             return
+        if self.state == S_PASS:
+            return
         if self.w.now() < self.deadline - 0.0005:
             self.set_deadline(self.deadline)
+            return
+        if self.detecting:            # nothing (or nothing decisive) came: a server-first protocol
+            self.detecting = False
+            buf = self.pending
+            self.pending = None
+            self.pass_through(buf)
             return
         if self.state == S_IDLE:
             if self.paused & P_ADMISSION and self.pending is not None:
@@ -656,3 +724,116 @@ cdef class Sniffer:
     def timed_out(self):
         self.timer = None
         self.transport.close()
+
+
+@cython.final
+cdef class TcpRelay:
+    """The upstream half of a passthrough (Downstream.pass_through): a TCP connection to
+    the original destination. Bytes go both ways as they come, each side's full buffer
+    pauses the other's reading, and a half-close is passed on."""
+    cdef Downstream client
+    cdef object transport
+    cdef object first                # what the client sent before the connection was up
+    cdef bint client_eof, upstream_eof
+    cdef str target
+
+    def __init__(self, Downstream client, first, str host, int port):
+        self.client = client
+        self.first = first
+        self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        task = client.w.loop.create_task(client.w.loop.create_connection(lambda: self, host, port))
+        task.add_done_callback(self.connected)
+
+    def connected(self, task):
+        if task.cancelled() or task.exception() is not None:
+            why = "cancelled" if task.cancelled() else task.exception()
+            log.info("listener %s: passthrough to %s failed: %s", self.client.ls.name, self.target, why)
+            self.client.close()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        if self.client.state != S_PASS:     # the client went meanwhile
+            transport.close()
+            return
+        if self.first:
+            transport.write(bytes(self.first))
+        self.first = None
+        self.client.resume(P_QUEUE)
+
+    def data_received(self, data):
+        self.client._write(data)
+
+    def eof_received(self):
+        self.upstream_eof = True
+        if self.client_eof:
+            self.client.close()
+            return False
+        if self.client.state == S_PASS:
+            self.client.transport.write_eof()
+        return True
+
+    def connection_lost(self, exc):
+        self.transport = None
+        if self.client.state == S_PASS:
+            self.client.close()
+
+    def pause_writing(self):
+        self.client.pause(P_UPSTREAM)
+
+    def resume_writing(self):
+        self.client.resume(P_UPSTREAM)
+
+    cdef void send(self, object data):
+        if self.transport is not None:
+            self.transport.write(data)
+
+    cdef bint half_close(self):
+        """The client sent its FIN: pass it on; the connection stays open for the answer."""
+        self.client_eof = True
+        if self.upstream_eof or self.transport is None:
+            self.close()
+            return False
+        self.transport.write_eof()
+        return True
+
+    cdef void pause_reading(self):
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    cdef void resume_reading(self):
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    cdef void close(self):
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
+cdef tuple original_destination(transport):
+    """(host, port) a redirected connection was going to: SO_ORIGINAL_DST, or
+    IP6T_SO_ORIGINAL_DST for IPv6; the socket's own address when there is none."""
+    sock = transport.get_extra_info("socket")
+    try:
+        if sock.family == socket.AF_INET6:
+            raw = sock.getsockopt(41, 80, 28)            # SOL_IPV6, IP6T_SO_ORIGINAL_DST
+            return socket.inet_ntop(socket.AF_INET6, raw[8:24]), raw[2] << 8 | raw[3]
+        raw = sock.getsockopt(0, 80, 16)                 # SOL_IP, SO_ORIGINAL_DST
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), raw[2] << 8 | raw[3]
+    except OSError:                                      # not redirected (no conntrack entry)
+        local = transport.get_extra_info("sockname")
+        return local[0], local[1]
+
+
+cdef int looks_like_http(object buf):
+    """The first bytes of a transparent listener's connection: 1 for an HTTP/1.x request
+    line or the HTTP/2 preface (a method token and a space), -1 for anything else, 0 when
+    too few bytes came to tell."""
+    cdef const unsigned char* p = <const unsigned char*>_ptr(buf)
+    cdef Py_ssize_t n = _len(buf), i
+    for i in range(min(n, 21)):
+        if p[i] == 0x20:
+            return 1 if i > 0 else -1
+        if not (0x41 <= p[i] <= 0x5A or p[i] == 0x2D or p[i] == 0x5F):   # A-Z - _
+            return -1
+    return 0 if n < 21 else -1

@@ -93,7 +93,7 @@ cdef class Exchange:
         """Authorize and route the request, pick its cluster, then send it on its way."""
         cdef ClientSide client = self.client
         cdef RequestHead h = self.head
-        cdef Route route = self.ls.route_for(h)
+        cdef Route route = self.ls.route_for(h, client)
         self.route = route
         if route is not None:
             self.cluster = route.cluster
@@ -312,7 +312,11 @@ cdef class Exchange:
         cdef Endpoint ep
         cdef UpstreamSide up
         cdef int protocol
-        ep = cl.pick(self.tried, monotonic_ms())
+        if cl.original:
+            ep = cl.original_endpoint(self.client.orig_host if self.ls.direction == "outbound"
+                                      else LOOPBACK_OF[self.client.orig_version], self.client.orig_port)
+        else:
+            ep = cl.pick(self.tried, monotonic_ms())
         if ep is None:
             if self.tried:
                 self.endpoint = None   # each endpoint tried was counted already
@@ -743,7 +747,7 @@ cdef class Exchange:
             self.traced, self.trace_hi, self.trace_lo,
             PyBytes_AS_STRING(rid) + 14 if rid is not None else NULL,
             PyBytes_GET_SIZE(rid) - 16 if rid is not None else 0, error, self.h2,
-            self.grpc_status if self.grpc else -2)
+            self.grpc_status if self.grpc else -2, self.original_destination())
 
     cdef tuple record(self, int status, str error, int64_t end, int64_t over):
         """A fastproxy.observe.records.Record, as a plain tuple (same field order)."""
@@ -765,7 +769,15 @@ cdef class Exchange:
                 f"{self.parent_id:016x}" if self.parent_id else None,
                 self.sampled, rid[14:PyBytes_GET_SIZE(rid) - 2].decode("latin-1") if rid is not None else None,
                 over * 1e-9, "HTTP/2" if self.h2 else "HTTP/1.1",
-                (self.grpc_status if self.grpc_status >= 0 else None) if self.grpc else None)
+                (self.grpc_status if self.grpc_status >= 0 else None) if self.grpc else None,
+                self.original_destination())
+
+    cdef str original_destination(self):
+        """A transparent listener's request: where its connection was going, else None."""
+        cdef ClientSide c = self.client
+        if c is None or c.orig_host is None:
+            return None
+        return f"[{c.orig_host}]:{c.orig_port}" if c.orig_version == 6 else f"{c.orig_host}:{c.orig_port}"
 
 
 

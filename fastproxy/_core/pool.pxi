@@ -1,6 +1,10 @@
 # Included by proxy.pyx: upstream endpoints and clusters - the idle connection pool per
 # endpoint, balancing, admission (max_connections, max_pending), outlier ejection.
 
+cdef int MAX_ORIGINAL_ENDPOINTS = 4096
+cdef dict LOOPBACK_OF = {4: "127.0.0.1", 6: "::1"}   # where an inbound original destination is
+
+
 cdef class Endpoint:
     """One upstream address and its pool of idle keep-alive connections."""
     cdef readonly str host
@@ -156,6 +160,8 @@ cdef class Cluster:
     cdef double max_ejected
     cdef readonly Admission admission
     cdef RetryBudget budget          # shared by the routes that set none of their own
+    cdef readonly bint original      # original_destination: an endpoint per destination
+    cdef dict by_address             # original_destination: (host, port) -> Endpoint
 
     def __init__(self, spec, Cluster previous, SharedCounters shared):
         """The cluster `spec` (a fastproxy.config.compile.ClusterSpec) describes, carrying
@@ -177,6 +183,8 @@ cdef class Cluster:
         self.eject_ms = spec.eject_ms
         self.max_ejected = spec.max_ejected
         self.breaker = make_breaker(shared, spec.name, spec.breaker) if spec.breaker else None
+        self.original = spec.original
+        self.by_address = previous.by_address if previous is not None and previous.original else {}
         if previous is None:
             self.endpoints = []
             self.admission = Admission()
@@ -214,6 +222,19 @@ cdef class Cluster:
         for ep in old.values():
             ep.close_idle()
         self.endpoints = new
+
+    cdef Endpoint original_endpoint(self, str host, int port):
+        """original_destination: the endpoint of one destination, made on first use and kept
+        with its pool (at most MAX_ORIGINAL_ENDPOINTS; past that the idle ones go)."""
+        cdef Endpoint ep = self.by_address.get((host, port))
+        if ep is None:
+            if len(self.by_address) >= MAX_ORIGINAL_ENDPOINTS:
+                for ep in self.by_address.values():
+                    ep.close_idle()
+                self.by_address = {k: e for k, e in self.by_address.items() if (<Endpoint>e).active}
+            ep = self.by_address[host, port] = Endpoint(host, port)
+            ep.idle_timeout = self.idle_timeout
+        return ep
 
     cdef inline uint64_t next_random(self) noexcept:
         cdef uint64_t x = self.rng

@@ -38,8 +38,10 @@ classes call each other through typed attributes with no module boundary in betw
 """
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import os
+import socket
 from collections import deque
 
 from fastproxy._core.tls import TLSContext, TLSError, TLSLink
@@ -87,6 +89,7 @@ cdef enum:
     S_H2 = 5         # the connection speaks HTTP/2: its H2Client has it
     S_LINGER = 6     # closing after a protocol error: what comes is read and dropped, so
                      # that the last frames (GOAWAY) are not lost to a reset
+    S_PASS = 7       # a transparent listener's non-HTTP connection: bytes relayed as they are
 
 cdef bytes PLAIN_PROTO_LINE = b"x-forwarded-proto: http\r\n"
 

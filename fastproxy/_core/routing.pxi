@@ -21,9 +21,20 @@ cdef class Route:
     cdef int retry_on          # RETRY_* bits
     cdef RetryBudget budget    # the route's own, or None: its cluster's
     cdef tuple allow           # SPIFFE id patterns that may use this route, or None
+    # transparent listeners: the original destination's network and port (0: any)
+    cdef bint has_destination
+    cdef object dest_network   # the network's address as an int, shifted by dest_shift
+    cdef int dest_shift        # address bits outside the prefix
+    cdef int dest_version
+    cdef int dest_port
 
-    cdef bint matches(self, RequestHead h, const char* p):
+    cdef bint matches(self, RequestHead h, const char* p, ClientSide c):
         cdef Py_ssize_t n
+        if self.has_destination:
+            if c is None or c.orig_address is None or c.orig_version != self.dest_version \
+                    or (self.dest_port and c.orig_port != self.dest_port) \
+                    or c.orig_address >> self.dest_shift != self.dest_network:
+                return False
         if self.host is not None:
             n = h.host_end - h.host_start
             if n != PyBytes_GET_SIZE(self.host) or not ascii_ieq(p + h.host_start, self.host, n):
@@ -69,6 +80,8 @@ cdef class ListenerState:
     cdef bint http2             # HTTP/2 accepted: h2c prior knowledge, ALPN h2 on TLS
     cdef tuple h2_settings      # (max_concurrent_streams, stream_window, connection_window,
                                 #  max_frame_size)
+    cdef bint transparent       # connections redirected by iptables: their original destination
+    cdef double detect_timeout  # transparent: no byte within it is a server-first protocol
     cdef dict pairs             # cluster name ("" without one) -> PairStats
     cdef MetricSlot* overhead
 
@@ -89,14 +102,14 @@ cdef class ListenerState:
 
     def match(self, RequestHead h):
         """The name of the route a parsed request takes, or None (tests, benchmarks)."""
-        cdef Route r = self.route_for(h)
+        cdef Route r = self.route_for(h, None)
         return None if r is None else r.name
 
-    cdef Route route_for(self, RequestHead h):
+    cdef Route route_for(self, RequestHead h, ClientSide c):
         cdef const char* p = PyBytes_AS_STRING(h.raw)
         cdef Route r
         for r in self.routes:
-            if r.matches(h, p):
+            if r.matches(h, p, c):
                 return r
         return None
 
@@ -121,6 +134,12 @@ cdef Route compile_route(spec, dict clusters):
     r.retries = spec.retries
     r.retry_on = spec.retry_on
     r.allow = spec.allow
+    if spec.destination is not None:
+        network, prefix, version, r.dest_port = spec.destination
+        r.has_destination = True
+        r.dest_version = version
+        r.dest_shift = (32 if version == 4 else 128) - prefix
+        r.dest_network = network >> r.dest_shift
     return r
 
 

@@ -109,6 +109,11 @@ cdef class ClientSide:
     cdef bint denied                # the peer is not in the listener's allow
     cdef dict route_allowed         # per-route allow decisions for this peer
     cdef bint write_blocked         # the client is not taking response bytes now
+    # a transparent listener's connection: where it was going before iptables redirected it
+    cdef readonly str orig_host
+    cdef readonly int orig_port
+    cdef object orig_address        # the address as an int (route destinations), or None
+    cdef int orig_version
 
     cdef void set_peer(self, str peer_id, bint tls):
         """Who the client is (peer_id: its verified SPIFFE id, None without mtls; tls: the
@@ -133,6 +138,10 @@ cdef class ClientSide:
         self.forwarded_lines = other.forwarded_lines
         self.proto_lines = other.proto_lines
         self.denied = other.denied
+        self.orig_host = other.orig_host
+        self.orig_port = other.orig_port
+        self.orig_address = other.orig_address
+        self.orig_version = other.orig_version
 
     cdef bint forbidden(self, Route route):
         """Whether this mtls peer may not use the route (listener and route allow)."""

@@ -146,6 +146,8 @@ cdef class Worker:
             ls.proto_line = spec.proto_line
             ls.xfcc_prefix = spec.xfcc_prefix
             ls.tls_mode = spec.tls_mode
+            ls.transparent = spec.transparent
+            ls.detect_timeout = spec.detect_timeout
             ls.allow = spec.allow
             ls.allow_all = "*" in spec.allow
             ls.direction = spec.direction

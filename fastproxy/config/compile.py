@@ -13,15 +13,18 @@ core's enums mirror (TLS off/tls/mtls, balancers, retry_on bits, propagators).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from fastproxy.config.model import (
+    RetryBudget,
     BALANCERS,
     PROPAGATORS,
     PROTOCOLS,
     RETRY_ON,
     TLS_MODES,
     LISTENER_TLS_MODES,
+    ORIGINAL_DESTINATION,
     Cluster,
     Config,
     Listener,
@@ -62,6 +65,7 @@ class ClusterSpec:
     breaker: BreakerSpec | None
     budget: BudgetSpec
     protocol: int = 0            # index in PROTOCOLS
+    original: bool = False       # original_destination: each connection's own (SPEC §13)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,9 @@ class RouteSpec:
     retry_on: int                # RETRY_* bits
     budget: BudgetSpec | None    # None: the cluster's
     allow: tuple[str, ...] | None
+    # transparent listeners: the original destination must be in this network, and on
+    # this port (0: any): (address as an int, prefix length, IP version, port)
+    destination: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,8 @@ class ListenerSpec:
     http2: bool = True           # h2c prior knowledge; ALPN h2 on tls/mtls
     # (max_concurrent_streams, stream_window, connection_window, max_frame_size)
     h2_settings: tuple[int, int, int, int] = (100, 65535, 1048576, 16384)
+    transparent: bool = False    # connections redirected by iptables: SO_ORIGINAL_DST
+    detect_timeout: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +167,23 @@ def _route(r: Route) -> RouteSpec:
         retry_on=sum(1 << RETRY_ON.index(name) for name in r.retry_on),
         budget=_budget(r.retry_budget),
         allow=r.allow,
+        destination=_destination(r.destination),
     )
+
+
+def _destination(destination: tuple[str, int] | None) -> tuple[int, int, int, int] | None:
+    if destination is None:
+        return None
+    net = ipaddress.ip_network(destination[0])
+    return int(net.network_address), net.prefixlen, net.version, destination[1]
+
+
+# original_destination: no endpoints of its own, the defaults of a cluster otherwise
+ORIGINAL_CLUSTER = ClusterSpec(
+    name=ORIGINAL_DESTINATION, addresses=(), default_host=b"", sni=None, tls_mode=0, peer=None,
+    balance=0, connect_timeout=1.0, idle_timeout=60.0, max_connections=1024, max_pending=1024,
+    outlier_failures=0, eject_ms=0, max_ejected=0.0, breaker=None, budget=_budget(RetryBudget()), protocol=0,
+    original=True)
 
 
 def _listener(lc: Listener, config: Config) -> ListenerSpec:
@@ -179,6 +204,8 @@ def _listener(lc: Listener, config: Config) -> ListenerSpec:
         http2=lc.http2,
         h2_settings=(lc.http2_settings.max_concurrent_streams, lc.http2_settings.stream_window,
                      lc.http2_settings.connection_window, lc.http2_settings.max_frame_size),
+        transparent=lc.transparent,
+        detect_timeout=lc.detect_timeout,
     )
 
 
@@ -187,7 +214,9 @@ def compile_snapshot(config: Config) -> Snapshot:
     tracing = config.tracing
     propagate = sum(1 << PROPAGATORS.index(name) for name in tracing.propagate)
     return Snapshot(
-        clusters=tuple(_cluster(c) for c in config.clusters.values()),
+        clusters=tuple(_cluster(c) for c in config.clusters.values()) + (
+            (ORIGINAL_CLUSTER,) if any(ORIGINAL_DESTINATION in r.clusters
+                                       for lc in config.listeners for r in lc.routes) else ()),
         listeners=tuple(_listener(lc, config) for lc in config.listeners),
         max_connections=config.limits.max_connections,
         propagate=propagate,

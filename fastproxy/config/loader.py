@@ -26,6 +26,7 @@ from fastproxy.config.model import (
     RETRY_ON,
     TLS_MODES,
     LISTENER_TLS_MODES,
+    ORIGINAL_DESTINATION,
     Address,
     CircuitBreaker,
     Cluster,
@@ -63,6 +64,7 @@ from fastproxy.config.schema import (
 )
 from fastproxy.config.values import (
     InvalidValue,
+    parse_destination,
     check_host,
     check_hostname,
     check_name,
@@ -220,7 +222,7 @@ def _headers(ctx: Ctx, path: str, value: Any) -> Any:
 
 def _cluster_ref(cluster_names: frozenset[str]) -> Conv:
     def check(text: str) -> None:
-        if text not in cluster_names:
+        if text not in cluster_names and text != ORIGINAL_DESTINATION:   # built in
             hint = did_you_mean(text, sorted(cluster_names)) or (
                 "" if cluster_names else " (no [cluster.NAME] tables are defined)"
             )
@@ -309,6 +311,8 @@ LISTENER: dict[str, Conv] = {
     "limits": lambda ctx, path, value: _limit_overrides(ctx, path, value),
     "http2": boolean,
     "http2_settings": lambda ctx, path, value: _http2_overrides(ctx, path, value),
+    "transparent": boolean,
+    "detect_timeout": duration(positive=True),
     "route": _passthrough,
 }
 
@@ -329,6 +333,7 @@ ROUTE: dict[str, Conv] = {  # "cluster" and "split" are added per file (they nee
     "retry_on": array(choice(*RETRY_ON), unique=True),
     "retry_budget": RETRY_BUDGET,
     "allow": _allow,
+    "destination": string(parse_destination),
 }
 
 CIRCUIT_BREAKER: dict[str, Conv] = {
@@ -363,6 +368,7 @@ TOP_LEVEL = ("proxy", "limits", "http2", "identity", "tracing", "listener", "clu
 
 _MTLS_ONLY = 'only allowed with tls = "mtls"'
 _PEERS_ONLY = 'only allowed with tls = "mtls" or "permissive"'
+_TRANSPARENT_ONLY = "only allowed on a listener with transparent = true"
 
 
 # --- sections --------------------------------------------------------------------------
@@ -485,6 +491,17 @@ def _listener(
             else:
                 routes.append(route)
 
+    if not values.get("transparent", False):
+        if "detect_timeout" in raw:
+            ctx.error(key_path(path, "detect_timeout"), _TRANSPARENT_ONLY)
+            ok = False
+        for index, route in enumerate(routes):
+            if route.destination is not None or ORIGINAL_DESTINATION in route.clusters:
+                what = "destination" if route.destination is not None else "cluster"
+                ctx.error(key_path(index_path(routes_path, index), what),
+                          _TRANSPARENT_ONLY if what == "destination" else
+                          f"the built-in cluster {ORIGINAL_DESTINATION} is {_TRANSPARENT_ONLY}")
+                ok = False
     if not ok:
         return BAD, values
     overrides = values.pop("limits", {})
@@ -502,6 +519,10 @@ def _cluster(ctx: Ctx, path: str, cluster_name: str, raw: Any) -> Cluster:
     except InvalidValue as error:
         ctx.error(path, f"the cluster name {error}")
         ok = False
+    if cluster_name == ORIGINAL_DESTINATION:
+        ctx.error(path, f"{ORIGINAL_DESTINATION} is built in (each connection's original "
+                        "destination) and cannot be defined")
+        return BAD
     values, table_ok = table(ctx, path, raw, CLUSTER, required=("endpoints",))
     ok = ok and table_ok
     if not isinstance(raw, dict):

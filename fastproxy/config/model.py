@@ -36,6 +36,7 @@ __all__ = [
     "PROTOCOLS",
     "RETRY_ON",
     "PROPAGATORS",
+    "ORIGINAL_DESTINATION",
 ]
 
 TLS_MODES = ("off", "tls", "mtls")
@@ -48,6 +49,8 @@ RETRY_ON = ("connect-failure", "reset", "5xx", "gateway-error",
             # gRPC statuses of trailers-only responses: 1, 4, 8, 13, 14
             "cancelled", "deadline-exceeded", "resource-exhausted", "internal", "unavailable")
 PROPAGATORS = ("w3c", "b3")
+# the built-in cluster of transparent listeners: each connection's original destination
+ORIGINAL_DESTINATION = "original_destination"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +193,7 @@ class Route:
     retry_on: tuple[str, ...] = ("connect-failure", "reset")
     retry_budget: RetryBudget | None = None   # None: the cluster's
     allow: tuple[str, ...] | None = None
+    destination: tuple[str, int] | None = None  # (CIDR, port or 0): transparent listeners
 
     @property
     def clusters(self) -> tuple[str, ...]:
@@ -214,6 +218,8 @@ class Listener:
     routes: tuple[Route, ...] = ()
     http2: bool = True                  # h2c prior knowledge; ALPN h2 on tls/mtls
     http2_settings: Http2Settings = Http2Settings()
+    transparent: bool = False           # connections redirected by iptables (SPEC §13)
+    detect_timeout: float = 0.1         # transparent: no byte by then is a server-first protocol
 
     def __post_init__(self) -> None:
         if self.direction is None:

@@ -143,6 +143,33 @@ def parse_address(value: object) -> Address:
     return Address(host, int(port_text))
 
 
+DESTINATION_MESSAGE = ('must be an address or CIDR with an optional port, like "10.96.0.10:9080", '
+                       '"10.96.0.0/12" or "[fd00::/8]:80"')
+
+
+def parse_destination(value: object) -> tuple[str, int]:
+    """A route's `destination` (SPEC §13): (the network as CIDR text, the port or 0 for
+    any) from "10.96.0.10", "10.96.0.10:9080", "10.96.0.0/12", "10.96.0.0/12:9080",
+    "fd00::1", "[fd00::/8]:80"."""
+    if not isinstance(value, str) or not value:
+        raise InvalidValue(DESTINATION_MESSAGE)
+    network, port_text = value, ""
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or (value[end + 1:] and value[end + 1] != ":"):
+            raise InvalidValue(DESTINATION_MESSAGE)
+        network, port_text = value[1:end], value[end + 2:]
+    elif value.count(":") == 1:
+        network, _, port_text = value.partition(":")
+    try:
+        net = ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        raise InvalidValue(DESTINATION_MESSAGE) from None
+    if port_text and (not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535):
+        raise InvalidValue("port must be a number between 1 and 65535")
+    return str(net), int(port_text) if port_text else 0
+
+
 # --- names and HTTP syntax -------------------------------------------------------------
 
 NAME_MESSAGE = "must be made of A-Z a-z 0-9 _ -"

@@ -35,6 +35,7 @@ class Record(NamedTuple):
     overhead: float         # seconds spent inside the proxy, upstream time excluded
     protocol: str = "HTTP/1.1"      # the client's: "HTTP/1.1" or "HTTP/2"
     grpc_status: int | None = None  # a gRPC request's grpc-status, when one came
+    original_destination: str | None = None   # transparent listeners: "host:port" before iptables
 
     @property
     def failed(self) -> bool:

@@ -555,6 +555,8 @@ def _request_attributes(r: Record) -> list[tuple[str, str | int]]:
                    ("http.response.body.size", r.bytes_out)]
     if r.request_id is not None:
         attributes.append(("fastproxy.request_id", r.request_id))
+    if r.original_destination is not None:
+        attributes.append(("fastproxy.original_destination", r.original_destination))
     return attributes + _rpc_attributes(r)
 
 
@@ -687,9 +689,9 @@ def _fixed(r: Record) -> bytes:
     return b"".join(parts)
 
 
-_URL_PATH, _URL_QUERY, _BODY_IN, _BODY_OUT, _REQUEST_ID = map(_key, (
+_URL_PATH, _URL_QUERY, _BODY_IN, _BODY_OUT, _REQUEST_ID, _ORIGINAL_DESTINATION = map(_key, (
     "url.path", "url.query", "http.request.body.size", "http.response.body.size",
-    "fastproxy.request_id"))
+    "fastproxy.request_id", "fastproxy.original_destination"))
 
 
 def encode_span(r: Record) -> bytes:
@@ -728,6 +730,8 @@ def encode_span(r: Record) -> bytes:
     parts += (_size_attribute(_BODY_IN, r.bytes_in), _size_attribute(_BODY_OUT, r.bytes_out))
     if r.request_id is not None:
         parts.append(_string_attribute(_REQUEST_ID, r.request_id))
+    if r.original_destination is not None:
+        parts.append(_string_attribute(_ORIGINAL_DESTINATION, r.original_destination))
     if r.grpc_status is not None:
         parts += [_attribute(_key(key), value) for key, value in _rpc_attributes(r)]
     parts.append(_FLAGS[bool(parent_id)])

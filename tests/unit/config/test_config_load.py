@@ -541,7 +541,25 @@ CASES = {
     "budget floor": (doc(cluster="retry_budget = { min_per_second = -1 }"), "cluster.app.retry_budget.min_per_second: must be a number between 0 and 100000"),
     "budget typo": (doc(route='cluster = "app"\nretry_budget = { ratios = 0.2 }'), "listener[0].route[0].retry_budget.ratios: unknown key (did you mean 'ratio'?)"),
     "budget type": (doc(route='cluster = "app"\nretry_budget = 0.2'), "listener[0].route[0].retry_budget: must be a table"),
+    # transparent listeners (SPEC §13)
+    "destination without transparent": (doc(route='destination = "10.96.0.10:9080"\ncluster = "app"'), "listener[0].route[0].destination: only allowed on a listener with transparent = true"),
+    "original_destination without transparent": (doc(route='cluster = "original_destination"'), "listener[0].route[0].cluster: the built-in cluster original_destination is only allowed on a listener with transparent = true"),
+    "detect_timeout without transparent": (doc(listener='detect_timeout = "50ms"'), "listener[0].detect_timeout: only allowed on a listener with transparent = true"),
+    "destination syntax": (doc(listener="transparent = true", route='destination = "reviews:9080"\ncluster = "app"'), 'listener[0].route[0].destination: must be an address or CIDR with an optional port, like "10.96.0.10:9080", "10.96.0.0/12" or "[fd00::/8]:80"'),
+    "destination port": (doc(listener="transparent = true", route='destination = "10.0.0.0/8:0"\ncluster = "app"'), "listener[0].route[0].destination: port must be a number between 1 and 65535"),
+    "original_destination defined": (doc(tail='[cluster.original_destination]\nendpoints = ["127.0.0.1:1"]'), "cluster.original_destination: original_destination is built in (each connection's original destination) and cannot be defined"),
 }
+
+
+def test_a_transparent_listener_routes_by_destination_to_the_built_in_cluster():
+    from fastproxy.config.compile import compile_snapshot
+    config = loads(doc(listener='transparent = true\ndetect_timeout = "250ms"',
+                       route='destination = "10.96.0.0/12:9080"\ncluster = "original_destination"'))
+    snapshot = compile_snapshot(config)
+    (listener,) = snapshot.listeners
+    assert (listener.transparent, listener.detect_timeout) == (True, 0.25)
+    assert listener.routes[0].destination == (0x0A600000, 12, 4, 9080)
+    assert [(c.name, c.original) for c in snapshot.clusters] == [("app", False), ("original_destination", True)]
 
 
 @pytest.mark.parametrize("text, expected", list(CASES.values()), ids=list(CASES))

@@ -18,7 +18,7 @@ from fastproxy.observe.records import Record
 
 FIELDS = ["time", "listener", "route", "method", "path", "authority", "status", "duration_ms",
           "bytes_in", "bytes_out", "cluster", "upstream", "peer", "trace_id", "request_id", "error",
-          "protocol", "grpc_status"]
+          "protocol", "grpc_status", "original_destination"]
 
 
 def record(i: int = 0, **changes) -> Record:
@@ -42,6 +42,7 @@ def expected(r: Record) -> dict:
         "bytes_out": r.bytes_out, "cluster": r.cluster, "upstream": r.upstream, "peer": r.peer,
         "trace_id": r.trace_id, "request_id": r.request_id, "error": r.error,
         "protocol": r.protocol, "grpc_status": r.grpc_status,
+        "original_destination": r.original_destination,
     }
 
 
@@ -53,7 +54,12 @@ def test_a_line_has_the_spec_fields_in_order():
     assert entry == expected(record(peer="spiffe://mesh.local/ns/default/sa/web"))
     assert entry["time"] == "2025-11-25T21:10:00.012Z" and entry["duration_ms"] == 23.5
     assert re.fullmatch(rb'\{"time":"[^"]+","listener":"out",.*"error":null,'
-                        rb'"protocol":"HTTP/1.1","grpc_status":null\}\n', line)
+                        rb'"protocol":"HTTP/1.1","grpc_status":null,"original_destination":null\}\n', line)
+
+
+def test_a_transparent_listeners_request_names_its_original_destination():
+    r = record(original_destination="10.96.0.10:9080")
+    assert orjson.loads(access_log_line(r)) == expected(r)
 
 
 def test_nulls_for_what_a_refused_request_lacks():
