@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test build debug bench bench-deps bench-micro bench-tls bench-attacks fuzz clean
+.PHONY: run test build debug bench bench-deps bench-micro bench-tls bench-attacks mesh-demo fuzz clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ bench-tls: build
 # CPU, peak memory, a well-behaved client's p99 meanwhile.
 bench-attacks: build
 	$(BIN)/python -m bench.attacks
+
+# Three pods in network namespaces with transparent sidecars (root, iproute2, iptables):
+# what crosses between them, checked and printed (docs/interception.md).
+mesh-demo: build
+	command -v iptables-restore >/dev/null || (apt-get update -qq && apt-get install -y -qq iptables)
+	$(BIN)/python -m fastproxy.intercept.mesh
 
 # Every fuzz target (fuzz/targets.py) under atheris, FUZZ_RUNS executions each, starting
 # from the seeds in fuzz/seeds (copied: the corpus a run grows stays out of the tree); a

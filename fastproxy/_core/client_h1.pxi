@@ -691,15 +691,19 @@ cdef class Downstream(ClientSide):
 cdef class Sniffer:
     """A permissive listener's connection until its first bytes (SPEC §13): a TLS record
     (0x16, a ClientHello) hands it to a TLSLink, anything else to a plain Downstream.
-    Nothing within header_timeout closes it."""
+    Nothing within header_timeout closes it; on a transparent listener nothing within
+    detect_timeout is a server-first protocol, which the plain Downstream passes through."""
     cdef object make_tls
     cdef Downstream plain
     cdef object transport
     cdef object timer
+    cdef bint transparent
 
-    def __init__(self, make_tls, Downstream plain, loop, double timeout):
+    def __init__(self, make_tls, Downstream plain, loop, ListenerState ls):
         self.make_tls = make_tls
         self.plain = plain
+        self.transparent = ls.transparent
+        timeout = ls.detect_timeout if ls.transparent else ls.header_timeout
         self.timer = loop.call_later(timeout, self.timed_out) if timeout > 0 else None
 
     def connection_made(self, transport):
@@ -723,7 +727,11 @@ cdef class Sniffer:
 
     def timed_out(self):
         self.timer = None
-        self.transport.close()
+        if self.transparent:
+            self.transport.set_protocol(self.plain)
+            self.plain.connection_made(self.transport)
+        else:
+            self.transport.close()
 
 
 @cython.final

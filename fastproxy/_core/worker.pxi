@@ -229,8 +229,7 @@ cdef class Worker:
             port.plain = self.metrics.slot(b"fastproxy_plain_connections_total\x1f" + port.listener.encode())
         def sniffing_factory():
             current = self.listeners.get(port.listener, ls)
-            return Sniffer(tls_factory, Downstream(self, port), self.loop,
-                           (<ListenerState>current).header_timeout)
+            return Sniffer(tls_factory, Downstream(self, port), self.loop, current)
         return sniffing_factory
 
     # -- admission: [limits] max_connections and the file descriptors ---------------------

@@ -1,7 +1,7 @@
 """SPEC §13, transparent listeners, in two network namespaces this test creates: a "pod"
 (10.77.0.2) with an application, a fastproxy sidecar and `fastproxy iptables` applied,
 and a "remote" host (10.77.0.1) with an HTTP server, a TCP echo and a server-first
-banner (tests/support/tcp_peers.py). The application (uid 1000: curl and the system
+banner (fastproxy.intercept.mesh_apps). The application (uid 1000: curl and the system
 Python) knows only the remote addresses; the sidecar (root, the --proxy-uid) is never
 named by it. What crosses: HTTP to a routed destination goes through the sidecar (it adds
 x-request-id), HTTP to an unrouted one, a TCP echo and a banner pass through untouched,
@@ -26,7 +26,6 @@ import pytest
 from support.procs import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PEERS = Path(__file__).resolve().parents[1] / "support" / "tcp_peers.py"
 IP = shutil.which("ip") or "ip"
 APP_UID = "1000"
 
@@ -110,9 +109,9 @@ def pod():
             sh(IP, "link", "set", "lo", "up", ns=ns)
             sh(IP, "addr", "add", addr, "dev", dev, ns=ns)
             sh(IP, "link", "set", dev, "up", ns=ns)
-        peers = start(remote, work / "remote.log", sys.executable, str(PEERS), "--http", "10.77.0.1:9080",
+        peers = start(remote, work / "remote.log", sys.executable, "-m", "fastproxy.intercept.mesh_apps", "--http", "10.77.0.1:9080",
                       "--http", "10.77.0.1:9081", "--echo", "10.77.0.1:7000", "--banner", "10.77.0.1:2525")
-        app = start(pod, work / "app.log", sys.executable, str(PEERS), "--http", "127.0.0.1:8080")
+        app = start(pod, work / "app.log", sys.executable, "-m", "fastproxy.intercept.mesh_apps", "--http", "127.0.0.1:8080")
         (work / "sidecar.toml").write_text(SIDECAR)
         sidecar = start(pod, work / "sidecar.log", sys.executable, "-m", "fastproxy", "run", "-c",
                         str(work / "sidecar.toml"))

@@ -1,21 +1,25 @@
-"""Three small servers for the interception tests, standard library only (it also runs
-under the system Python, as an unprivileged "application"):
+"""The applications of the namespace mesh (fastproxy.intercept.mesh) and the
+interception tests: three small servers, standard library only, that know nothing of
+the mesh.
 
-  --http HOST:PORT     HTTP/1.1: answers every request with JSON of its request line and
-                       headers ({"line": ..., "headers": [[name, value], ...]}), keep-alive
+  --http HOST:PORT     HTTP/1.1: answers every request with JSON of its request line,
+                       headers and --name ({"line": ..., "headers": [[name, value], ...],
+                       "served_by": NAME}), keep-alive; a path with /status/N in it answers status N
   --echo HOST:PORT     TCP: sends back whatever it receives
   --banner HOST:PORT   a server-first protocol (SMTP-like): greets first, then echoes lines
                        prefixed with "250 "
 
-Each flag may repeat. Run: python tcp_peers.py --http 10.77.0.1:9080 --echo 10.77.0.1:7000
+Each flag may repeat. Run: python -m fastproxy.intercept.mesh_apps --http 10.77.0.1:9080
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import re
 
 BANNER = b"220 banner.test ESMTP ready\r\n"
+NAME = "app"
 
 
 async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -27,9 +31,13 @@ async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
             length = next((int(v) for n, v in headers if n.strip().lower() == "content-length"), 0)
             if length:
                 await reader.readexactly(length)
-            body = json.dumps({"line": lines[0], "headers": [[n.strip(), v.strip()] for n, v in headers]}).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                         % (len(body), body))
+            body = json.dumps({"line": lines[0], "headers": [[n.strip(), v.strip()] for n, v in headers],
+                               "served_by": NAME}).encode()
+            target = lines[0].split(" ")[1] if lines[0].count(" ") >= 2 else "/"
+            code = re.search(r"/status/(\d{3})", target)
+            status = int(code[1]) if code else 200
+            writer.write(b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                         % (status, len(body), body))
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
         writer.close()
@@ -58,10 +66,13 @@ async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 
 async def main() -> None:
+    global NAME
     ap = argparse.ArgumentParser()
     for flag in ("http", "echo", "banner"):
         ap.add_argument(f"--{flag}", action="append", default=[], metavar="HOST:PORT")
+    ap.add_argument("--name", default=NAME, help="who answers, in every HTTP reply")
     args = ap.parse_args()
+    NAME = args.name
     servers = []
     for handler, addresses in ((http, args.http), (echo, args.echo), (banner, args.banner)):
         for address in addresses:
