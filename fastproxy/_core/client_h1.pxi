@@ -747,7 +747,7 @@ cdef class TcpRelay:
 
     def __init__(self, Downstream client, first, str host, int port):
         self.client = client
-        self.first = first
+        self.first = bytearray(first or b"")
         self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         task = client.w.loop.create_task(client.w.loop.create_connection(lambda: self, host, port))
         task.add_done_callback(self.connected)
@@ -765,7 +765,7 @@ cdef class TcpRelay:
             return
         if self.first:
             transport.write(bytes(self.first))
-        self.first = None
+        self.first = None            # from now on bytes go straight through
         self.client.resume(P_QUEUE)
 
     def data_received(self, data):
@@ -794,6 +794,8 @@ cdef class TcpRelay:
     cdef void send(self, object data):
         if self.transport is not None:
             self.transport.write(data)
+        elif self.first is not None:        # still connecting: kept with what came first
+            self.first += data
 
     cdef bint half_close(self):
         """The client sent its FIN: pass it on; the connection stays open for the answer."""

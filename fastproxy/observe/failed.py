@@ -32,6 +32,7 @@ def entry(record: Record) -> dict:
         "trace_id": record.trace_id, "request_id": record.request_id,
         "method": record.method, "path": record.path[:256], "authority": record.authority[:256],
         "upstream": record.upstream, "peer": record.peer,
+        "original_destination": record.original_destination,
     }
 
 

@@ -24,7 +24,8 @@ def test_every_workers_failures_newest_first():
     assert seen[1] | {"time": None} == {
         "time": None, "listener": "out", "route": "r", "cluster": "app", "status": 502,
         "reason": "upstream_reset", "trace_id": "ab" * 16, "request_id": "rid-2.0",
-        "method": "GET", "path": "/", "authority": "svc", "upstream": "127.0.0.1:1", "peer": None}
+        "method": "GET", "path": "/", "authority": "svc", "upstream": "127.0.0.1:1", "peer": None,
+        "original_destination": None}
 
 
 def test_a_ring_keeps_the_newest_entries_only():
