@@ -549,10 +549,11 @@ cdef class Exchange:
             self.tls_failed(self.endpoint, why)
             return
         if self.rstate == R_HEAD and not self.got_response_bytes and self.reused \
-                and self.up.close_may_be_race() and self.resends == 0 and self.req_done \
-                and not self.replay_lost:
+                and self.up.close_may_be_race() and self.resends == 0 and not self.replay_lost:
             # the keep-alive race: the upstream closed an idle connection just as we sent
-            # on it. Send again, once, on a fresh connection (docs/http.md).
+            # on it. Send again, once, on a fresh connection (docs/http.md). A body still
+            # arriving goes along as long as all of it is kept: the fresh connection gets
+            # it whole, or (past REPLAY_LIMIT) nothing at all, never a part (attach).
             self.resend()
             return
         if self.rstate == R_HEAD and not self.got_response_bytes and self.may_retry(RETRY_RESET):
@@ -578,7 +579,7 @@ cdef class Exchange:
         """From an HTTP/2 upstream side: the server refused the stream (REFUSED_STREAM, or
         above a GOAWAY's last stream): it never reached the application."""
         if self.rstate == R_HEAD and not self.got_response_bytes \
-                and self.resends < MAX_REFUSED_RESENDS and self.req_done and not self.replay_lost:
+                and self.resends < MAX_REFUSED_RESENDS and not self.replay_lost:
             self.resend()
         else:
             self.upstream_closed("refused the stream", False)
