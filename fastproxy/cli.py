@@ -1,4 +1,5 @@
-"""The `fastproxy` command: run, check, demo, iptables, ca init|issue|serve (docs/operations.md).
+"""The `fastproxy` command: run, check, demo, iptables, inject, ca init|issue|serve
+(docs/operations.md).
 
 Exit codes: 0 after a clean shutdown, 2 for a configuration or usage error, 1 for a
 runtime failure. Expected errors are one clear line each, never a traceback.
@@ -93,6 +94,24 @@ def cmd_iptables(args: argparse.Namespace) -> int:
     else:
         print("fastproxy: traffic capture " + ("removed" if args.cleanup else
               f"in place: outbound TCP -> :{args.outbound_port}, inbound TCP -> :{args.inbound_port}"))
+    return 0
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    from fastproxy.kube.inject import InjectError, inject
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    except OSError as exc:
+        print(f"fastproxy: {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        out, count = inject(text, image=args.image, config_map=args.config_map)
+    except InjectError as exc:
+        print(f"fastproxy: {args.file}: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(out)
+    print(f"fastproxy: {count} pod template(s) injected", file=sys.stderr)
     return 0
 
 
@@ -227,6 +246,16 @@ def parser() -> argparse.ArgumentParser:
     ipt.add_argument("--dry-run", action="store_true", help="print the iptables-restore input, change nothing")
     ipt.add_argument("--cleanup", action="store_true", help="remove exactly the rules this command added")
     ipt.set_defaults(func=cmd_iptables)
+
+    inj = sub.add_parser("inject", help="add the sidecar to the Pod templates of Kubernetes manifests",
+                         description="Kubernetes YAML in (a file or stdin; several documents, Lists), "
+                         "the same YAML out with the fastproxy sidecar in every Pod template.")
+    inj.add_argument("-f", "--file", default="-", help="the manifests (default: stdin)")
+    inj.add_argument("--image", default="fastproxy:latest", help="the sidecar image (default fastproxy:latest; "
+                     "annotation fastproxy.io/image overrides it per pod)")
+    inj.add_argument("--config-map", default="fastproxy", metavar="NAME",
+                     help="the ConfigMap holding fastproxy.toml (default fastproxy)")
+    inj.set_defaults(func=cmd_inject)
 
     ca = sub.add_parser("ca", help="the mesh certificate authority: init, issue, serve")
     ca_sub = ca.add_subparsers(dest="ca_command", metavar="CA_COMMAND", required=True)

@@ -1,0 +1,1 @@
+"""Deploying on Kubernetes: `fastproxy inject` (SPEC §13)."""

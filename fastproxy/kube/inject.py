@@ -1,0 +1,172 @@
+"""`fastproxy inject` (SPEC §13): Kubernetes YAML in, the same YAML out with the sidecar
+added to every Pod template. A round trip through ruamel.yaml keeps each document's
+comments, key order and everything the injection does not touch.
+
+Each Pod template (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob; in
+multi-document files and `List`s) gets:
+
+  - `fastproxy-init`, an init container running `fastproxy iptables` as root with
+    NET_ADMIN and NET_RAW only;
+  - `fastproxy`, the sidecar as a native sidecar (an init container with `restartPolicy:
+    Always`: it starts before the application and stops after it) as uid 1337, read-only
+    root filesystem, no privilege escalation, all capabilities dropped, startup and
+    readiness probes on `/ready`, resource requests;
+  - volumes: the configuration from a ConfigMap, a projected service-account token with
+    audience `fastproxy-ca` (the identity service issues the certificate of that service
+    account), an in-memory directory for the certificates.
+
+Annotations on the Pod template choose: `fastproxy.io/inject: disabled` (left alone),
+`fastproxy.io/image`, `fastproxy.io/exclude-inbound-ports`, `fastproxy.io/exclude-outbound-ports`,
+`fastproxy.io/exclude-outbound-cidrs`, `fastproxy.io/proxy-cpu`, `fastproxy.io/proxy-memory`.
+An injected template is annotated `fastproxy.io/injected: "true"` and never injected again.
+"""
+from __future__ import annotations
+
+import io
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+
+PROXY_UID = 1337
+ADMIN_PORT = 15000
+OUTBOUND_PORT = 15001
+INBOUND_PORT = 15006
+DEFAULT_IMAGE = "fastproxy:latest"
+DEFAULT_CONFIG_MAP = "fastproxy"
+ANNOTATION = "fastproxy.io/"
+TEMPLATE_PATHS = {                   # where each kind keeps its Pod template
+    "Pod": (),
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+    "DaemonSet": ("spec", "template"),
+    "ReplicaSet": ("spec", "template"),
+    "Job": ("spec", "template"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+}
+
+
+class InjectError(Exception):
+    """The input cannot be injected (one line, naming the document)."""
+
+
+def _yaml() -> YAML:
+    yaml = YAML()                    # round trip: comments and order kept
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    return yaml
+
+
+def inject(text: str, image: str = DEFAULT_IMAGE, config_map: str = DEFAULT_CONFIG_MAP) -> tuple[str, int]:
+    """(the YAML with every Pod template injected, how many were injected now)."""
+    yaml = _yaml()
+    try:
+        documents = list(yaml.load_all(text))
+    except Exception as exc:         # ruamel's parser and scanner errors
+        raise InjectError(f"not valid YAML: {str(exc).splitlines()[0]}") from None
+    counts = [_inject_object(document, image, config_map, f"document {index + 1}")
+              for index, document in enumerate(documents)]
+    sources = _document_texts(text)
+    if len(sources) != len(documents):     # cannot tell which text is which: dump them all
+        sources = [None] * len(documents)
+    parts = []
+    for document, count, source in zip(documents, counts, sources):
+        if count or source is None:
+            out = io.StringIO()
+            yaml.dump(document, out)
+            parts.append(out.getvalue())
+        else:
+            parts.append(source)          # untouched: exactly as it came
+    return "---\n".join(parts), sum(counts)
+
+
+def _document_texts(text: str) -> list[str]:
+    """The text of each document of a multi-document stream, split at its `---` lines
+    (a leading one opens the first document)."""
+    parts, current = [], []
+    for line in text.splitlines(keepends=True):
+        if line.rstrip() == "---" or line.startswith("--- "):
+            if current or parts:
+                parts.append("".join(current))
+            current = [] if line.rstrip() == "---" else [line[4:]]
+        else:
+            current.append(line)
+    parts.append("".join(current))
+    return [p if p.endswith("\n") or not p else p + "\n" for p in parts]
+
+
+def _inject_object(obj, image: str, config_map: str, where: str) -> int:
+    if not isinstance(obj, dict):
+        return 0
+    kind = obj.get("kind")
+    if kind == "List" or (isinstance(kind, str) and kind.endswith("List")):
+        return sum(_inject_object(item, image, config_map, f"{where}, item {i + 1}")
+                   for i, item in enumerate(obj.get("items") or []))
+    if kind not in TEMPLATE_PATHS:
+        return 0
+    template = obj
+    for key in TEMPLATE_PATHS[kind]:
+        template = template.get(key) if isinstance(template, dict) else None
+    if not isinstance(template, dict) or not isinstance(template.get("spec"), dict):
+        raise InjectError(f"{where}: {kind} has no Pod template at {'.'.join(TEMPLATE_PATHS[kind] + ('spec',))}")
+    metadata = template.setdefault("metadata", CommentedMap())
+    annotations = metadata.get("annotations") or CommentedMap()
+    if annotations.get(ANNOTATION + "inject") == "disabled" or annotations.get(ANNOTATION + "injected") == "true":
+        return 0
+    spec = template["spec"]
+    if any(c.get("name") in ("fastproxy", "fastproxy-init") for c in spec.get("initContainers") or []):
+        return 0
+    annotations[ANNOTATION + "injected"] = "true"
+    metadata["annotations"] = annotations
+    _add_sidecar(spec, annotations, image, config_map)
+    return 1
+
+
+def _add_sidecar(spec: dict, annotations: dict, image: str, config_map: str) -> None:
+    image = annotations.get(ANNOTATION + "image", image)
+    iptables = ["fastproxy", "iptables", "--proxy-uid", str(PROXY_UID), "--inbound-port", str(INBOUND_PORT),
+                "--outbound-port", str(OUTBOUND_PORT)]
+    inbound_excluded = [str(ADMIN_PORT)] + [p.strip() for p in str(
+        annotations.get(ANNOTATION + "exclude-inbound-ports", "")).split(",") if p.strip()]
+    iptables += ["--exclude-inbound-ports", ",".join(inbound_excluded)]
+    for key in ("exclude-outbound-ports", "exclude-outbound-cidrs"):
+        if annotations.get(ANNOTATION + key):
+            iptables += [f"--{key}", str(annotations[ANNOTATION + key])]
+    init = {
+        "name": "fastproxy-init",
+        "image": image,
+        "command": iptables,
+        "securityContext": {
+            "runAsUser": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+    }
+    def probe(**more) -> dict:      # a new dict each time: shared ones would be YAML anchors
+        return {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 1, **more}
+    sidecar = {
+        "name": "fastproxy",
+        "image": image,
+        "restartPolicy": "Always",
+        "args": ["run", "-c", "/etc/fastproxy/fastproxy.toml"],
+        "ports": [{"name": "fp-outbound", "containerPort": OUTBOUND_PORT},
+                  {"name": "fp-inbound", "containerPort": INBOUND_PORT},
+                  {"name": "fp-admin", "containerPort": ADMIN_PORT}],
+        "securityContext": {
+            "runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "startupProbe": probe(failureThreshold=30),
+        "readinessProbe": probe(),
+        "resources": {"requests": {"cpu": str(annotations.get(ANNOTATION + "proxy-cpu", "50m")),
+                                   "memory": str(annotations.get(ANNOTATION + "proxy-memory", "64Mi"))}},
+        "volumeMounts": [{"name": "fastproxy-config", "mountPath": "/etc/fastproxy", "readOnly": True},
+                         {"name": "fastproxy-token", "mountPath": "/var/run/secrets/fastproxy", "readOnly": True},
+                         {"name": "fastproxy-certs", "mountPath": "/var/run/fastproxy"}],
+    }
+    spec["initContainers"] = [init, sidecar] + list(spec.get("initContainers") or [])
+    spec["volumes"] = list(spec.get("volumes") or []) + [
+        {"name": "fastproxy-config", "configMap": {"name": config_map}},
+        {"name": "fastproxy-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": "fastproxy-ca", "expirationSeconds": 3600, "path": "token"}}]}},
+        {"name": "fastproxy-certs", "emptyDir": {"medium": "Memory"}},
+    ]
