@@ -18,7 +18,7 @@ from fastproxy.config.model import Address
 from fastproxy.config.schema import BAD, Ctx, address, array, duration, index_path, key_path, string, table
 from fastproxy.config.values import check_spiffe_pattern
 
-__all__ = ["CAToken", "CAServer", "load_ca", "validate_ca"]
+__all__ = ["CAToken", "CAKubernetes", "CAServer", "load_ca", "validate_ca"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +32,22 @@ class CAToken:
 
 
 @dataclass(frozen=True, slots=True)
+class CAKubernetes:
+    """[ca.kubernetes]: projected service-account tokens as credentials (SPEC §13)."""
+
+    jwks: str                        # the cluster issuer's public keys (a JWKS file)
+    issuer: str | None = None        # the tokens' iss, when given
+    audience: str = "fastproxy-ca"
+
+
+@dataclass(frozen=True, slots=True)
 class CAServer:
     path: str
     dir: str
     bind: Address
     ttl: float = 86400.0
     tokens: tuple[CAToken, ...] = ()
+    kubernetes: CAKubernetes | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -51,7 +61,14 @@ _CA = {
     "bind": address,
     "ttl": duration(positive=True),
     "token": lambda ctx, path, value: value,  # checked below
+    "kubernetes": lambda ctx, path, value: _kubernetes(ctx, path, value),
 }
+_KUBERNETES = {"jwks": string(), "issuer": string(), "audience": string()}
+
+
+def _kubernetes(ctx: Ctx, path: str, raw: Any) -> Any:
+    values, ok = table(ctx, path, raw, _KUBERNETES, required=("jwks",))
+    return CAKubernetes(**values) if ok else BAD
 
 
 def _token(ctx: Ctx, path: str, raw: Any) -> CAToken:
@@ -79,8 +96,10 @@ def validate_ca(raw: Any, path: str = "<dict>") -> CAServer:
     tokens: list[CAToken] = []
     raw_tokens = raw["ca"].get("token") if isinstance(raw["ca"], dict) else None
     if isinstance(raw["ca"], dict):
-        if not isinstance(raw_tokens, list) or not raw_tokens:
-            ctx.error("ca.token", "at least one [[ca.token]] is required")
+        if raw_tokens is None and "kubernetes" in raw["ca"]:
+            pass                         # service-account tokens only
+        elif not isinstance(raw_tokens, list) or not raw_tokens:
+            ctx.error("ca.token", "at least one [[ca.token]] (or [ca.kubernetes]) is required")
         else:
             seen: dict[str, int] = {}
             for index, raw_token in enumerate(raw_tokens):

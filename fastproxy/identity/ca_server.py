@@ -14,6 +14,9 @@ The [ca] file (`fastproxy ca serve -c FILE`, default config/ca.toml; validated b
     ids = ["spiffe://mesh.local/ns/default/sa/web", "spiffe://mesh.local/ns/jobs/*"]
                                 # exact ids, or "spiffe://TD/prefix/*" for any id under prefix
 
+    [ca.kubernetes]             # optional: projected service-account tokens too
+    jwks = "cluster-jwks.json"  # the cluster issuer's keys; issuer = "..." optional
+
 Relative paths are relative to the current directory. Exactly one of `token` /
 `token_file` per entry; two entries may not share a secret (checked at start, also for
 token files). Tokens never appear in logs: an entry is named by its key path, e.g.
@@ -78,6 +81,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from fastproxy.config import ConfigError, load_ca
 from fastproxy.identity.ca import CA, CAError
+from fastproxy.identity.service_accounts import ServiceAccountError, ServiceAccounts
 from fastproxy.identity.spiffe import InvalidSpiffeId, id_allowed, parse_spiffe_id
 
 __all__ = ["main", "Signer", "Decision", "SignToken", "read_tokens", "MAX_BODY", "serve"]
@@ -146,9 +150,11 @@ def _accepted_key(key) -> str | None:
 class Signer:
     """Turns (Authorization header, CSR body) into a `Decision`; signs with `ca`."""
 
-    def __init__(self, ca, tokens: tuple[SignToken, ...] | list[SignToken], ttl: float) -> None:
+    def __init__(self, ca, tokens: tuple[SignToken, ...] | list[SignToken], ttl: float,
+                 service_accounts=None) -> None:
         self.ca = ca
         self.tokens = tuple(tokens)
+        self.service_accounts = service_accounts   # ServiceAccounts, with [ca.kubernetes]
         self.ttl = float(ttl)
         self.chain_tail = ca.cert.public_bytes(serialization.Encoding.PEM)
 
@@ -168,6 +174,13 @@ class Signer:
 
     def authorize(self, authorization: str | None) -> Decision | SignToken:
         token = self.find_token(authorization)
+        secret = (authorization or "").strip().partition(" ")[2].strip()
+        if token is None and self.service_accounts is not None and secret.count(".") == 2:
+            try:   # a projected service-account token: it may obtain its own id only
+                name, spiffe_id = self.service_accounts.verify(secret)
+            except ValueError as exc:
+                return Decision(401, "unauthorized", f"service-account token refused: {exc}")
+            return SignToken(name, b"", (spiffe_id,))
         if token is None:
             what = "unknown bearer token" if authorization else "missing bearer token (Authorization: Bearer TOKEN)"
             return Decision(401, "unauthorized", what)
@@ -497,13 +510,14 @@ class CAService:
         return True
 
 
-async def serve(config, ca, tokens: tuple[SignToken, ...], *, ready=None, stop: asyncio.Event | None = None) -> int:
+async def serve(config, ca, tokens: tuple[SignToken, ...], *, ready=None, stop: asyncio.Event | None = None,
+                service_accounts=None) -> int:
     """Serves until `stop` is set (or SIGTERM/SIGINT when `stop` is None); 0, or 1 when the
     address cannot be bound. `ready(server)` is called once it listens."""
     loop = asyncio.get_running_loop()
     hosts = _server_hosts(config.bind.host)
     context = _server_context(ca, hosts)
-    service = CAService(Signer(ca, tokens, config.ttl))
+    service = CAService(Signer(ca, tokens, config.ttl, service_accounts))
     try:
         server = await asyncio.start_server(service.handle, config.bind.host, config.bind.port, ssl=context,
                                             ssl_handshake_timeout=REQUEST_TIMEOUT, reuse_address=True,
@@ -572,6 +586,16 @@ def main(args) -> int:
     except (CAError, OSError, ValueError) as exc:
         print(f"{config.path}: ca.dir: cannot load the CA from {config.dir}: {_detail(exc)}", file=sys.stderr)
         return 2
+    service_accounts = None
+    if config.kubernetes is not None:
+        k8s = config.kubernetes
+        try:
+            with open(k8s.jwks, encoding="utf-8") as stream:
+                service_accounts = ServiceAccounts(stream.read(), ca.trust_domain, k8s.audience, k8s.issuer)
+        except (OSError, ServiceAccountError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print(f"{config.path}: ca.kubernetes.jwks: {k8s.jwks}: {why}", file=sys.stderr)
+            return 2
     _setup_logging()
     try:
         import uvloop
@@ -581,7 +605,7 @@ def main(args) -> int:
     started = time.monotonic()
     with asyncio.Runner(loop_factory=factory) as runner:
         try:
-            code = runner.run(serve(config, ca, tokens))
+            code = runner.run(serve(config, ca, tokens, service_accounts=service_accounts))
         except KeyboardInterrupt:
             code = 0
     if code == 0:

@@ -31,7 +31,7 @@ def test_defaults_and_inline_tokens():
     "text, expected",
     [
         ("", ["ca: is required"]),
-        ('[ca]\ndir = "d"\nbind = "127.0.0.1:1"\n', ["ca.token: at least one [[ca.token]] is required"]),
+        ('[ca]\ndir = "d"\nbind = "127.0.0.1:1"\n', ["ca.token: at least one [[ca.token]] (or [ca.kubernetes]) is required"]),
         (
             '[proxy]\n[ca]\ndir = "d"\nbind = "x"\nttl = "1y"\n[[ca.token]]\nids = ["spiffe://m/a"]\n',
             [

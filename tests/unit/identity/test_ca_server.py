@@ -349,3 +349,97 @@ def test_exit_codes(tmp_path):
     # SIGINT: a clean exit 0
     ok = CAProcess(work, ca_toml(port), port, "ok").start()
     assert ok.stop(sig=signal.SIGINT) == 0, ok.output()
+
+
+# ------------------------------------------------------------ service-account tokens (SPEC §13)
+
+CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+def sa_token(key, namespace: str, name: str, *, kid: str = "cluster-1", audience: str = "fastproxy-ca",
+             expires_in: float = 600, issuer: str = CLUSTER_ISSUER, algorithm: str = "RS256") -> str:
+    """A projected service-account token as kubelet mounts it, signed with `key`."""
+    import jwt
+
+    now = int(time.time())
+    claims = {"iss": issuer, "aud": [audience], "sub": f"system:serviceaccount:{namespace}:{name}",
+              "iat": now, "nbf": now, "exp": now + int(expires_in),
+              "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": "u-1"},
+                                "pod": {"name": f"{name}-0", "uid": "p-1"}}}
+    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid})
+
+
+@pytest.fixture(scope="module")
+def k8s(tmp_path_factory):
+    """A CA that takes projected service-account tokens of one cluster key (kid cluster-1)."""
+    import json
+
+    from jwt.algorithms import RSAAlgorithm
+
+    cluster_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(cluster_key.public_key()))
+    work = make_workdir(tmp_path_factory.mktemp("ca-k8s"))
+    (work / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "cluster-1", "use": "sig", "alg": "RS256"}]}))
+    port = free_port()
+    config = ca_toml(port) + f'\n[ca.kubernetes]\njwks = "jwks.json"\nissuer = "{CLUSTER_ISSUER}"\n'
+    ca = CAProcess(work, config, port, "ca-k8s").start()
+    yield ca, cluster_key
+    assert ca.stop() == 0, ca.output()
+
+
+def test_a_service_account_token_obtains_its_own_id(k8s):
+    ca, key = k8s
+    _, csr = csr_for("spiffe://mesh.local/ns/shop/sa/reviews")
+    status, _, body = request(ca, csr, token=sa_token(key, "shop", "reviews"))
+    assert status == 200, body
+    leaf = x509.load_pem_x509_certificates(body)[0]
+    uris = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert uris.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://mesh.local/ns/shop/sa/reviews"]
+    assert "token=kubernetes:shop/reviews" in ca.output()
+    assert sign_ok(ca)                     # the static tokens still work beside it
+
+
+@pytest.mark.parametrize("wanted", ["spiffe://mesh.local/ns/billing/sa/reviews",   # another namespace
+                                    "spiffe://mesh.local/ns/shop/sa/admin",        # another account
+                                    "spiffe://mesh.local/ns/shop/sa/reviews/x"])   # a longer path
+def test_a_token_can_never_obtain_another_id(k8s, wanted):
+    ca, key = k8s
+    _, csr = csr_for(wanted)
+    status, _, body = request(ca, csr, token=sa_token(key, "shop", "reviews"))
+    assert status == 403 and b"not allowed for this token" in body
+
+
+def test_forged_expired_wrong_audience_wrong_issuer_and_wrong_key_tokens_are_refused(k8s):
+    import jwt
+
+    ca, key = k8s
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    _, csr = csr_for("spiffe://mesh.local/ns/shop/sa/reviews")
+    valid = sa_token(key, "shop", "reviews")
+    header, payload, signature = valid.split(".")
+    forged_payload = jwt.utils.base64url_encode(jwt.utils.base64url_decode(payload).replace(
+        b'"shop"', b'"prod"')).decode()
+    cases = {
+        "the signature does not verify": f"{header}.{forged_payload}.{signature}",   # claims changed
+        "expired": sa_token(key, "shop", "reviews", expires_in=-60),
+        "not for audience fastproxy-ca": sa_token(key, "shop", "reviews", audience="vault"),
+        "not from issuer": sa_token(key, "shop", "reviews", issuer="https://evil.example"),
+        "unknown key": sa_token(other_key, "shop", "reviews", kid="cluster-2"),
+        "signature does not verify ": sa_token(other_key, "shop", "reviews"),        # right kid, wrong key
+        "algorithm 'HS256' is not accepted": jwt.encode({"aud": "fastproxy-ca"}, "a-shared-secret-of-32-bytes-----", algorithm="HS256",
+                                                        headers={"kid": "cluster-1"}),
+    }
+    for why, token in cases.items():
+        status, _, body = request(ca, csr, token=token)
+        assert status == 401, (why, body)
+        assert why.strip() in body.decode(), (why, body)
+
+
+def test_an_unreadable_jwks_is_a_configuration_error(tmp_path):
+    work = make_workdir(tmp_path)
+    port = free_port()
+    ca = CAProcess(work, ca_toml(port) + '\n[ca.kubernetes]\njwks = "missing.json"\n', port, "bad-jwks")
+    ca.start(wait=False)
+    assert ca.proc.wait(timeout=15) == 2
+    assert "ca.kubernetes.jwks: missing.json: No such file or directory" in ca.output()
+    assert "Traceback" not in ca.output()
