@@ -29,15 +29,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 from bench.procstat import TreeSnapshot, cpu_used_between
+from fastproxy.intercept import netns
 from bench.runner import DEFAULT_RESULTS_DIR
 from bench.tools import REPO_ROOT, git_revision
 
-IP = shutil.which("ip") or "/usr/sbin/ip"
 SERVICE = "10.99.0.10"
 LOAD_UID = "1000"
 
@@ -107,52 +106,40 @@ c.recv(1)
 
 
 class Namespace:
+    """The bench's namespace: its service address on a veth, and what runs in it."""
+
     def __init__(self) -> None:
         self.name = f"fpbench-{uuid.uuid4().hex[:6]}"
         self.procs: list[subprocess.Popen] = []
         self.work = Path(tempfile.mkdtemp(prefix="fastproxy-interception-"))
 
-    def sh(self, *cmd: str, uid: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        prefix = ["setpriv", "--reuid", uid, "--regid", uid, "--clear-groups"] if uid else []
-        done = subprocess.run([IP, "netns", "exec", self.name, *prefix, *cmd], capture_output=True, text=True,
-                              cwd=REPO_ROOT)
-        if check and done.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)}: {(done.stderr or done.stdout).strip()}")
-        return done
+    def sh(self, *cmd: str, uid: str | None = None) -> subprocess.CompletedProcess:
+        try:
+            return netns.run(*cmd, ns=self.name, uid=uid, cwd=REPO_ROOT, timeout=600)
+        except netns.NetnsError as exc:
+            raise SystemExit(str(exc)) from None
 
-    def start(self, name: str, cpu: int, *cmd: str) -> subprocess.Popen:
-        proc = subprocess.Popen([IP, "netns", "exec", self.name, "taskset", "-c", str(cpu), *cmd],
-                                stdout=open(self.work / f"{name}.log", "wb"), stderr=subprocess.STDOUT,
-                                cwd=REPO_ROOT, start_new_session=True)
+    def start(self, name: str, cpu: int, *cmd: str, port: int) -> subprocess.Popen:
+        proc = netns.start(self.name, self.work / f"{name}.log", "taskset", "-c", str(cpu), *cmd, cwd=REPO_ROOT)
         self.procs.append(proc)
+        try:
+            netns.wait_listening(self.name, [port], proc, self.work / f"{name}.log")
+        except netns.NetnsError as exc:
+            raise SystemExit(f"{name}: {exc}") from None
         return proc
 
     def up(self) -> None:
-        subprocess.run([IP, "netns", "add", self.name], check=True)
-        self.sh(IP, "link", "set", "lo", "up")
-        self.sh(IP, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
-        self.sh(IP, "addr", "add", f"{SERVICE}/24", "dev", "eth0")   # the service address is local
-        self.sh(IP, "link", "set", "eth0", "up")
-        self.sh(IP, "link", "set", "eth1", "up")
+        netns.run(netns.IP, "netns", "add", self.name)
+        self.sh(netns.IP, "link", "set", "lo", "up")
+        self.sh(netns.IP, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+        self.sh(netns.IP, "addr", "add", f"{SERVICE}/24", "dev", "eth0")   # the service address is local
+        self.sh(netns.IP, "link", "set", "eth0", "up")
+        self.sh(netns.IP, "link", "set", "eth1", "up")
 
     def down(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        subprocess.run([IP, "netns", "delete", self.name], capture_output=True)
+        netns.stop(self.procs)
+        netns.run(netns.IP, "netns", "delete", self.name, check=False)
         shutil.rmtree(self.work, ignore_errors=True)
-
-
-def wait_port(ns: Namespace, port: int) -> None:
-    deadline = time.monotonic() + 20
-    while f":{port} " not in ns.sh("ss", "-ltnH").stdout:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"nothing listens on {port}")
-        time.sleep(0.1)
 
 
 def per_request(ns: Namespace, pid: int, url: str, seconds: int, load_cpu: int) -> tuple[float, float]:
@@ -197,13 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         ns.up()
         (ns.work / "fastproxy.toml").write_text(FASTPROXY.format(service=SERVICE))
         (ns.work / "haproxy.cfg").write_text(HAPROXY)
-        ns.start("backend", load_cpu, sys.executable, "-m", "bench.builtin_backend", "--port", "8080")
-        ns.start("sink", load_cpu, sys.executable, "-c", SINK)
+        ns.start("backend", load_cpu, sys.executable, "-m", "bench.builtin_backend", "--port", "8080", port=8080)
+        ns.start("sink", load_cpu, sys.executable, "-c", SINK, port=9000)
         fastproxy = ns.start("fastproxy", proxy_cpu, sys.executable, "-m", "fastproxy", "run", "-c",
-                             str(ns.work / "fastproxy.toml"))
-        haproxy = ns.start("haproxy", proxy_cpu, "haproxy", "-db", "-f", str(ns.work / "haproxy.cfg"))
-        for port in (8080, 9000, 15001, 15002, 15003):
-            wait_port(ns, port)
+                             str(ns.work / "fastproxy.toml"), port=15002)
+        haproxy = ns.start("haproxy", proxy_cpu, "haproxy", "-db", "-f", str(ns.work / "haproxy.cfg"), port=15003)
         ns.sh(sys.executable, "-m", "fastproxy", "iptables", "--proxy-uid", "0",
               "--exclude-outbound-ports", "15003")
         per_request(ns, fastproxy.pid, f"http://{SERVICE}/", 1, load_cpu)          # warm-ups

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastproxy.identity.ca import init_ca, issue_files
+from fastproxy.intercept import netns
 
-IP = shutil.which("ip") or "/usr/sbin/ip"
+IP = netns.IP
 APP_UID = "1000"
 TRUST_DOMAIN = "mesh.local"
 REVIEWS, REVIEWS_V1_ONLY, SHARED = "10.96.0.20", "10.96.0.21", "10.96.0.30"
@@ -120,8 +121,7 @@ peer = "{v1_id}"
 CLEAR_TEXT = (b"GET /", b"HTTP/1.1\r\n")
 
 
-class MeshError(Exception):
-    """The mesh could not be set up (one line, for a person)."""
+MeshError = netns.NetnsError     # the mesh could not be set up (one line, for a person)
 
 
 class Mesh:
@@ -141,37 +141,17 @@ class Mesh:
         self.procs: list[subprocess.Popen] = []
 
     # -- running things in the namespaces --------------------------------------------------
-    def sh(self, *cmd: str, ns: str | None = None, check: bool = True, timeout: float = 30,
-           input: str | None = None) -> subprocess.CompletedProcess:
-        full = [IP, "netns", "exec", ns, *cmd] if ns else list(cmd)
-        done = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input)
-        if check and done.returncode != 0:
-            raise MeshError(f"{' '.join(full)}: {(done.stderr or done.stdout).strip()}")
-        return done
+    def sh(self, *cmd: str, ns: str | None = None, check: bool = True, input: str | None = None):
+        return netns.run(*cmd, ns=ns, check=check, input=input)
 
-    def app(self, pod: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    def app(self, pod: str, *cmd: str, check: bool = True):
         """A command of a pod's application: uid 1000, so its sidecar's rules capture it."""
-        return self.sh("setpriv", "--reuid", APP_UID, "--regid", APP_UID, "--clear-groups", *cmd,
-                       ns=self.pods[pod].ns, check=check)
+        return netns.run(*cmd, ns=self.pods[pod].ns, uid=APP_UID, check=check)
 
-    def start(self, ns: str, name: str, *cmd: str) -> subprocess.Popen:
-        proc = subprocess.Popen([IP, "netns", "exec", ns, *cmd], stdout=open(self.work / f"{name}.log", "wb"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    def start(self, ns: str, name: str, *cmd: str, ports: list[int]) -> None:
+        proc = netns.start(ns, self.work / f"{name}.log", *cmd)
         self.procs.append(proc)
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.work / f"{name}.log").read_text(errors="replace")
-
-    def wait_listening(self, ns: str, ports: list[int], proc: subprocess.Popen, name: str) -> None:
-        deadline = time.monotonic() + 20
-        while True:
-            out = self.sh("ss", "-ltnH", ns=ns).stdout
-            if all(f":{p} " in out for p in ports):
-                return
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise MeshError(f"{name} did not listen on {ports}: {self.log(name)[-500:]}")
-            time.sleep(0.1)
+        netns.wait_listening(ns, ports, proc, self.work / f"{name}.log")
 
     # -- up and down -------------------------------------------------------------------------
     def up(self) -> "Mesh":
@@ -210,24 +190,16 @@ class Mesh:
                 inbound=pod.inbound, allow=json.dumps(pod.allow), v1_id=spiffe("reviews-v1"),
                 v2_id=spiffe("reviews-v2")))
             if pod.apps:
-                proc = self.start(pod.ns, f"{pod.name}-app", sys.executable, "-m",
-                                  "fastproxy.intercept.mesh_apps", *pod.apps)
-                self.wait_listening(pod.ns, [9080], proc, f"{pod.name}-app")
-            proc = self.start(pod.ns, f"{pod.name}-sidecar", sys.executable, "-m", "fastproxy", "run",
-                              "-c", str(config))
-            self.wait_listening(pod.ns, [15001, 15006], proc, f"{pod.name}-sidecar")
+                self.start(pod.ns, f"{pod.name}-app", sys.executable, "-m", "fastproxy.intercept.mesh_apps",
+                           *pod.apps, ports=[9080])
+            self.start(pod.ns, f"{pod.name}-sidecar", sys.executable, "-m", "fastproxy", "run", "-c",
+                       str(config), ports=[15001, 15006])
             self.sh(sys.executable, "-m", "fastproxy", "iptables", "--proxy-uid", "0",
                     "--exclude-inbound-ports", "15000", ns=pod.ns)
         return self
 
     def down(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        netns.stop(self.procs)
         for pod in self.pods.values():
             if pod.ns:
                 self.sh(IP, "netns", "delete", pod.ns, check=False)
@@ -266,7 +238,7 @@ class Mesh:
                 "    try: f = s.recv(65536)\n"
                 "    except socket.timeout: continue\n"
                 "    out.write(len(f).to_bytes(4, 'big') + f)\n")
-        return subprocess.Popen([IP, "netns", "exec", self.node, sys.executable, "-c", code,
+        return subprocess.Popen([netns.IP, "netns", "exec", self.node, sys.executable, "-c", code,
                                  str(self.work / "capture.bin"), str(seconds)])
 
     def captured(self) -> list[tuple[str, int, str, int, bytes]]:

@@ -17,16 +17,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from fastproxy.intercept import netns
 from support.procs import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-IP = shutil.which("ip") or "ip"
+IP = netns.IP
 APP_UID = "1000"
 
 pytestmark = [
@@ -39,34 +39,19 @@ pytestmark = [
 ]
 
 
-def sh(*cmd: str, ns: str | None = None, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-    full = [IP, "netns", "exec", ns, *cmd] if ns else list(cmd)
-    done = subprocess.run(full, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(full)}: {done.stderr or done.stdout}")
-    return done
+def sh(*cmd: str, ns: str | None = None) -> subprocess.CompletedProcess:
+    return netns.run(*cmd, ns=ns, cwd=REPO_ROOT)
 
 
-def as_app(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+def as_app(ns: str, *cmd: str) -> subprocess.CompletedProcess:
     """A command of the application: uid 1000, so the sidecar's rules capture it."""
-    return sh("setpriv", "--reuid", APP_UID, "--regid", APP_UID, "--clear-groups", *cmd, ns=ns, check=check)
+    return netns.run(*cmd, ns=ns, uid=APP_UID, cwd=REPO_ROOT)
 
 
-def start(ns: str, log: Path, *cmd: str) -> subprocess.Popen:
-    return subprocess.Popen([IP, "netns", "exec", ns, *cmd], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            cwd=REPO_ROOT, start_new_session=True)
-
-
-def listening(ns: str, port: int) -> bool:
-    return f":{port} " in sh("ss", "-ltnH", ns=ns).stdout
-
-
-def wait_listening(ns: str, ports: list[int], proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while not all(listening(ns, p) for p in ports):
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, f"not listening on {ports}: {log.read_text()}"
-        time.sleep(0.1)
+def start(ns: str, log: Path, *cmd: str, ports: list[int], procs: list) -> None:
+    proc = netns.start(ns, log, *cmd, cwd=REPO_ROOT)
+    procs.append(proc)
+    netns.wait_listening(ns, ports, proc, log)
 
 
 SIDECAR = """
@@ -109,29 +94,21 @@ def pod():
             sh(IP, "link", "set", "lo", "up", ns=ns)
             sh(IP, "addr", "add", addr, "dev", dev, ns=ns)
             sh(IP, "link", "set", dev, "up", ns=ns)
-        peers = start(remote, work / "remote.log", sys.executable, "-m", "fastproxy.intercept.mesh_apps", "--http", "10.77.0.1:9080",
-                      "--http", "10.77.0.1:9081", "--echo", "10.77.0.1:7000", "--banner", "10.77.0.1:2525")
-        app = start(pod, work / "app.log", sys.executable, "-m", "fastproxy.intercept.mesh_apps", "--http", "127.0.0.1:8080")
+        start(remote, work / "remote.log", sys.executable, "-m", "fastproxy.intercept.mesh_apps",
+              "--http", "10.77.0.1:9080", "--http", "10.77.0.1:9081", "--echo", "10.77.0.1:7000",
+              "--banner", "10.77.0.1:2525", ports=[9080, 9081, 7000, 2525], procs=procs)
+        start(pod, work / "app.log", sys.executable, "-m", "fastproxy.intercept.mesh_apps",
+              "--http", "127.0.0.1:8080", ports=[8080], procs=procs)
         (work / "sidecar.toml").write_text(SIDECAR)
-        sidecar = start(pod, work / "sidecar.log", sys.executable, "-m", "fastproxy", "run", "-c",
-                        str(work / "sidecar.toml"))
-        procs += [peers, app, sidecar]
-        wait_listening(remote, [9080, 9081, 7000, 2525], peers, work / "remote.log")
-        wait_listening(pod, [8080], app, work / "app.log")
-        wait_listening(pod, [15001, 15006], sidecar, work / "sidecar.log")
+        start(pod, work / "sidecar.log", sys.executable, "-m", "fastproxy", "run", "-c",
+              str(work / "sidecar.toml"), ports=[15001, 15006], procs=procs)
         done = sh(sys.executable, "-m", "fastproxy", "iptables", "--proxy-uid", "0", ns=pod)
         assert "traffic capture in place" in done.stdout
         yield pod, remote, work
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        sh(IP, "netns", "delete", pod, check=False)
-        sh(IP, "netns", "delete", remote, check=False)
+        netns.stop(procs)
+        netns.run(IP, "netns", "delete", pod, check=False)
+        netns.run(IP, "netns", "delete", remote, check=False)
         shutil.rmtree(work, ignore_errors=True)
 
 
