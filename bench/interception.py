@@ -32,6 +32,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from bench import report
 from bench.procstat import TreeSnapshot, cpu_used_between
 from fastproxy.intercept import netns
 from bench.runner import DEFAULT_RESULTS_DIR
@@ -221,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
               "CPU per byte."]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"{datetime.datetime.now():%Y%m%d-%H%M%S}-interception.md"
+    path = report.dated_results_file(args.results_dir, "interception")
     path.write_text(text)
     print(f"results: {path}")
     return 0

@@ -11,6 +11,7 @@ Must not run anything; it only reads the run record the runner filled in.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import statistics
 from dataclasses import dataclass
@@ -269,4 +270,17 @@ def _reading_notes(run: dict) -> list[str]:
 
 def write_markdown(run: dict, path: Path) -> Path:
     path.write_text(render_markdown(run))
+    return path
+
+
+def dated_results_file(parent: Path, what: str) -> Path:
+    """<parent>/<timestamp>-<what>.md for a tool's one-file report (bench.tls_costs,
+    bench.attacks, bench.interception), the timestamp as bench.runner names its
+    directories; never an existing file."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = parent / f"{stamp}-{what}.md", 1
+    while path.exists():
+        n += 1
+        path = parent / f"{stamp}-{n}-{what}.md"
     return path

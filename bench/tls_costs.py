@@ -307,17 +307,6 @@ def render_markdown(run: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _results_file(parent: Path) -> Path:
-    """<timestamp>-tls-costs.md, the timestamp as bench.runner names its directories."""
-    parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, n = parent / f"{stamp}-tls-costs.md", 1
-    while path.exists():
-        n += 1
-        path = parent / f"{stamp}-{n}-tls-costs.md"
-    return path
-
-
 # ---- command line --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -404,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     run["load_average_at_end"] = load_average()
     markdown = render_markdown(run)
-    path = _results_file(results_dir)
+    path = report.dated_results_file(results_dir, "tls-costs")
     path.write_text(markdown)
     print("\n" + markdown)
     print(f"results: {path}")

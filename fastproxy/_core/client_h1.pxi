@@ -693,15 +693,15 @@ cdef class Sniffer:
     (0x16, a ClientHello) hands it to a TLSLink, anything else to a plain Downstream.
     Nothing within header_timeout closes it; on a transparent listener nothing within
     detect_timeout is a server-first protocol, which the plain Downstream passes through."""
-    cdef object make_tls
-    cdef Downstream plain
+    cdef object make_tls             # () -> the TLS link (with its Downstream)
+    cdef object make_plain           # () -> a plain Downstream
     cdef object transport
     cdef object timer
     cdef bint transparent
 
-    def __init__(self, make_tls, Downstream plain, loop, ListenerState ls):
+    def __init__(self, make_tls, make_plain, loop, ListenerState ls):
         self.make_tls = make_tls
-        self.plain = plain
+        self.make_plain = make_plain
         self.transparent = ls.transparent
         timeout = ls.detect_timeout if ls.transparent else ls.header_timeout
         self.timer = loop.call_later(timeout, self.timed_out) if timeout > 0 else None
@@ -713,7 +713,7 @@ cdef class Sniffer:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        app = self.make_tls() if data[0] == 0x16 else self.plain
+        app = self.make_tls() if data[0] == 0x16 else self.make_plain()
         self.transport.set_protocol(app)
         app.connection_made(self.transport)
         app.data_received(data)
@@ -728,8 +728,9 @@ cdef class Sniffer:
     def timed_out(self):
         self.timer = None
         if self.transparent:
-            self.transport.set_protocol(self.plain)
-            self.plain.connection_made(self.transport)
+            app = self.make_plain()
+            self.transport.set_protocol(app)
+            app.connection_made(self.transport)
         else:
             self.transport.close()
 

@@ -227,9 +227,11 @@ cdef class Worker:
             return tls_factory
         if port.plain is NULL:
             port.plain = self.metrics.slot(b"fastproxy_plain_connections_total\x1f" + port.listener.encode())
+        def plain_factory():
+            return Downstream(self, port)
         def sniffing_factory():
             current = self.listeners.get(port.listener, ls)
-            return Sniffer(tls_factory, Downstream(self, port), self.loop, current)
+            return Sniffer(tls_factory, plain_factory, self.loop, current)
         return sniffing_factory
 
     # -- admission: [limits] max_connections and the file descriptors ---------------------

@@ -36,8 +36,7 @@ from pathlib import Path
 
 from fastproxy.identity.ca import init_ca, issue_files
 from fastproxy.intercept import netns
-
-IP = netns.IP
+from fastproxy.intercept.netns import IP
 APP_UID = "1000"
 TRUST_DOMAIN = "mesh.local"
 REVIEWS, REVIEWS_V1_ONLY, SHARED = "10.96.0.20", "10.96.0.21", "10.96.0.30"
@@ -121,7 +120,6 @@ peer = "{v1_id}"
 CLEAR_TEXT = (b"GET /", b"HTTP/1.1\r\n")
 
 
-MeshError = netns.NetnsError     # the mesh could not be set up (one line, for a person)
 
 
 class Mesh:
@@ -157,7 +155,7 @@ class Mesh:
     def up(self) -> "Mesh":
         for tool in ("iptables-restore", "setpriv", "curl"):
             if shutil.which(tool) is None:
-                raise MeshError(f"{tool} is not installed")
+                raise netns.NetnsError(f"{tool} is not installed")
         self.sh(IP, "netns", "add", self.node)
         self.sh(IP, "link", "add", self.bridge, "type", "bridge", ns=self.node)
         self.sh(IP, "addr", "add", "10.88.0.1/24", "dev", self.bridge, ns=self.node)
@@ -238,7 +236,7 @@ class Mesh:
                 "    try: f = s.recv(65536)\n"
                 "    except socket.timeout: continue\n"
                 "    out.write(len(f).to_bytes(4, 'big') + f)\n")
-        return subprocess.Popen([netns.IP, "netns", "exec", self.node, sys.executable, "-c", code,
+        return subprocess.Popen([IP, "netns", "exec", self.node, sys.executable, "-c", code,
                                  str(self.work / "capture.bin"), str(seconds)])
 
     def captured(self) -> list[tuple[str, int, str, int, bytes]]:
@@ -328,7 +326,7 @@ def main() -> int:
             print(f"  {pod.name:11} {pod.ip}  inbound {pod.inbound:10} id {spiffe(pod.name)}")
         print()
         results = run_checks(mesh)
-    except MeshError as exc:
+    except netns.NetnsError as exc:
         print(f"fastproxy mesh demo: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -15,12 +15,15 @@ class NetnsError(Exception):
 
 
 def run(*cmd: str, ns: str | None = None, uid: str | None = None, check: bool = True,
-        timeout: float = 30, input: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """`cmd` in namespace `ns` (the current one without), as `uid` when given."""
+        timeout: float = 30, input: str | None = None, cwd: Path | None = None,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    """`cmd` in namespace `ns` (the current one without), as `uid` when given, with `env`
+    as its whole environment when given."""
     prefix = [IP, "netns", "exec", ns] if ns else []
     if uid is not None:
         prefix += ["setpriv", "--reuid", uid, "--regid", uid, "--clear-groups"]
-    done = subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=timeout, input=input, cwd=cwd)
+    done = subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=timeout, input=input,
+                          cwd=cwd, env=env)
     if check and done.returncode != 0:
         raise NetnsError(f"{' '.join(cmd)}: {(done.stderr or done.stdout).strip()}")
     return done

@@ -10,9 +10,7 @@ Envoy too, is measured by `python -m bench.attacks`.
 """
 from __future__ import annotations
 
-import re
 import socket
-import threading
 import time
 
 import httpx
@@ -20,7 +18,9 @@ import pytest
 from hpack import Decoder, Encoder
 from hyperframe import frame as hf
 
+from support.checks import RssSampler
 from support.h2raw import Raw
+from support.observe import scrape
 from support.procs import cpu_seconds
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,10 +46,7 @@ def env(module_fastproxy, module_upstreams):
 
 
 def counted(proxy, reason: str) -> int:
-    host, _, port = proxy.config["proxy"]["admin"].rpartition(":")
-    text = httpx.get(f"http://{host}:{port}/metrics", timeout=5).text
-    m = re.search(r'fastproxy_http2_protocol_errors_total\{listener="main",reason="%s"\} (\d+)' % reason, text)
-    return int(m[1]) if m else 0
+    return int(scrape(proxy).value("fastproxy_http2_protocol_errors_total", 0, listener="main", reason=reason))
 
 
 def well_behaved_client_is_served(proxy) -> None:
@@ -57,30 +54,21 @@ def well_behaved_client_is_served(proxy) -> None:
         assert c.get(proxy.url("/echo", "main")).status_code == 200
 
 
-class Effect:
+class Effect(RssSampler):
     """What an attack cost the proxy: CPU seconds of all its processes, and the peak of
     their resident memory (sampled every 10 ms) above what it was before."""
 
     def __init__(self, proxy):
-        self.proxy = proxy
+        super().__init__(proxy, interval=0.01)
 
     def __enter__(self) -> "Effect":
         self.pids = self.proxy.pids()
         self.cpu_before = sum(cpu_seconds(p) for p in self.pids)
-        self.idle = self.peak = self.proxy.rss()
-        self.running = True
-        self.sampler = threading.Thread(target=self.sample, daemon=True)
-        self.sampler.start()
-        return self
-
-    def sample(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, self.proxy.rss())
-            time.sleep(0.01)
+        self.idle = self.sample()
+        return super().__enter__()
 
     def __exit__(self, *exc) -> None:
-        self.running = False
-        self.sampler.join()
+        super().__exit__(*exc)
         self.cpu_s = sum(cpu_seconds(p) for p in self.pids) - self.cpu_before
         self.memory = self.peak - self.idle
 

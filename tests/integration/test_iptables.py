@@ -6,8 +6,6 @@ without iptables or without NET_ADMIN. Needs root and `ip netns`; says so when i
 """
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -15,23 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from fastproxy.intercept.netns import IP
+from fastproxy.intercept.netns import run as sh
+from support.namespaces import NEEDS_NAMESPACES
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-IP = shutil.which("ip") or "ip"
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="`ip` (iproute2) is not installed"),
-    pytest.mark.skipif(shutil.which("iptables-restore") is None,
-                       reason="iptables is not installed (apt-get install iptables; .ci/run installs it)"),
-]
-
-
-def sh(*cmd: str, ns: str | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    full = [IP, "netns", "exec", ns, *cmd] if ns else list(cmd)
-    done = subprocess.run(full, capture_output=True, text=True, timeout=30, **kw)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(full)}: {done.stderr or done.stdout}")
-    return done
+pytestmark = NEEDS_NAMESPACES
 
 
 def fastproxy(ns: str, *args: str, **kw) -> subprocess.CompletedProcess:
@@ -48,18 +36,18 @@ def nat(ns: str, family: int = 4) -> list[str]:
 @pytest.fixture
 def ns():
     name = f"fp-ipt-{uuid.uuid4().hex[:8]}"
-    sh("ip", "netns", "add", name)
+    sh(IP, "netns", "add", name)
     try:
-        sh("ip", "link", "set", "lo", "up", ns=name)
+        sh(IP, "link", "set", "lo", "up", ns=name)
         # an interface and a default route: connections to any address leave "the pod"
-        sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1", ns=name)
-        sh("ip", "addr", "add", "10.77.0.2/24", "dev", "eth0", ns=name)
-        sh("ip", "link", "set", "eth0", "up", ns=name)
-        sh("ip", "link", "set", "eth1", "up", ns=name)
-        sh("ip", "route", "add", "default", "dev", "eth0", ns=name)
+        sh(IP, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1", ns=name)
+        sh(IP, "addr", "add", "10.77.0.2/24", "dev", "eth0", ns=name)
+        sh(IP, "link", "set", "eth0", "up", ns=name)
+        sh(IP, "link", "set", "eth1", "up", ns=name)
+        sh(IP, "route", "add", "default", "dev", "eth0", ns=name)
         yield name
     finally:
-        sh("ip", "netns", "delete", name, check=False)
+        sh(IP, "netns", "delete", name, check=False)
 
 
 def test_dry_run_prints_both_families_and_changes_nothing(ns):
@@ -129,7 +117,6 @@ def test_clear_errors_without_iptables_and_without_net_admin(ns, tmp_path):
     done = fastproxy(ns, env={"PATH": str(bare)})
     assert done.returncode == 1
     assert "iptables-save not found: install iptables" in done.stderr and "Traceback" not in done.stderr
-    done = sh("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-              sys.executable, "-m", "fastproxy", "iptables", ns=ns, check=False, cwd=REPO_ROOT)
+    done = fastproxy(ns, uid="65534")
     assert done.returncode == 1
     assert "needs the NET_ADMIN capability" in done.stderr and "Traceback" not in done.stderr

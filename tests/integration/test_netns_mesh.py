@@ -9,21 +9,12 @@ Needs root, `ip netns` and iptables; says so when it skips.
 """
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
 from fastproxy.intercept.mesh import Mesh, run_checks
+from support.namespaces import NEEDS_CURL, NEEDS_NAMESPACES
 
-pytestmark = [
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="`ip` (iproute2) is not installed"),
-    pytest.mark.skipif(shutil.which("iptables-restore") is None,
-                       reason="iptables is not installed (apt-get install iptables; .ci/run installs it)"),
-    pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed"),
-]
+pytestmark = [pytest.mark.timeout(120), *NEEDS_NAMESPACES, NEEDS_CURL]
 
 
 @pytest.fixture(scope="module")

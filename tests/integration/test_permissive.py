@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from support.mesh import MeshCA, sid, sidecar_config
+from support.observe import scrape
 from support.procs import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -54,9 +55,8 @@ def echo(response: httpx.Response) -> dict:
     return dict((k.lower(), v) for k, v in response.json()["headers"])
 
 
-def metric(proxy, name: str) -> str:
-    text = httpx.get(f"http://{proxy.config['proxy']['admin']}/metrics", timeout=5).text
-    return "\n".join(line for line in text.splitlines() if line.startswith(name))
+def plain_connections(proxy) -> int:
+    return int(scrape(proxy).value("fastproxy_plain_connections_total", 0, listener="inbound"))
 
 
 def test_an_mtls_peer_and_a_plain_caller_share_the_port(mesh):
@@ -72,11 +72,9 @@ def test_an_mtls_peer_and_a_plain_caller_share_the_port(mesh):
 
 def test_plain_callers_are_counted_and_logged_without_a_peer(mesh):
     backend, _ = mesh
-    before = metric(backend, 'fastproxy_plain_connections_total{listener="inbound"}')
-    count = int(before.split()[-1]) if before else 0
+    count = plain_connections(backend)
     httpx.get(backend.url("/echo?plain-marker", "inbound"), timeout=10)
-    after = metric(backend, 'fastproxy_plain_connections_total{listener="inbound"}')
-    assert int(after.split()[-1]) == count + 1
+    assert plain_connections(backend) == count + 1
     wait_until(lambda: "plain-marker" in backend.stdout(), deadline_s=10, what="the access log entry")
     entry = next(json.loads(line) for line in backend.stdout().splitlines() if "plain-marker" in line)
     assert entry["peer"] is None

@@ -12,7 +12,6 @@ Needs root, `ip netns` and iptables; says so when it skips.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,20 +22,14 @@ from pathlib import Path
 import pytest
 
 from fastproxy.intercept import netns
+from support.namespaces import NEEDS_CURL, NEEDS_NAMESPACES
 from support.procs import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IP = netns.IP
 APP_UID = "1000"
 
-pytestmark = [
-    pytest.mark.timeout(90),
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-    pytest.mark.skipif(shutil.which("ip") is None, reason="`ip` (iproute2) is not installed"),
-    pytest.mark.skipif(shutil.which("iptables-restore") is None,
-                       reason="iptables is not installed (apt-get install iptables; .ci/run installs it)"),
-    pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed"),
-]
+pytestmark = [pytest.mark.timeout(90), *NEEDS_NAMESPACES, NEEDS_CURL]
 
 
 def sh(*cmd: str, ns: str | None = None) -> subprocess.CompletedProcess:
