@@ -7,8 +7,10 @@ The [ca] file (`fastproxy ca serve -c FILE`, default config/ca.toml; validated b
     dir = "certs/ca"            # made by `fastproxy ca init` (ca.pem, ca-key.pem); required
     bind = "127.0.0.1:8443"     # HTTPS address; required
     ttl = "24h"                 # lifetime of issued certificates; default "24h"
+    server_names = ["fastproxy-ca.fastproxy-system.svc"]   # optional: more names for its
+                                # own certificate (see below)
 
-    [[ca.token]]                # one or more
+    [[ca.token]]                # one or more (or none, with [ca.kubernetes])
     token = "..."               # the bearer secret inline, or
     # token_file = "secrets/web.token"   # read once at start, surrounding whitespace stripped
     ids = ["spiffe://mesh.local/ns/default/sa/web", "spiffe://mesh.local/ns/jobs/*"]
@@ -22,9 +24,9 @@ Relative paths are relative to the current directory. Exactly one of `token` /
 token files). Tokens never appear in logs: an entry is named by its key path, e.g.
 `ca.token[1]`.
 
-The server's own certificate is issued from the same CA at start (SANs: the bind host
-unless it is a wildcard address, 127.0.0.1, ::1, localhost, plus this machine's host name
-for a wildcard bind), so clients verify it with the CA certificate (`ca_trust`). It is
+The server's own certificate is issued from the same CA at start (SANs: `server_names`
+(say the Service's DNS name in Kubernetes), the bind host unless it is a wildcard address,
+127.0.0.1, ::1, localhost, plus this machine's host name for a wildcard bind), so clients verify it with the CA certificate (`ca_trust`). It is
 re-issued well before it expires.
 
 API (HTTP/1.1 over TLS, h11):
@@ -63,26 +65,24 @@ import asyncio
 import hmac
 import ipaddress
 import logging
-import os
-import signal
 import socket
 import ssl
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from http import HTTPStatus
 
-import h11
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from fastproxy import https_endpoint
 from fastproxy.config import ConfigError, load_ca
+from fastproxy.https_endpoint import detail, quote
 from fastproxy.identity.ca import CA, CAError
 from fastproxy.identity.service_accounts import ServiceAccountError, ServiceAccounts
 from fastproxy.identity.spiffe import InvalidSpiffeId, id_allowed, parse_spiffe_id
+from fastproxy.identity.tls import load_chain
 
 __all__ = ["main", "Signer", "Decision", "SignToken", "read_tokens", "MAX_BODY", "serve"]
 
@@ -90,9 +90,6 @@ log = logging.getLogger("fastproxy.ca")
 
 SIGN_PATH = "/v1/sign"
 MAX_BODY = 64 * 1024
-MAX_HEAD = 8 * 1024           # request line and headers (431 over it)
-REQUEST_TIMEOUT = 10.0        # a whole request (head and body), and the TLS handshake
-IDLE_TIMEOUT = 30.0           # between keep-alive requests
 SERVER_CERT_TTL = 7 * 86400.0  # the server's own certificate ...
 SERVER_CERT_RENEW = 86400.0    # ... is re-issued every day
 DEFAULT_CONFIG = "config/ca.toml"
@@ -123,17 +120,6 @@ class Decision:
     not_after: str = "-"
 
 
-def _quote(text: str) -> str:
-    """Log-safe: plain when printable ASCII without spaces or quotes, else repr()."""
-    if text and all(33 <= ord(c) < 127 and c not in "\"'\\" for c in text):
-        return text
-    return repr(text)
-
-
-def _detail(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _accepted_key(key) -> str | None:
     """None when the public key type is acceptable for an SVID, else why not."""
     if isinstance(key, ec.EllipticCurvePublicKey):
@@ -148,7 +134,13 @@ def _accepted_key(key) -> str | None:
 
 
 class Signer:
-    """Turns (Authorization header, CSR body) into a `Decision`; signs with `ca`."""
+    """Turns (Authorization header, CSR body) into a `Decision`; signs with `ca`. The
+    handler of the HTTPS endpoint (fastproxy.https_endpoint)."""
+
+    path = SIGN_PATH
+    name = "fastproxy-ca"
+    max_body = MAX_BODY
+    content_type = "application/x-pem-file"
 
     def __init__(self, ca, tokens: tuple[SignToken, ...] | list[SignToken], ttl: float,
                  service_accounts=None) -> None:
@@ -192,6 +184,22 @@ class Signer:
             return found
         return self.sign_for(found, body)
 
+    def refusal(self, status: int, reason: str, text: str, token: SignToken | None = None) -> Decision:
+        return Decision(status, reason, text, token=token.name if token else "-")
+
+    def log(self, decision: Decision, peer: str) -> None:
+        level = logging.INFO if decision.status in (200, 401, 403) else logging.WARNING
+        line = (f"ca: sign token={decision.token} id={quote(decision.id)} decision={decision.reason} "
+                f"status={decision.status} serial={decision.serial}")
+        if decision.status == 200:
+            line += f" not_after={decision.not_after}"
+        else:
+            line += f" detail={quote(decision.detail)}"
+        log.log(level, "%s peer=%s", line, peer)
+
+    def answer(self, token: SignToken, body: bytes) -> Decision:
+        return self.sign_for(token, body)
+
     def sign_for(self, token: SignToken, body: bytes) -> Decision:
         def refuse(status: int, reason: str, detail: str, spiffe_id: str = "-") -> Decision:
             return Decision(status, reason, detail, token=token.name, id=spiffe_id)
@@ -205,28 +213,28 @@ class Signer:
                 return refuse(400, "bad_request", "the CSR signature does not verify")
             public_key = csr.public_key()
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            return refuse(400, "bad_request", f"the CSR cannot be checked ({_detail(exc)})")
+            return refuse(400, "bad_request", f"the CSR cannot be checked ({detail(exc)})")
         try:
             san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
             return refuse(400, "bad_request", "the CSR has no subjectAltName (it needs exactly one spiffe:// URI)")
         except (ValueError, TypeError, x509.DuplicateExtension) as exc:
-            return refuse(400, "bad_request", f"the CSR extensions do not parse ({_detail(exc)})")
+            return refuse(400, "bad_request", f"the CSR extensions do not parse ({detail(exc)})")
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
         if len(uris) != 1:
-            shown = ", ".join(_quote(u) for u in uris[:4])
+            shown = ", ".join(quote(u) for u in uris[:4])
             return refuse(400, "bad_request", f"the CSR must carry exactly one URI SAN, it has {len(uris)}"
                           + (f" ({shown})" if uris else ""), shown or "-")
         spiffe_id = uris[0]
         if not spiffe_id.startswith("spiffe://"):
-            return refuse(400, "bad_request", f"the URI SAN {_quote(spiffe_id)} is not a spiffe:// id", spiffe_id)
+            return refuse(400, "bad_request", f"the URI SAN {quote(spiffe_id)} is not a spiffe:// id", spiffe_id)
         problem = _accepted_key(public_key)
         if problem:
             return refuse(400, "bad_request", problem, spiffe_id)
         try:
             parsed = parse_spiffe_id(spiffe_id)
         except InvalidSpiffeId as exc:
-            return refuse(403, "forbidden", f"{_quote(spiffe_id)} is not a valid SPIFFE id: {_detail(exc)}", spiffe_id)
+            return refuse(403, "forbidden", f"{quote(spiffe_id)} is not a valid SPIFFE id: {detail(exc)}", spiffe_id)
         if parsed.is_trust_domain:
             return refuse(403, "forbidden", f"{spiffe_id} names a trust domain, not a workload", spiffe_id)
         if parsed.trust_domain != self.ca.trust_domain:
@@ -238,7 +246,7 @@ class Signer:
             cert = self.ca.issue_svid(spiffe_id, public_key, self.ttl)
         except CAError as exc:
             # The CA refuses ids outside its trust domain itself, too.
-            return refuse(403, "forbidden", _detail(exc), spiffe_id)
+            return refuse(403, "forbidden", detail(exc), spiffe_id)
         leaf = cert.public_bytes(serialization.Encoding.PEM)
         return Decision(200, "issued", "", body=leaf + self.chain_tail, token=token.name, id=spiffe_id,
                         serial=format(cert.serial_number, "x"),
@@ -287,7 +295,7 @@ def read_tokens(config) -> tuple[SignToken, ...]:
 # HTTPS server
 
 
-def _server_hosts(host: str) -> list[str]:
+def _server_hosts(host: str, names: tuple[str, ...] = ()) -> list[str]:
     hosts = ["127.0.0.1", "::1", "localhost"]
     try:
         wildcard = ipaddress.ip_address(host).is_unspecified
@@ -301,7 +309,7 @@ def _server_hosts(host: str) -> list[str]:
             pass
     else:
         extra = [host]
-    for name in extra:
+    for name in list(names) + extra:
         if name and name not in hosts:
             hosts.insert(0, name)
     return hosts
@@ -309,20 +317,12 @@ def _server_hosts(host: str) -> list[str]:
 
 def _load_server_cert(context: ssl.SSLContext, ca, hosts: list[str]) -> x509.Certificate:
     """Issues a server certificate from `ca` and loads it into `context` (new handshakes
-    use it; ssl can only load key material from files, so a private temporary directory
-    holds it for the duration of the call)."""
+    use it)."""
     cert, key = ca.issue_server_cert(hosts, SERVER_CERT_TTL)
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     chain = cert.public_bytes(serialization.Encoding.PEM) + ca.cert.public_bytes(serialization.Encoding.PEM)
-    with tempfile.TemporaryDirectory(prefix="fastproxy-ca-") as tmp:
-        cert_path = os.path.join(tmp, "cert.pem")
-        key_path = os.path.join(tmp, "key.pem")
-        with open(os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-            f.write(key_pem)
-        with open(cert_path, "wb") as f:
-            f.write(chain)
-        context.load_cert_chain(cert_path, key_path)
+    load_chain(context, chain, key_pem)
     return cert
 
 
@@ -334,202 +334,13 @@ def _server_context(ca, hosts: list[str]) -> ssl.SSLContext:
     return context
 
 
-class _Closed(Exception):
-    """The peer went away, or the request was answered with a closing error."""
-
-
-class CAService:
-    """The HTTP side: one h11 connection per TLS connection, `Signer` for decisions."""
-
-    def __init__(self, signer: Signer) -> None:
-        self.signer = signer
-        self.connections: set[asyncio.Task] = set()
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self.connections.add(task)
-        peer = writer.get_extra_info("peername")
-        peer_text = f"[{peer[0]}]:{peer[1]}" if peer and ":" in str(peer[0]) else (
-            f"{peer[0]}:{peer[1]}" if peer else "-")
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        try:
-            while True:
-                try:
-                    keep = await self._one_request(conn, reader, writer, peer_text)
-                except _Closed:
-                    if conn.our_state is h11.MUST_CLOSE or conn.our_state is h11.DONE:
-                        await self._linger(reader)
-                    return
-                if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-        except (ConnectionError, ssl.SSLError, OSError):
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # never let one connection take the server down
-            log.exception("ca: unexpected error on the connection from %s", peer_text)
-        finally:
-            if task is not None:
-                self.connections.discard(task)
-            writer.close()
-            try:
-                async with asyncio.timeout(2.0):
-                    await writer.wait_closed()
-            except Exception:
-                pass
-
-    @staticmethod
-    async def _linger(reader: asyncio.StreamReader) -> None:
-        """After an error answered before the request was read in full: discard what the
-        client still sends (bounded), so that closing does not reset the connection and
-        destroy the response before the client has read it."""
-        try:
-            async with asyncio.timeout(1.0):
-                left = 4 * MAX_BODY
-                while left > 0:
-                    data = await reader.read(16 * 1024)
-                    if not data:
-                        return
-                    left -= len(data)
-        except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
-            pass
-
-    async def _event(self, conn: h11.Connection, reader: asyncio.StreamReader):
-        while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            data = await reader.read(16 * 1024)
-            conn.receive_data(data)  # b"" means the peer closed
-
-    async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int,
-                    headers: list[tuple[str, str]], body: bytes, *, head: bool = False) -> None:
-        headers = headers + [("content-length", str(len(body))), ("server", "fastproxy-ca")]
-        data = conn.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase))
-        data += conn.send(h11.Data(data=body)) if body and not head else b""
-        data += conn.send(h11.EndOfMessage())
-        writer.write(data)
-        await writer.drain()
-
-    async def _error(self, conn, writer, peer: str, decision: Decision, *, head: bool = False) -> None:
-        self._log(decision, peer)
-        headers = [("content-type", "text/plain; charset=utf-8"), ("fastproxy-error", decision.reason),
-                   ("connection", "close")]
-        if decision.status == 401:
-            headers.append(("www-authenticate", 'Bearer realm="fastproxy-ca"'))
-        elif decision.status == 405:
-            headers.append(("allow", "POST"))
-        body = f"fastproxy: {decision.reason}: {decision.detail}\n".encode("utf-8", "replace")
-        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            await self._send(conn, writer, decision.status, headers, body, head=head)
-        raise _Closed
-
-    def _log(self, decision: Decision, peer: str) -> None:
-        level = logging.INFO if decision.status in (200, 401, 403) else logging.WARNING
-        line = (f"ca: sign token={decision.token} id={_quote(decision.id)} decision={decision.reason} "
-                f"status={decision.status} serial={decision.serial}")
-        if decision.status == 200:
-            line += f" not_after={decision.not_after}"
-        else:
-            line += f" detail={_quote(decision.detail)}"
-        log.log(level, "%s peer=%s", line, peer)
-
-    async def _one_request(self, conn: h11.Connection, reader, writer, peer: str) -> bool:
-        """Answers one request; True when the connection may carry another."""
-        # Waiting for a request: the idle timeout; once bytes came, the request timeout.
-        first = conn.their_state is h11.IDLE and not conn.trailing_data[0]
-        try:
-            async with asyncio.timeout(IDLE_TIMEOUT if first else REQUEST_TIMEOUT) as deadline:
-                if first:
-                    data = await reader.read(16 * 1024)
-                    conn.receive_data(data)
-                    deadline.reschedule(asyncio.get_running_loop().time() + REQUEST_TIMEOUT)
-                return await self._request(conn, reader, writer, peer)
-        except TimeoutError:
-            if conn.their_state is h11.IDLE and conn.our_state is h11.IDLE:
-                raise _Closed from None  # an idle keep-alive connection: just close
-            await self._error(conn, writer, peer, Decision(408, "request_timeout",
-                                                           f"request not complete within {REQUEST_TIMEOUT:g}s"))
-        return False
-
-    async def _request(self, conn: h11.Connection, reader, writer, peer: str) -> bool:
-        try:
-            event = await self._event(conn, reader)
-        except h11.RemoteProtocolError as exc:
-            status = exc.error_status_hint or 400
-            reason = {431: "header_too_large", 501: "not_implemented"}.get(status, "bad_request")
-            await self._error(conn, writer, peer, Decision(status, reason, _detail(exc)))
-        if isinstance(event, h11.ConnectionClosed):
-            raise _Closed
-        if not isinstance(event, h11.Request):
-            raise _Closed
-        target = event.target.decode("latin-1")
-        path = target.split("?", 1)[0]
-        method = event.method.decode("latin-1")
-        if path != SIGN_PATH:
-            await self._error(conn, writer, peer, Decision(404, "not_found", f"no such endpoint {_quote(path)}"),
-                              head=method == "HEAD")
-        if method != "POST":
-            await self._error(conn, writer, peer, Decision(405, "method_not_allowed",
-                                                           f"{_quote(method)} {SIGN_PATH}: only POST"),
-                              head=method == "HEAD")
-        headers = {}
-        for name, value in event.headers:
-            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
-        length = headers.get("content-length")
-        if length is not None and int(length) > MAX_BODY:  # h11 has checked the syntax
-            await self._error(conn, writer, peer, Decision(413, "payload_too_large",
-                                                           f"body of {length} bytes is over {MAX_BODY}"))
-        found = self.signer.authorize(headers.get("authorization"))
-        if isinstance(found, Decision):
-            await self._error(conn, writer, peer, found)
-        if conn.they_are_waiting_for_100_continue:
-            writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")))
-        body = bytearray()
-        while True:
-            try:
-                event = await self._event(conn, reader)
-            except h11.RemoteProtocolError as exc:
-                await self._error(conn, writer, peer, Decision(400, "bad_request", _detail(exc), token=found.name))
-            if isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > MAX_BODY:
-                    await self._error(conn, writer, peer, Decision(413, "payload_too_large",
-                                                                   f"body over {MAX_BODY} bytes", token=found.name))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:  # ConnectionClosed in the middle of the body
-                raise _Closed
-        decision = self.signer.sign_for(found, bytes(body))
-        if decision.status != 200:
-            await self._error(conn, writer, peer, decision)
-        self._log(decision, peer)
-        await self._send(conn, writer, 200, [("content-type", "application/x-pem-file")], decision.body)
-        return True
-
-
 async def serve(config, ca, tokens: tuple[SignToken, ...], *, ready=None, stop: asyncio.Event | None = None,
                 service_accounts=None) -> int:
     """Serves until `stop` is set (or SIGTERM/SIGINT when `stop` is None); 0, or 1 when the
     address cannot be bound. `ready(server)` is called once it listens."""
     loop = asyncio.get_running_loop()
-    hosts = _server_hosts(config.bind.host)
+    hosts = _server_hosts(config.bind.host, config.server_names)
     context = _server_context(ca, hosts)
-    service = CAService(Signer(ca, tokens, config.ttl, service_accounts))
-    try:
-        server = await asyncio.start_server(service.handle, config.bind.host, config.bind.port, ssl=context,
-                                            ssl_handshake_timeout=REQUEST_TIMEOUT, reuse_address=True,
-                                            limit=64 * 1024)
-    except OSError as exc:
-        print(f"fastproxy: ca serve: cannot bind {config.bind}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    own_stop = stop is None
-    if stop is None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
 
     async def renew_server_cert() -> None:
         while True:
@@ -538,36 +349,20 @@ async def serve(config, ca, tokens: tuple[SignToken, ...], *, ready=None, stop: 
                 _load_server_cert(context, ca, hosts)
                 log.info("ca: re-issued the server certificate")
             except Exception as exc:  # keep the current one; try again later
-                log.error("ca: could not re-issue the server certificate: %s", _detail(exc))
+                log.error("ca: could not re-issue the server certificate: %s", detail(exc))
 
-    renewer = loop.create_task(renew_server_cert())
-    log.info("ca: serving https://%s%s (trust domain %s, ttl %gs, %d token(s), server names %s)",
-             config.bind, SIGN_PATH, ca.trust_domain, config.ttl, len(tokens), ",".join(hosts))
-    try:
+    def listening(server) -> None:
+        log.info("ca: serving https://%s%s (trust domain %s, ttl %gs, %d token(s), server names %s)",
+                 config.bind, SIGN_PATH, ca.trust_domain, config.ttl, len(tokens), ",".join(hosts))
         if ready is not None:
             ready(server)
-        await stop.wait()
-        log.info("ca: stopping")
+
+    renewer = loop.create_task(renew_server_cert())
+    try:
+        return await https_endpoint.serve(Signer(ca, tokens, config.ttl, service_accounts), config.bind, context,
+                                          command="ca serve", ready=listening, stop=stop)
     finally:
         renewer.cancel()
-        server.close()
-        for task in list(service.connections):
-            task.cancel()
-        if service.connections:
-            await asyncio.wait(list(service.connections), timeout=2.0)
-        if own_stop:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-    return 0
-
-
-def _setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=os.environ.get("FASTPROXY_LOG_LEVEL", "INFO").upper(),
-            format="%(asctime)s fastproxy-ca[%(process)d] %(levelname)s %(message)s",
-            stream=sys.stderr,
-        )
 
 
 def main(args) -> int:
@@ -584,7 +379,7 @@ def main(args) -> int:
     try:
         ca = CA.load(config.dir)
     except (CAError, OSError, ValueError) as exc:
-        print(f"{config.path}: ca.dir: cannot load the CA from {config.dir}: {_detail(exc)}", file=sys.stderr)
+        print(f"{config.path}: ca.dir: cannot load the CA from {config.dir}: {detail(exc)}", file=sys.stderr)
         return 2
     service_accounts = None
     if config.kubernetes is not None:
@@ -596,18 +391,9 @@ def main(args) -> int:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             print(f"{config.path}: ca.kubernetes.jwks: {k8s.jwks}: {why}", file=sys.stderr)
             return 2
-    _setup_logging()
-    try:
-        import uvloop
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        factory = None
+    https_endpoint.setup_logging("fastproxy-ca")
     started = time.monotonic()
-    with asyncio.Runner(loop_factory=factory) as runner:
-        try:
-            code = runner.run(serve(config, ca, tokens, service_accounts=service_accounts))
-        except KeyboardInterrupt:
-            code = 0
+    code = https_endpoint.run(serve(config, ca, tokens, service_accounts=service_accounts))
     if code == 0:
         log.info("ca: stopped after %.0fs", time.monotonic() - started)
     return code

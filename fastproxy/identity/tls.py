@@ -32,13 +32,32 @@ PEER_CACHE_SIZE = 4096        # verified peer certificates remembered (DER -> id
 
 
 def _load_chain(ctx: ssl.SSLContext, material: Material) -> None:
-    """SSLContext only loads a chain from files: write them where only we can read."""
+    load_chain(ctx, material.cert_pem, material.key_pem)
+
+
+def load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """SSLContext only loads a chain from files: anonymous memory files (memfd, opened
+    through /proc/self/fd) where the system has them, so the key never touches a disk and
+    a read-only root filesystem is fine; else a directory only we can read."""
+    try:
+        fds = [os.memfd_create("fastproxy-cert", os.MFD_CLOEXEC), os.memfd_create("fastproxy-key", os.MFD_CLOEXEC)]
+    except (AttributeError, OSError):
+        fds = []
+    try:
+        if fds and os.path.exists(f"/proc/self/fd/{fds[0]}"):
+            for fd, data in zip(fds, (cert_pem, key_pem)):
+                with open(fd, "wb", closefd=False) as f:
+                    f.write(data)
+            ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+            return
+    finally:
+        for fd in fds:
+            os.close(fd)
     with tempfile.TemporaryDirectory(prefix="fastproxy-tls-") as tmp:
         cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
-        cert.write_bytes(material.cert_pem)
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(material.key_pem)
+        cert.write_bytes(cert_pem)
+        with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(key_pem)
         ctx.load_cert_chain(cert, key)
 
 
