@@ -48,6 +48,7 @@ class CAServer:
     ttl: float = 86400.0
     tokens: tuple[CAToken, ...] = ()
     kubernetes: CAKubernetes | None = None
+    server_names: tuple[str, ...] = ()   # more names for its own certificate (a Service's DNS name)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -62,6 +63,7 @@ _CA = {
     "ttl": duration(positive=True),
     "token": lambda ctx, path, value: value,  # checked below
     "kubernetes": lambda ctx, path, value: _kubernetes(ctx, path, value),
+    "server_names": array(string(), min_items=1, unique=True),
 }
 _KUBERNETES = {"jwks": string(), "issuer": string(), "audience": string()}
 
@@ -115,6 +117,8 @@ def validate_ca(raw: Any, path: str = "<dict>") -> CAServer:
     if ctx.errors:
         raise ConfigError(ctx.errors)
     values.pop("token", None)
+    if "server_names" in values:
+        values["server_names"] = tuple(values["server_names"])
     return CAServer(path=path, tokens=tuple(tokens), raw=raw, **values)
 
 

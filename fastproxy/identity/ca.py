@@ -370,6 +370,19 @@ def issue_files(ca: CA, spiffe_id: str, out_dir: str | os.PathLike, ttl: float) 
     """
     key = ec.generate_private_key(ec.SECP256R1())
     cert = ca.issue_svid(spiffe_id, key.public_key(), ttl)
+    _write_files(ca, cert, key, out_dir)
+    return cert
+
+
+def issue_server_files(ca: CA, hosts: list[str], out_dir: str | os.PathLike, ttl: float) -> x509.Certificate:
+    """Like `issue_files`, for a TLS server certificate naming `hosts` (DNS names or IP
+    addresses): the injector's, whose clients verify it with the CA certificate."""
+    cert, key = ca.issue_server_cert(hosts, ttl)
+    _write_files(ca, cert, key, out_dir)
+    return cert
+
+
+def _write_files(ca: CA, cert: x509.Certificate, key, out_dir: str | os.PathLike) -> None:
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -385,4 +398,3 @@ def issue_files(ca: CA, spiffe_id: str, out_dir: str | os.PathLike, ttl: float) 
             _write_replace(path, data, mode)
         except OSError as exc:
             raise CAError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    return cert

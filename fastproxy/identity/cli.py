@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastproxy.identity.ca import CA, CAError, init_ca, issue_files
+from fastproxy.identity.ca import CA, CAError, init_ca, issue_files, issue_server_files
 from fastproxy.identity.spiffe import InvalidSpiffeId, parse_spiffe_id, parse_trust_domain
 
 
@@ -44,6 +44,8 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
         return _fail(f"--ttl: {exc}", 2)
     if ttl <= 0:
         return _fail("--ttl: must be longer than 0", 2)
+    if args.dns:
+        return _issue_server(args, ttl)
     try:
         parsed = parse_spiffe_id(args.id)
     except InvalidSpiffeId as exc:
@@ -62,9 +64,22 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
         cert = issue_files(ca, str(parsed), args.out, ttl)
     except CAError as exc:
         return _fail(str(exc), 1)
-    valid_until = cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
-    print(
-        f"issued {parsed} (serial {cert.serial_number:x}, valid until {valid_until}): "
-        f"{args.out}/cert.pem, {args.out}/key.pem, {args.out}/trust.pem"
-    )
+    _issued(str(parsed), cert, args.out)
     return 0
+
+
+def _issue_server(args: argparse.Namespace, ttl: float) -> int:
+    """`ca issue --dns NAME ...`: a TLS server certificate (the injector's)."""
+    try:
+        ca = CA.load(args.dir)
+        cert = issue_server_files(ca, args.dns, args.out, ttl)
+    except CAError as exc:
+        return _fail(str(exc), 1)
+    _issued("server " + ",".join(args.dns), cert, args.out)
+    return 0
+
+
+def _issued(what: str, cert, out: str) -> None:
+    valid_until = cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"issued {what} (serial {cert.serial_number:x}, valid until {valid_until}): "
+          f"{out}/cert.pem, {out}/key.pem, {out}/trust.pem")

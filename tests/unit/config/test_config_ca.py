@@ -27,6 +27,14 @@ def test_defaults_and_inline_tokens():
     assert ca.ttl == 86400.0 and ca.tokens[0].token == "s3cret" and ca.tokens[0].token_file is None
 
 
+def test_server_names_for_the_ca_certificate():
+    base = '[ca]\ndir = "d"\nbind = "0.0.0.0:8443"\n[ca.kubernetes]\njwks = "j.json"\n'
+    ca = validate_ca(tomllib.loads(base.replace("[ca]\n", '[ca]\nserver_names = ["fastproxy-ca.fastproxy-system.svc"]\n')))
+    assert ca.server_names == ("fastproxy-ca.fastproxy-system.svc",) and ca.tokens == ()
+    with pytest.raises(ConfigError, match="ca.server_names: must not be empty"):
+        validate_ca(tomllib.loads(base.replace("[ca]\n", "[ca]\nserver_names = []\n")))
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [

@@ -354,6 +354,7 @@ def test_exit_codes(tmp_path):
 # ------------------------------------------------------------ service-account tokens (SPEC §13)
 
 CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
+CA_SERVICE = "fastproxy-ca.fastproxy-system.svc"
 
 
 def sa_token(key, namespace: str, name: str, *, kid: str = "cluster-1", audience: str = "fastproxy-ca",
@@ -381,7 +382,8 @@ def k8s(tmp_path_factory):
     work = make_workdir(tmp_path_factory.mktemp("ca-k8s"))
     (work / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "cluster-1", "use": "sig", "alg": "RS256"}]}))
     port = free_port()
-    config = ca_toml(port) + f'\n[ca.kubernetes]\njwks = "jwks.json"\nissuer = "{CLUSTER_ISSUER}"\n'
+    config = ca_toml(port).replace("[ca]\n", f'[ca]\nserver_names = ["{CA_SERVICE}"]\n', 1)
+    config += f'\n[ca.kubernetes]\njwks = "jwks.json"\nissuer = "{CLUSTER_ISSUER}"\n'
     ca = CAProcess(work, config, port, "ca-k8s").start()
     yield ca, cluster_key
     assert ca.stop() == 0, ca.output()
@@ -397,6 +399,14 @@ def test_a_service_account_token_obtains_its_own_id(k8s):
     assert uris.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://mesh.local/ns/shop/sa/reviews"]
     assert "token=kubernetes:shop/reviews" in ca.output()
     assert sign_ok(ca)                     # the static tokens still work beside it
+
+
+def test_the_server_certificate_names_the_service(k8s):
+    ca, _ = k8s
+    ctx = ssl.create_default_context(cafile=str(ca.workdir / "ca" / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", ca.port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=CA_SERVICE) as tls:   # verifies the name too
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
 
 
 @pytest.mark.parametrize("wanted", ["spiffe://mesh.local/ns/billing/sa/reviews",   # another namespace

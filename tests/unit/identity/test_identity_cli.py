@@ -79,6 +79,25 @@ def test_issue(ca_dir, tmp_path):
     assert (out / "trust.pem").read_bytes() == (ca_dir / "ca.pem").read_bytes()
 
 
+def test_issue_a_server_certificate(ca_dir, tmp_path):
+    # the injector's: a DNS name (and an address) the API server checks, chaining to the CA
+    out = tmp_path / "injector"
+    proc = fastproxy("ca", "issue", ca_dir, "--dns", "fastproxy-injector.fastproxy-system.svc",
+                     "--dns", "127.0.0.1", "--out", out, "--ttl", "8760h")
+    assert proc.returncode == 0, proc.stderr
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["fastproxy-injector.fastproxy-system.svc"]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert not san.get_values_for_type(x509.UniformResourceIdentifier)
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
+    assert stat.S_IMODE(os.stat(out / "key.pem").st_mode) == 0o600
+    assert (out / "trust.pem").read_bytes() == (ca_dir / "ca.pem").read_bytes()
+    proc = fastproxy("ca", "issue", ca_dir, "--dns", "bad name", "--out", tmp_path / "x")
+    assert proc.returncode == 1 and "invalid host name" in one_line(proc)
+
+
 def test_issue_default_ttl_is_a_day(ca_dir, tmp_path):
     proc = fastproxy("ca", "issue", ca_dir, "--id", WEB, "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -159,6 +178,7 @@ def test_issue_unwritable_output(ca_dir, tmp_path):
         ["ca", "init"],
         ["ca", "issue", "DIR", "--out", "x"],
         ["ca", "issue", "DIR", "--id", WEB],
+        ["ca", "issue", "DIR", "--id", WEB, "--dns", "x", "--out", "x"],
         ["ca", "frobnicate"],
     ],
 )
