@@ -1,4 +1,4 @@
-"""The `fastproxy` command: run, check, demo, iptables, inject, ca init|issue|serve
+"""The `fastproxy` command: run, check, demo, iptables, inject, injector, ca init|issue|serve
 (docs/operations.md).
 
 Exit codes: 0 after a clean shutdown, 2 for a configuration or usage error, 1 for a
@@ -98,7 +98,7 @@ def cmd_iptables(args: argparse.Namespace) -> int:
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
-    from fastproxy.kube.inject import InjectError, inject
+    from fastproxy.kube.inject import InjectError, Injection, inject
 
     try:
         text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
@@ -106,13 +106,19 @@ def cmd_inject(args: argparse.Namespace) -> int:
         print(f"fastproxy: {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     try:
-        out, count = inject(text, image=args.image, config_map=args.config_map)
+        out, count = inject(text, Injection(args.image, args.config_map, args.trust_domain))
     except InjectError as exc:
         print(f"fastproxy: {args.file}: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(out)
     print(f"fastproxy: {count} pod template(s) injected", file=sys.stderr)
     return 0
+
+
+def cmd_injector(args: argparse.Namespace) -> int:
+    from fastproxy.kube.injector import main as injector_main
+
+    return injector_main(args)
 
 
 def _ports(text: str) -> list[int]:
@@ -255,7 +261,16 @@ def parser() -> argparse.ArgumentParser:
                      "annotation fastproxy.io/image overrides it per pod)")
     inj.add_argument("--config-map", default="fastproxy", metavar="NAME",
                      help="the ConfigMap holding fastproxy.toml (default fastproxy)")
+    inj.add_argument("--trust-domain", default="mesh.local", metavar="TD",
+                     help="the mesh CA's trust domain: each sidecar's id is spiffe://TD/ns/NAMESPACE/sa/"
+                     "SERVICE_ACCOUNT (default mesh.local)")
     inj.set_defaults(func=cmd_inject)
+
+    injector = sub.add_parser("injector", help="the sidecar injector: a Kubernetes mutating admission webhook",
+                              description="Answers the API server's AdmissionReviews for Pods with a JSONPatch "
+                              "that adds the sidecar, as `fastproxy inject` would.")
+    injector.add_argument("-c", "--config", required=True, help="the [injector] TOML file")
+    injector.set_defaults(func=cmd_injector)
 
     ca = sub.add_parser("ca", help="the mesh certificate authority: init, issue, serve")
     ca_sub = ca.add_subparsers(dest="ca_command", metavar="CA_COMMAND", required=True)
@@ -263,9 +278,14 @@ def parser() -> argparse.ArgumentParser:
     ca_init.add_argument("dir", metavar="DIR", help="directory for ca.pem and ca-key.pem (created if needed)")
     ca_init.add_argument("--trust-domain", default="mesh.local", metavar="TD", help="trust domain (default mesh.local)")
     ca_init.set_defaults(func=cmd_ca_init)
-    ca_issue = ca_sub.add_parser("issue", help="issue a workload certificate (X509-SVID) from the CA in DIR")
+    ca_issue = ca_sub.add_parser("issue", help="issue a workload certificate (X509-SVID), or a server "
+                                 "certificate, from the CA in DIR")
     ca_issue.add_argument("dir", metavar="DIR", help="the CA directory (made by `ca init`)")
-    ca_issue.add_argument("--id", required=True, metavar="SPIFFE_ID", help="the workload's id, spiffe://TD/path")
+    issued = ca_issue.add_mutually_exclusive_group(required=True)
+    issued.add_argument("--id", metavar="SPIFFE_ID", help="the workload's id, spiffe://TD/path")
+    issued.add_argument("--dns", action="append", metavar="NAME",
+                        help="instead: a TLS server certificate for this DNS name or address (repeatable), "
+                        "e.g. the injector's Service name")
     ca_issue.add_argument("--out", required=True, metavar="OUTDIR", help="writes OUTDIR/cert.pem, key.pem, trust.pem")
     ca_issue.add_argument("--ttl", default="24h", help="lifetime, e.g. 1h or 24h (default 24h)")
     ca_issue.set_defaults(func=cmd_ca_issue)

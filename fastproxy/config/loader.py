@@ -282,6 +282,7 @@ HTTP2: dict[str, Conv] = {
     "max_frame_size": integer(min=16384, max=2**24 - 1),
 }
 
+IDENTITY_ID_ENV = "FASTPROXY_IDENTITY_ID"    # [identity] id when the file leaves it out
 IDENTITY_FILES = ("cert", "key", "trust")
 IDENTITY_AUTO = ("ca_url", "token_file", "ca_trust")
 IDENTITY: dict[str, Conv] = {
@@ -376,6 +377,10 @@ _TRANSPARENT_ONLY = "only allowed on a listener with transparent = true"
 
 def _identity(ctx: Ctx, raw: Any) -> Identity | None:
     path = "identity"
+    if isinstance(raw, dict) and "id" not in raw and os.environ.get(IDENTITY_ID_ENV):
+        # one ConfigMap serves every workload of a namespace: the injected sidecar learns
+        # its own id from the Pod (namespace and service account) through the environment
+        raw = {**raw, "id": os.environ[IDENTITY_ID_ENV]}
     values, ok = table(ctx, path, raw, IDENTITY, required=("id",))
     if not isinstance(raw, dict):
         return BAD

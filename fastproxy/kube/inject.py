@@ -22,7 +22,9 @@ An injected template is annotated `fastproxy.io/injected: "true"` and never inje
 """
 from __future__ import annotations
 
+import copy
 import io
+from dataclasses import dataclass
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
@@ -33,6 +35,7 @@ OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
 DEFAULT_IMAGE = "fastproxy:latest"
 DEFAULT_CONFIG_MAP = "fastproxy"
+DEFAULT_TRUST_DOMAIN = "mesh.local"
 ANNOTATION = "fastproxy.io/"
 TEMPLATE_PATHS = {                   # where each kind keeps its Pod template
     "Pod": (),
@@ -49,6 +52,15 @@ class InjectError(Exception):
     """The input cannot be injected (one line, naming the document)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Injection:
+    """What every injected sidecar gets unless its Pod's annotations say otherwise."""
+
+    image: str = DEFAULT_IMAGE
+    config_map: str = DEFAULT_CONFIG_MAP
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+
+
 def _yaml() -> YAML:
     yaml = YAML()                    # round trip: comments and order kept
     yaml.preserve_quotes = True
@@ -56,14 +68,14 @@ def _yaml() -> YAML:
     return yaml
 
 
-def inject(text: str, image: str = DEFAULT_IMAGE, config_map: str = DEFAULT_CONFIG_MAP) -> tuple[str, int]:
+def inject(text: str, injection: Injection = Injection()) -> tuple[str, int]:
     """(the YAML with every Pod template injected, how many were injected now)."""
     yaml = _yaml()
     try:
         documents = list(yaml.load_all(text))
     except Exception as exc:         # ruamel's parser and scanner errors
         raise InjectError(f"not valid YAML: {str(exc).splitlines()[0]}") from None
-    counts = [_inject_object(document, image, config_map, f"document {index + 1}")
+    counts = [_inject_object(document, injection, f"document {index + 1}")
               for index, document in enumerate(documents)]
     sources = _document_texts(text)
     if len(sources) != len(documents):     # cannot tell which text is which: dump them all
@@ -94,12 +106,12 @@ def _document_texts(text: str) -> list[str]:
     return [p if p.endswith("\n") or not p else p + "\n" for p in parts]
 
 
-def _inject_object(obj, image: str, config_map: str, where: str) -> int:
+def _inject_object(obj, injection: Injection, where: str) -> int:
     if not isinstance(obj, dict):
         return 0
     kind = obj.get("kind")
     if kind == "List" or (isinstance(kind, str) and kind.endswith("List")):
-        return sum(_inject_object(item, image, config_map, f"{where}, item {i + 1}")
+        return sum(_inject_object(item, injection, f"{where}, item {i + 1}")
                    for i, item in enumerate(obj.get("items") or []))
     if kind not in TEMPLATE_PATHS:
         return 0
@@ -108,21 +120,29 @@ def _inject_object(obj, image: str, config_map: str, where: str) -> int:
         template = template.get(key) if isinstance(template, dict) else None
     if not isinstance(template, dict) or not isinstance(template.get("spec"), dict):
         raise InjectError(f"{where}: {kind} has no Pod template at {'.'.join(TEMPLATE_PATHS[kind] + ('spec',))}")
-    metadata = template.setdefault("metadata", CommentedMap())
+    return 1 if inject_template(template, injection) else 0
+
+
+def inject_template(template: dict, injection: Injection) -> bool:
+    """Adds the sidecar to one Pod template (or Pod: `metadata` and `spec`) in place;
+    False when it is left alone (disabled by annotation, or injected already)."""
+    metadata = template.get("metadata")
+    if metadata is None:
+        metadata = template["metadata"] = CommentedMap()
     annotations = metadata.get("annotations") or CommentedMap()
     if annotations.get(ANNOTATION + "inject") == "disabled" or annotations.get(ANNOTATION + "injected") == "true":
-        return 0
+        return False
     spec = template["spec"]
     if any(c.get("name") in ("fastproxy", "fastproxy-init") for c in spec.get("initContainers") or []):
-        return 0
+        return False
     annotations[ANNOTATION + "injected"] = "true"
     metadata["annotations"] = annotations
-    _add_sidecar(spec, annotations, image, config_map)
-    return 1
+    _add_sidecar(spec, annotations, injection)
+    return True
 
 
-def _add_sidecar(spec: dict, annotations: dict, image: str, config_map: str) -> None:
-    image = annotations.get(ANNOTATION + "image", image)
+def _add_sidecar(spec: dict, annotations: dict, injection: Injection) -> None:
+    image = annotations.get(ANNOTATION + "image", injection.image)
     iptables = ["fastproxy", "iptables", "--proxy-uid", str(PROXY_UID), "--inbound-port", str(INBOUND_PORT),
                 "--outbound-port", str(OUTBOUND_PORT)]
     inbound_excluded = [str(ADMIN_PORT)] + [p.strip() for p in str(
@@ -147,6 +167,12 @@ def _add_sidecar(spec: dict, annotations: dict, image: str, config_map: str) -> 
         "image": image,
         "restartPolicy": "Always",
         "args": ["run", "-c", "/etc/fastproxy/fastproxy.toml"],
+        # the identity of the Pod's service account: one ConfigMap serves every workload
+        # of a namespace ([identity] without id; Kubernetes expands the $(VAR)s)
+        "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "POD_SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+                {"name": "FASTPROXY_IDENTITY_ID",
+                 "value": f"spiffe://{injection.trust_domain}/ns/$(POD_NAMESPACE)/sa/$(POD_SERVICE_ACCOUNT)"}],
         "ports": [{"name": "fp-outbound", "containerPort": OUTBOUND_PORT},
                   {"name": "fp-inbound", "containerPort": INBOUND_PORT},
                   {"name": "fp-admin", "containerPort": ADMIN_PORT}],
@@ -165,8 +191,37 @@ def _add_sidecar(spec: dict, annotations: dict, image: str, config_map: str) -> 
     }
     spec["initContainers"] = [init, sidecar] + list(spec.get("initContainers") or [])
     spec["volumes"] = list(spec.get("volumes") or []) + [
-        {"name": "fastproxy-config", "configMap": {"name": config_map}},
+        {"name": "fastproxy-config", "configMap": {"name": injection.config_map}},
         {"name": "fastproxy-token", "projected": {"sources": [{"serviceAccountToken": {
             "audience": "fastproxy-ca", "expirationSeconds": 3600, "path": "token"}}]}},
         {"name": "fastproxy-certs", "emptyDir": {"medium": "Memory"}},
     ]
+
+
+def pod_patch(pod: dict, injection: Injection) -> list[dict]:
+    """The JSONPatch (RFC 6902) that injects the Pod `pod` as `inject_template` would;
+    [] when it is left alone. Used by the admission webhook (fastproxy.kube.injector)."""
+    after = copy.deepcopy(pod)
+    if not inject_template(after, injection):
+        return []
+    metadata, spec = pod.get("metadata") or {}, pod["spec"]
+    if "metadata" not in pod:
+        ops = [{"op": "add", "path": "/metadata", "value": after["metadata"]}]
+    elif not metadata.get("annotations"):
+        ops = [{"op": "add", "path": "/metadata/annotations", "value": after["metadata"]["annotations"]}]
+    else:
+        ops = [{"op": "add", "path": "/metadata/annotations/" + _pointer(ANNOTATION + "injected"), "value": "true"}]
+    # ours go first (they start before the Pod's own init containers); volumes are appended
+    ops.append({"op": "replace" if "initContainers" in spec else "add", "path": "/spec/initContainers",
+                "value": after["spec"]["initContainers"]})
+    if spec.get("volumes"):
+        ops += [{"op": "add", "path": "/spec/volumes/-", "value": volume}
+                for volume in after["spec"]["volumes"][len(spec["volumes"]):]]
+    else:
+        ops.append({"op": "add", "path": "/spec/volumes", "value": after["spec"]["volumes"]})
+    return ops
+
+
+def _pointer(key: str) -> str:
+    """One JSON Pointer (RFC 6901) reference token."""
+    return key.replace("~", "~0").replace("/", "~1")

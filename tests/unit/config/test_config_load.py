@@ -236,6 +236,21 @@ def test_identity_and_tracing():
     assert files.tracing.service_name == "custom" and files.tracing.propagate == ()
 
 
+def test_the_identity_id_may_come_from_the_environment(monkeypatch):
+    # one ConfigMap for every workload of a namespace: the injected sidecar's id comes from
+    # its Pod (SPEC §13); an id in the file is used as it is
+    without_id = IDENTITY.replace('id = "spiffe://mesh.local/ns/default/sa/web"\n', "")
+    with pytest.raises(ConfigError, match="identity.id: is required"):
+        loads(without_id + doc(), FILE)
+    monkeypatch.setenv("FASTPROXY_IDENTITY_ID", "spiffe://cluster.local/ns/shop/sa/reviews")
+    config = loads(without_id + doc(), FILE)
+    assert config.identity.id == "spiffe://cluster.local/ns/shop/sa/reviews" and config.tracing.service_name == "reviews"
+    assert loads(IDENTITY + doc(), FILE).identity.id == "spiffe://mesh.local/ns/default/sa/web"
+    monkeypatch.setenv("FASTPROXY_IDENTITY_ID", "spiffe://cluster.local/ns/$(POD_NAMESPACE)/sa/x")
+    with pytest.raises(ConfigError, match="identity.id: .* is not a valid SPIFFE id"):
+        loads(without_id + doc(), FILE)
+
+
 def test_allow_entries_on_mtls_listener():
     config = loads(
         IDENTITY

@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 from ruamel.yaml import YAML
 
-from fastproxy.kube.inject import InjectError, inject
+from fastproxy.kube.inject import InjectError, Injection, inject
 
 POD_SPEC = """\
       containers:
@@ -61,7 +61,7 @@ def pod_spec(doc: dict) -> dict:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_gets_the_sidecar_and_validates(kind):
-    out, count = inject(manifest(kind), image="registry.local/fastproxy:1")
+    out, count = inject(manifest(kind), Injection(image="registry.local/fastproxy:1", trust_domain="cluster.local"))
     (doc,) = documents(out)
     kubernetes_validate.validate(doc, "1.29", strict=True)
     spec = pod_spec(doc)
@@ -75,6 +75,9 @@ def test_every_kind_gets_the_sidecar_and_validates(kind):
         "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     assert sidecar["readinessProbe"]["httpGet"] == sidecar["startupProbe"]["httpGet"] == {"path": "/ready", "port": 15000}
     assert sidecar["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}
+    env = {e["name"]: e for e in sidecar["env"]}   # its identity: the Pod's service account
+    assert env["FASTPROXY_IDENTITY_ID"]["value"] == "spiffe://cluster.local/ns/$(POD_NAMESPACE)/sa/$(POD_SERVICE_ACCOUNT)"
+    assert env["POD_SERVICE_ACCOUNT"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.serviceAccountName"
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["fastproxy-config"]["configMap"]["name"] == "fastproxy"
     token = volumes["fastproxy-token"]["projected"]["sources"][0]["serviceAccountToken"]
