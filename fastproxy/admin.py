@@ -1,8 +1,10 @@
 """The admin API on `[proxy] admin` (docs/observability.md): HTTP/1.1 with h11, JSON answers.
 
 Owns the operator's view of the proxy: `/ready`, `/metrics`, `/config`, `/clusters`,
-`/certs`, `/requests/failed`, `POST /reload` and `POST /shutdown`. It is meant for
-loopback, never shares a port with traffic, and nothing here runs per proxied request.
+`/certs`, `/requests/failed`, `POST /reload` and `POST /shutdown`, and the dashboard
+(`GET /` and its files under `/ui/`, from fastproxy/ui), a page that reads those same
+endpoints. It is meant for loopback, never shares a port with traffic, and nothing here
+runs per proxied request.
 With several workers, the first one serves it: metrics and failed requests come from
 memory every worker shares; /clusters shows the pools of the serving worker; reload and
 shutdown reach the others through the supervisor.
@@ -13,7 +15,9 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+import time
 from datetime import datetime, timezone
+from importlib import resources
 from types import MappingProxyType
 
 import h11
@@ -24,6 +28,9 @@ from fastproxy.observe import metrics as prometheus
 log = logging.getLogger("fastproxy")
 
 MAX_REQUEST = 65536
+UI = resources.files("fastproxy.ui")
+UI_TYPES = {"html": "text/html; charset=utf-8", "css": "text/css; charset=utf-8",
+            "js": "text/javascript; charset=utf-8"}
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -49,12 +56,29 @@ def _plain(value):
     return str(value)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Asset:
+    """A file of the dashboard, as it is answered."""
+    data: bytes
+    kind: str
+
+
+def ui_asset(name: str) -> Asset | None:
+    """fastproxy/ui/NAME, if it is one of the dashboard's files (no paths, no dot files)."""
+    kind = UI_TYPES.get(name.rpartition(".")[2])
+    if kind is None or "/" in name or name.startswith("."):
+        return None
+    file = UI.joinpath(name)
+    return Asset(file.read_bytes(), kind) if file.is_file() else None
+
+
 class AdminServer:
     """Serves the admin endpoints for a running worker (see runtime.worker)."""
 
     def __init__(self, worker):
         self.worker = worker
         self.routes = {
+            ("GET", "/"): lambda: (200, ui_asset("index.html")),
             ("GET", "/ready"): self.ready,
             ("GET", "/certs"): self.certs,
             ("GET", "/clusters"): self.clusters,
@@ -76,15 +100,31 @@ class AdminServer:
 
     def clusters(self) -> tuple[int, dict]:
         out = []
+        configured = self.worker.config.clusters
         for name, cluster in self.worker.core.clusters.items():
             breaker = cluster.breaker
+            conf = configured[name].circuit_breaker if name in configured else None
             out.append({
                 "name": name,
-                "circuit": breaker.snapshot() if breaker is not None
+                "circuit": self.circuit(breaker.snapshot(), conf) if breaker is not None
                 else {"state": "closed", "failures": 0, "trips": 0},
                 "endpoints": [endpoint.status() for endpoint in cluster.endpoints],
             })
         return 200, {"clusters": out}
+
+    @staticmethod
+    def circuit(snapshot: dict, conf) -> dict:
+        """A breaker's snapshot with its limits and, once it has opened, when it last
+        opened and when it probes (or probed) again, as wall-clock times."""
+        open_until = snapshot.pop("open_until", 0)
+        if conf is not None:
+            snapshot.update(max_failures=conf.max_failures, window=conf.window,
+                            open_for=conf.open_for)
+            if snapshot["trips"] and open_until:
+                probe_at = time.time() + open_until - time.monotonic()
+                snapshot.update(opened_at=_unix_rfc3339(probe_at - conf.open_for),
+                                probe_at=_unix_rfc3339(probe_at))
+        return snapshot
 
     def metrics(self) -> tuple[int, str]:
         """Prometheus text format: the shared series of every worker, then the identity
@@ -118,9 +158,12 @@ class AdminServer:
     def config(self) -> tuple[int, dict]:
         """The effective configuration (defaults filled in; files are named, never read)."""
         worker = self.worker
+        refused = worker.last_refused
         return 200, {"generation": worker.generation, "loaded_at": _unix_rfc3339(worker.loaded_at),
                      "path": worker.config.path, "config": _plain(worker.config),
-                     "last_error": worker.last_error}
+                     "last_error": worker.last_error,
+                     "last_refused": refused and {"time": _unix_rfc3339(refused[0]),
+                                                  "error": refused[1]}}
 
     def failed(self) -> tuple[int, dict]:
         self.worker.drain.flush()   # this worker's newest failures, not only the last timer's
@@ -178,8 +221,11 @@ class AdminServer:
         finally:
             writer.close()
 
-    async def dispatch(self, method: str, target: str) -> tuple[int, dict | str]:
+    async def dispatch(self, method: str, target: str) -> tuple[int, dict | str | Asset]:
         path = target.split("?", 1)[0]
+        if method == "GET" and path.startswith("/ui/"):
+            asset = ui_asset(path[4:])
+            return (200, asset) if asset else (404, {"error": f"no such file: {path}"})
         handler = self.routes.get((method, path))
         if handler is not None:
             result = handler()
@@ -190,7 +236,9 @@ class AdminServer:
         return 404, {"error": f"no such endpoint: {path}"}
 
     async def respond(self, conn: h11.Connection, writer, status: int, body) -> None:
-        if isinstance(body, str):   # /metrics
+        if isinstance(body, Asset):   # the dashboard
+            data, kind = body.data, body.kind
+        elif isinstance(body, str):   # /metrics
             data, kind = body.encode(), "text/plain; version=0.0.4; charset=utf-8"
         else:
             data, kind = orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n", "application/json"

@@ -197,13 +197,15 @@ cdef class Breaker:
         self.record(failure, probe, monotonic_ms())
 
     def snapshot(self):
-        """{"state", "failures", "trips"} for the admin API."""
+        """{"state", "failures", "trips", "open_until"} for the admin API; open_until is
+        when the last opening ends (time.monotonic() seconds; 0: it never opened)."""
         cdef int64_t now = monotonic_ms()
         cdef int64_t state = fp_load(&self.slot.state)
-        if state == CIRCUIT_OPEN and now >= fp_load(&self.slot.open_until_ms):
+        cdef int64_t open_until = fp_load(&self.slot.open_until_ms)
+        if state == CIRCUIT_OPEN and now >= open_until:
             state = CIRCUIT_HALF_OPEN   # due for probes: the next request is one
         return {"state": ("closed", "open", "half_open")[state], "failures": self.failures(now),
-                "trips": fp_load(&self.slot.trips)}
+                "trips": fp_load(&self.slot.trips), "open_until": open_until / 1000.0}
 
 
 cdef Breaker make_breaker(SharedCounters shared, str cluster, conf):

@@ -114,6 +114,7 @@ class WorkerProcess:
         self.generation = 1
         self.loaded_at = time.time()
         self.last_error: str | None = None
+        self.last_refused: tuple[float, str] | None = None   # kept after later successes
         self.file_seen = file_signature(config.path)
         self.access_log = None
         self.old_logs: list = []        # access logs and exporters replaced by a reload: their
@@ -446,6 +447,7 @@ class WorkerProcess:
             await self._apply(config)
         except (ConfigError, ReloadRefused) as exc:
             self.last_error = str(exc)
+            self.last_refused = (time.time(), self.last_error)
             self._count_reload("failure")
             log.error("reload (%s) refused, the running configuration stays:\n%s", why, exc)
             return {"result": "failure", "error": str(exc)}
