@@ -6,8 +6,9 @@ one real sidecar per app (`python -m fastproxy run -c <generated toml>`), mTLS b
 them, a 90/10 split of `reviews`, a circuit breaker on `ratings` (which fails in phases),
 tracing exported to a small OTLP sink; a load generator; and the live summary, whose
 view of the mesh comes from what any operator can read: the sidecars' admin APIs
-(the admin API: /metrics, /clusters, /requests/failed, /certs). Ctrl-C or
-SIGTERM stops every child (SIGTERM, then SIGKILL after a grace) and removes the directory.
+(the admin API: /metrics, /clusters, /requests/failed, /certs), whose dashboards (GET /)
+it names. Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL after a grace) and
+removes the directory.
 
     load ──> frontend sidecar :B+0 (ingress) ──> frontend app
              frontend app ──> frontend sidecar :B+1 (outbound, Host: reviews | ratings)
@@ -524,7 +525,7 @@ class Demo:
         width = max(len(cmd) for cmd, _ in tries if len(cmd) < 70)
         try_lines = "\n".join(f"  {cmd:<{width}}  # {why}" if len(cmd) <= width else f"  {cmd}\n  {'':<{width}}  # {why}"
                               for cmd, why in tries)
-        admins = "  ".join(f"{name} http://{LOOPBACK}:{p[f'admin:{name}']}" for name in WORKLOADS)
+        dashboards = "\n".join(f"  {name:<10} http://{LOOPBACK}:{p[f'admin:{name}']}/" for name in WORKLOADS)
         return f"""\
 fastproxy demo: a mesh on loopback; trust domain {TRUST_DOMAIN}; CA, certificates, configs, logs in {self.workdir}
 
@@ -536,8 +537,9 @@ fastproxy demo: a mesh on loopback; trust domain {TRUST_DOMAIN}; CA, certificate
 
 Try:
 {try_lines}
-Admin APIs (/ready /metrics /clusters /certs /config /requests/failed):
-  {admins}
+Dashboards, one per sidecar (open in a browser; the frontend's shows the split and the ratings circuit live);
+the same admin addresses answer /ready /metrics /clusters /certs /config /requests/failed:
+{dashboards}
 Ctrl-C stops everything."""
 
     def show(self, snap: Snapshot) -> None:
