@@ -7,7 +7,7 @@
 const REFRESH = 1500;            // ms between refreshes
 const WINDOW = 300;              // seconds of history in the charts
 const SHARE_WINDOW = 60;         // seconds of the "last minute" split shares
-const FAILED_SHOWN = 15;
+const FAILED_SHOWN = 10;
 
 const history = {};              // listener -> [{t, rps, errors, p50, p99, o50, o99}]
 const scrapes = [];              // [{t, listeners, requests}] of the last SHARE_WINDOW s
@@ -136,8 +136,8 @@ function record(t, summary) {
 // -- charts (SVG, by hand) ---------------------------------------------------------------
 const SVG = "http://www.w3.org/2000/svg";
 
-// The time axis spans what the page has seen, from one minute up to WINDOW.
-const span = (points, now) => Math.min(WINDOW, Math.max(60, points.length ? now - points[0].t : 0));
+// The time axis spans what the page has seen, from half a minute up to WINDOW.
+const span = (points, now) => Math.min(WINDOW, Math.max(30, points.length ? now - points[0].t : 0));
 
 function chart(title, points, series, format, now) {
   const W = 300, H = 56, x0 = now - span(points, now);

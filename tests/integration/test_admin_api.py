@@ -119,10 +119,10 @@ def test_config_shape_and_no_key_material(env):
     reply = admin_call(proxy, "GET", "/config")
     assert reply.status == 200 and reply.content_type.startswith("application/json")
     body = reply.json()
-    assert {"generation", "loaded_at", "config", "last_error"} <= set(body), body.keys()
+    assert {"generation", "loaded_at", "config", "last_error", "last_refused"} <= set(body), body.keys()
     assert isinstance(body["generation"], int) and body["generation"] >= 1
     assert RFC3339.fullmatch(body["loaded_at"]), body["loaded_at"]
-    assert body["last_error"] is None
+    assert body["last_error"] is None and body["last_refused"] is None
     assert isinstance(body["config"], dict)
     scalars = {str(v) for v in values_in(body["config"])}
     for name in ("main", "api", "dead", "app", "guarded", WEB):
@@ -191,7 +191,22 @@ def test_clusters_shape(env):
                 and isinstance(e["idle"], int), e
     assert [e["address"] for e in by_name["app"]["endpoints"]] == [env["app"].addr()]
     assert by_name["guarded"]["circuit"] == {**by_name["guarded"]["circuit"],
-                                             "state": "closed", "failures": 0}
+                                             "state": "closed", "failures": 0,
+                                             "max_failures": 3, "window": 10.0, "open_for": 60.0}
+    assert "opened_at" not in by_name["guarded"]["circuit"], "it never opened"
+
+
+def test_dashboard_page_and_its_files(env):
+    """GET / is the dashboard's page; the files it names are served under /ui/."""
+    page = admin_call(env["proxy"], "GET", "/")
+    assert page.status == 200 and page.content_type.startswith("text/html"), page
+    html = page.body.decode()
+    files = re.findall(r'(?:src|href)="(/ui/[^"]+)"', html)
+    assert sorted(files) == ["/ui/dashboard.css", "/ui/dashboard.js"], files
+    for path, kind in zip(sorted(files), ("text/css", "text/javascript")):
+        reply = admin_call(env["proxy"], "GET", path)
+        assert reply.status == 200 and reply.content_type.startswith(kind), (path, reply)
+        assert len(reply.body) == int(reply.headers["content-length"]) > 0
 
 
 def test_certs_shape(env):
@@ -278,12 +293,13 @@ def test_post_reload_answers_success_and_the_new_generation(env):
 
 # ---------------------------------------------------------------- 404 and 405
 
-UNKNOWN = [("GET", "/"), ("GET", "/nope"), ("GET", "/metrics/extra"), ("GET", "/readyz"),
-           ("POST", "/nope"), ("GET", "/config/x")]
-WRONG_METHOD = [("POST", "/ready"), ("POST", "/metrics"), ("PUT", "/config"),
+UNKNOWN = [("GET", "/nope"), ("GET", "/metrics/extra"), ("GET", "/readyz"),
+           ("POST", "/nope"), ("GET", "/config/x"), ("GET", "/ui/nope.js"),
+           ("GET", "/ui/__init__.py"), ("GET", "/ui/../admin.py"), ("GET", "/ui/")]
+WRONG_METHOD = [("POST", "/"), ("POST", "/ready"), ("POST", "/metrics"), ("PUT", "/config"),
                 ("DELETE", "/clusters"), ("POST", "/certs"), ("POST", "/requests/failed"),
                 ("GET", "/reload"), ("GET", "/shutdown"), ("PUT", "/shutdown")]
-ALLOWED = {"/ready": "GET", "/metrics": "GET", "/config": "GET", "/clusters": "GET",
+ALLOWED = {"/": "GET", "/ready": "GET", "/metrics": "GET", "/config": "GET", "/clusters": "GET",
            "/certs": "GET", "/requests/failed": "GET", "/reload": "POST", "/shutdown": "POST"}
 
 

@@ -8,72 +8,25 @@ clear line and exit 1.
 """
 from __future__ import annotations
 
-import random
 import re
 import signal
 import socket
-import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from support.fastproxy import REPO, fastproxy_cmd
-from support.procs import LOOPBACK, kill_group, live_pids_in_group
+from support.demo import Demo, free_block
+from support.procs import LOOPBACK, live_pids_in_group
 
 pytestmark = pytest.mark.timeout(90)
 
-PORT_SPAN = 15          # fastproxy.demo.PORT_SPAN: the demo uses base..base+14
 IDS = [f"spiffe://demo.local/ns/default/sa/{name}"
        for name in ("frontend", "reviews-v1", "reviews-v2", "ratings")]
 # ratings fails 4 s after the load starts; the circuit (open_for 5 s) probes while
 # ratings is healthy again, so open -> closed happens about 9 s into the load.
 PHASES = ("--ratings-healthy", "4", "--ratings-failing", "4")
 WATCH_S = 35            # everything expected must have shown by then (start included)
-
-
-def free_block(span: int = PORT_SPAN) -> int:
-    """A base port whose whole block is free now."""
-    for _ in range(100):
-        base = random.randrange(20000, 60000 - span)
-        socks = []
-        try:
-            for port in range(base, base + span):
-                s = socket.socket()
-                socks.append(s)
-                s.bind((LOOPBACK, port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of ports")
-
-
-class Demo:
-    """`fastproxy demo` in its own process group, its output collected line by line."""
-
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen(
-            fastproxy_cmd("demo", *args), cwd=REPO, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        kill_group(self.proc.pid)
 
 
 def summary(lines: list[str]) -> dict:
