@@ -5,10 +5,12 @@ included, and every wait on it has a deadline."""
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 # Root in a container needs --no-sandbox; the closed network refuses what Chromium does in
@@ -74,7 +76,13 @@ class Browser:
         return [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
 
     def screenshot(self, path) -> None:
-        self.driver.save_screenshot(str(path))
+        """A PNG of the whole page, below the window's edge included."""
+        width, height = self.driver.execute_script(
+            "return [document.documentElement.scrollWidth, document.body.scrollHeight];")
+        shot = self.driver.execute_cdp_cmd("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}})
+        Path(path).write_bytes(base64.b64decode(shot["data"]))
 
     def close(self) -> None:
         try:
