@@ -10,10 +10,13 @@ multi-document files and `List`s) gets:
   - `fastproxy`, the sidecar as a native sidecar (an init container with `restartPolicy:
     Always`: it starts before the application and stops after it) as uid 1337, read-only
     root filesystem, no privilege escalation, all capabilities dropped, startup and
-    readiness probes on `/ready`, resource requests;
-  - volumes: the configuration from a ConfigMap, a projected service-account token with
-    audience `fastproxy-ca` (the identity service issues the certificate of that service
-    account), an in-memory directory for the certificates.
+    readiness probes on `/ready` at port 15021 (the ConfigMap's `health` listener, which
+    forwards only that path to the admin API on loopback), resource requests, and its
+    identity's SPIFFE id from the Pod's namespace and service account
+    (FASTPROXY_IDENTITY_ID), so that one ConfigMap serves a whole namespace;
+  - volumes: the configuration from a ConfigMap, and a projected service-account token
+    with audience `fastproxy-ca` (the identity service issues the certificate of that
+    service account; the key stays in the sidecar's memory).
 
 Annotations on the Pod template choose: `fastproxy.io/inject: disabled` (left alone),
 `fastproxy.io/image`, `fastproxy.io/exclude-inbound-ports`, `fastproxy.io/exclude-outbound-ports`,
@@ -30,7 +33,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 PROXY_UID = 1337
-ADMIN_PORT = 15000
+HEALTH_PORT = 15021                  # the probes' port (the admin API stays on loopback)
 OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
 DEFAULT_IMAGE = "fastproxy:latest"
@@ -145,7 +148,7 @@ def _add_sidecar(spec: dict, annotations: dict, injection: Injection) -> None:
     image = annotations.get(ANNOTATION + "image", injection.image)
     iptables = ["fastproxy", "iptables", "--proxy-uid", str(PROXY_UID), "--inbound-port", str(INBOUND_PORT),
                 "--outbound-port", str(OUTBOUND_PORT)]
-    inbound_excluded = [str(ADMIN_PORT)] + [p.strip() for p in str(
+    inbound_excluded = [str(HEALTH_PORT)] + [p.strip() for p in str(
         annotations.get(ANNOTATION + "exclude-inbound-ports", "")).split(",") if p.strip()]
     iptables += ["--exclude-inbound-ports", ",".join(inbound_excluded)]
     for key in ("exclude-outbound-ports", "exclude-outbound-cidrs"):
@@ -161,7 +164,7 @@ def _add_sidecar(spec: dict, annotations: dict, injection: Injection) -> None:
         },
     }
     def probe(**more) -> dict:      # a new dict each time: shared ones would be YAML anchors
-        return {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 1, **more}
+        return {"httpGet": {"path": "/ready", "port": HEALTH_PORT}, "periodSeconds": 1, **more}
     sidecar = {
         "name": "fastproxy",
         "image": image,
@@ -175,7 +178,7 @@ def _add_sidecar(spec: dict, annotations: dict, injection: Injection) -> None:
                  "value": f"spiffe://{injection.trust_domain}/ns/$(POD_NAMESPACE)/sa/$(POD_SERVICE_ACCOUNT)"}],
         "ports": [{"name": "fp-outbound", "containerPort": OUTBOUND_PORT},
                   {"name": "fp-inbound", "containerPort": INBOUND_PORT},
-                  {"name": "fp-admin", "containerPort": ADMIN_PORT}],
+                  {"name": "fp-health", "containerPort": HEALTH_PORT}],
         "securityContext": {
             "runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": True,
             "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
@@ -186,15 +189,13 @@ def _add_sidecar(spec: dict, annotations: dict, injection: Injection) -> None:
         "resources": {"requests": {"cpu": str(annotations.get(ANNOTATION + "proxy-cpu", "50m")),
                                    "memory": str(annotations.get(ANNOTATION + "proxy-memory", "64Mi"))}},
         "volumeMounts": [{"name": "fastproxy-config", "mountPath": "/etc/fastproxy", "readOnly": True},
-                         {"name": "fastproxy-token", "mountPath": "/var/run/secrets/fastproxy", "readOnly": True},
-                         {"name": "fastproxy-certs", "mountPath": "/var/run/fastproxy"}],
+                         {"name": "fastproxy-token", "mountPath": "/var/run/secrets/fastproxy", "readOnly": True}],
     }
     spec["initContainers"] = [init, sidecar] + list(spec.get("initContainers") or [])
     spec["volumes"] = list(spec.get("volumes") or []) + [
         {"name": "fastproxy-config", "configMap": {"name": injection.config_map}},
         {"name": "fastproxy-token", "projected": {"sources": [{"serviceAccountToken": {
             "audience": "fastproxy-ca", "expirationSeconds": 3600, "path": "token"}}]}},
-        {"name": "fastproxy-certs", "emptyDir": {"medium": "Memory"}},
     ]
 
 

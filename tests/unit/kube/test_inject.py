@@ -73,7 +73,7 @@ def test_every_kind_gets_the_sidecar_and_validates(kind):
     assert sidecar["securityContext"] == {
         "runAsUser": 1337, "runAsGroup": 1337, "runAsNonRoot": True, "readOnlyRootFilesystem": True,
         "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
-    assert sidecar["readinessProbe"]["httpGet"] == sidecar["startupProbe"]["httpGet"] == {"path": "/ready", "port": 15000}
+    assert sidecar["readinessProbe"]["httpGet"] == sidecar["startupProbe"]["httpGet"] == {"path": "/ready", "port": 15021}
     assert sidecar["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}
     env = {e["name"]: e for e in sidecar["env"]}   # its identity: the Pod's service account
     assert env["FASTPROXY_IDENTITY_ID"]["value"] == "spiffe://cluster.local/ns/$(POD_NAMESPACE)/sa/$(POD_SERVICE_ACCOUNT)"
@@ -121,7 +121,7 @@ def test_annotations_choose_the_image_the_exclusions_and_the_resources():
     init, sidecar = spec["initContainers"][:2]
     assert init["image"] == sidecar["image"] == "mirror.local/fastproxy:2"
     command = init["command"]
-    assert command[command.index("--exclude-inbound-ports") + 1] == "15000,9901"
+    assert command[command.index("--exclude-inbound-ports") + 1] == "15021,9901"
     assert command[command.index("--exclude-outbound-ports") + 1] == "5432,6379"
     assert command[command.index("--exclude-outbound-cidrs") + 1] == "169.254.169.254/32"
     assert sidecar["resources"]["requests"] == {"cpu": "200m", "memory": "128Mi"}
