@@ -31,6 +31,8 @@ extensions = [
 ]
 
 setup(
+    # the five modules compile side by side (pip install ., the image's build stage)
+    options={"build_ext": {"parallel": os.cpu_count() or 1}},
     ext_modules=cythonize(
         extensions,
         language_level=3,

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
+import dataclasses
 import json
 import logging
 import os
 import ssl
 import sys
-from dataclasses import dataclass
 
 from fastproxy import https_endpoint
 from fastproxy.config import ConfigError
@@ -43,7 +42,7 @@ MAX_REVIEW = 4 * 1024 * 1024      # the API server sends at most ~3 MiB
 CERT_CHECK_INTERVAL = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Verdict:
     status: int                   # the HTTP status: 200 for every AdmissionReview answered
     reason: str                   # injected | skipped | refused | the error reason
@@ -90,7 +89,7 @@ class Admission:
         pod = request.get("object")
         metadata = pod.get("metadata") if isinstance(pod, dict) else None
         metadata = metadata if isinstance(metadata, dict) else {}
-        name = metadata.get("name") or (metadata.get("generateName", "") + "*" if metadata.get("generateName") else "-")
+        name = metadata.get("name") or (f"{metadata['generateName']}*" if metadata.get("generateName") else "-")
         where = f"{request.get('namespace') or metadata.get('namespace') or '-'}/{name}"
         response: dict = {"uid": request["uid"], "allowed": True}
         kind = request.get("kind") if isinstance(request.get("kind"), dict) else {}
@@ -116,17 +115,7 @@ class Admission:
                 verdict = Verdict(200, "injected" if patch else "skipped",
                                   "" if patch else "disabled by annotation or injected already", pod=where)
         out = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
-        return Verdict(verdict.status, verdict.reason, verdict.detail, json.dumps(out).encode(), verdict.pod)
-
-
-def decode_patch(review_answer: dict) -> list[dict]:
-    """The JSONPatch of an answered AdmissionReview ([] when there is none): for tests and
-    for `fastproxy injector` users debugging what it did."""
-    patch = review_answer.get("response", {}).get("patch")
-    try:
-        return json.loads(base64.b64decode(patch, validate=True)) if patch else []
-    except (binascii.Error, ValueError):
-        return []
+        return dataclasses.replace(verdict, body=json.dumps(out).encode())
 
 
 class _Certificate:
