@@ -27,6 +27,9 @@ RUN python3 -m venv /opt/fastproxy \
     && /opt/fastproxy/bin/python -m compileall -q -j 0 /opt/fastproxy/lib
 
 FROM ${BASE}
+# the pod's init step runs `fastproxy iptables` from this image: iptables-restore is needed
+RUN command -v iptables-restore >/dev/null || { apt-get update && apt-get install -y --no-install-recommends \
+      iptables && rm -rf /var/lib/apt/lists/*; }
 COPY --from=build /opt/fastproxy /opt/fastproxy
 COPY config/fastproxy.toml /etc/fastproxy/fastproxy.toml
 ENV PATH=/opt/fastproxy/bin:$PATH \

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import ipaddress
 import logging
 import time
 from datetime import datetime, timezone
@@ -207,7 +208,11 @@ class AdminServer:
                     conn.receive_data(data)
                     continue
                 if isinstance(event, h11.Request):
-                    status, body = await self.dispatch(event.method.decode(), event.target.decode())
+                    refused = self.refused(event)
+                    if refused:
+                        status, body = 403, {"error": refused}
+                    else:
+                        status, body = await self.dispatch(event.method.decode(), event.target.decode())
                     await self.respond(conn, writer, status, body)
                 elif isinstance(event, h11.ConnectionClosed) or conn.our_state is h11.MUST_CLOSE:
                     break
@@ -220,6 +225,25 @@ class AdminServer:
             pass
         finally:
             writer.close()
+
+    def refused(self, request: h11.Request) -> str | None:
+        """Why a request must not be answered, or None. The dashboard invites browsers, so
+        web pages must not reach the API through them: a Host that is a name other than
+        localhost or the admin address's own is DNS rebinding; a POST whose Origin is
+        another site is a cross-site request (it could drain the proxy)."""
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in request.headers}
+        host = headers.get("host")
+        if host is not None:
+            name = host[1:host.find("]")] if host.startswith("[") else host.rpartition(":")[0] or host
+            try:
+                ipaddress.ip_address(name)
+            except ValueError:
+                if name.lower() not in ("localhost", self.worker.config.proxy.admin.host.lower()):
+                    return f"Host {host!r}: the admin API answers requests to its address or localhost only"
+        origin = headers.get("origin")
+        if request.method != b"GET" and origin is not None and origin.partition("://")[2] != host:
+            return f"Origin {origin!r}: cross-site {request.method.decode()} refused"
+        return None
 
     async def dispatch(self, method: str, target: str) -> tuple[int, dict | str | Asset]:
         path = target.split("?", 1)[0]

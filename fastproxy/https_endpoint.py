@@ -25,7 +25,7 @@ from http import HTTPStatus
 
 import h11
 
-__all__ = ["Endpoint", "serve", "run", "setup_logging", "quote", "detail", "MAX_HEAD", "REQUEST_TIMEOUT", "IDLE_TIMEOUT"]
+__all__ = ["Endpoint", "serve", "run", "setup_logging", "server_context", "quote", "detail", "MAX_HEAD", "REQUEST_TIMEOUT", "IDLE_TIMEOUT"]
 
 log = logging.getLogger("fastproxy.https")
 
@@ -43,6 +43,15 @@ def quote(text: str) -> str:
 
 def detail(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def server_context() -> ssl.SSLContext:
+    """What the control plane's servers offer: TLS 1.2 at least, ALPN http/1.1; the
+    caller loads the certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 class _Closed(Exception):

@@ -16,7 +16,7 @@ from fastproxy.config.errors import ConfigError
 from fastproxy.config.loader import read_toml
 from fastproxy.config.model import Address
 from fastproxy.config.schema import BAD, Ctx, address, array, duration, index_path, key_path, string, table
-from fastproxy.config.values import check_spiffe_pattern
+from fastproxy.config.values import check_host, check_spiffe_pattern
 
 __all__ = ["CAToken", "CAKubernetes", "CAServer", "load_ca", "validate_ca"]
 
@@ -63,7 +63,7 @@ _CA = {
     "ttl": duration(positive=True),
     "token": lambda ctx, path, value: value,  # checked below
     "kubernetes": lambda ctx, path, value: _kubernetes(ctx, path, value),
-    "server_names": array(string(), min_items=1, unique=True),
+    "server_names": array(string(check_host), min_items=1, unique=True),
 }
 _KUBERNETES = {"jwks": string(), "issuer": string(), "audience": string()}
 

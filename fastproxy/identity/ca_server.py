@@ -327,9 +327,7 @@ def _load_server_cert(context: ssl.SSLContext, ca, hosts: list[str]) -> x509.Cer
 
 
 def _server_context(ca, hosts: list[str]) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["http/1.1"])
+    context = https_endpoint.server_context()
     _load_server_cert(context, ca, hosts)
     return context
 

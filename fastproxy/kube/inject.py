@@ -6,7 +6,8 @@ Each Pod template (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, Cro
 multi-document files and `List`s) gets:
 
   - `fastproxy-init`, an init container running `fastproxy iptables` as root with
-    NET_ADMIN and NET_RAW only;
+    NET_ADMIN and NET_RAW only; the ports of the application's own probes stay out of
+    capture (the kubelet calls them in plain text);
   - `fastproxy`, the sidecar as a native sidecar (an init container with `restartPolicy:
     Always`: it starts before the application and stops after it) as uid 1337, read-only
     root filesystem, no privilege escalation, all capabilities dropped, startup and
@@ -18,6 +19,7 @@ multi-document files and `List`s) gets:
     with audience `fastproxy-ca` (the identity service issues the certificate of that
     service account; the key stays in the sidecar's memory).
 
+Pods on the host's network are left alone (the rules would capture the node's traffic).
 Annotations on the Pod template choose: `fastproxy.io/inject: disabled` (left alone),
 `fastproxy.io/image`, `fastproxy.io/exclude-inbound-ports`, `fastproxy.io/exclude-outbound-ports`,
 `fastproxy.io/exclude-outbound-cidrs`, `fastproxy.io/proxy-cpu`, `fastproxy.io/proxy-memory`.
@@ -138,6 +140,8 @@ def inject_template(template: dict, injection: Injection) -> bool:
     spec = template["spec"]
     if any(c.get("name") in ("fastproxy", "fastproxy-init") for c in spec.get("initContainers") or []):
         return False
+    if spec.get("hostNetwork"):      # its iptables rules would capture the node's own traffic
+        return False
     annotations[ANNOTATION + "injected"] = "true"
     metadata["annotations"] = annotations
     _add_sidecar(spec, annotations, injection)
@@ -148,7 +152,7 @@ def _add_sidecar(spec: dict, annotations: dict, injection: Injection) -> None:
     image = annotations.get(ANNOTATION + "image", injection.image)
     iptables = ["fastproxy", "iptables", "--proxy-uid", str(PROXY_UID), "--inbound-port", str(INBOUND_PORT),
                 "--outbound-port", str(OUTBOUND_PORT)]
-    inbound_excluded = [str(HEALTH_PORT)] + [p.strip() for p in str(
+    inbound_excluded = [str(HEALTH_PORT)] + _probe_ports(spec) + [p.strip() for p in str(
         annotations.get(ANNOTATION + "exclude-inbound-ports", "")).split(",") if p.strip()]
     iptables += ["--exclude-inbound-ports", ",".join(inbound_excluded)]
     for key in ("exclude-outbound-ports", "exclude-outbound-cidrs"):
@@ -157,6 +161,7 @@ def _add_sidecar(spec: dict, annotations: dict, injection: Injection) -> None:
     init = {
         "name": "fastproxy-init",
         "image": image,
+        "imagePullPolicy": "IfNotPresent",
         "command": iptables,
         "securityContext": {
             "runAsUser": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
@@ -168,6 +173,7 @@ def _add_sidecar(spec: dict, annotations: dict, injection: Injection) -> None:
     sidecar = {
         "name": "fastproxy",
         "image": image,
+        "imagePullPolicy": "IfNotPresent",
         "restartPolicy": "Always",
         "args": ["run", "-c", "/etc/fastproxy/fastproxy.toml"],
         # the identity of the Pod's service account: one ConfigMap serves every workload
@@ -199,6 +205,23 @@ def _add_sidecar(spec: dict, annotations: dict, injection: Injection) -> None:
     ]
 
 
+def _probe_ports(spec: dict) -> list[str]:
+    """The ports the kubelet probes the application's containers on: kept out of capture,
+    since the kubelet speaks plain HTTP (or TCP, gRPC) and the inbound listener wants mTLS.
+    Named ports are looked up in the container's own `ports`."""
+    found: list[str] = []
+    for container in spec.get("containers") or []:
+        named = {p.get("name"): p.get("containerPort") for p in container.get("ports") or [] if isinstance(p, dict)}
+        for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+            probe = container.get(kind) or {}
+            for action in ("httpGet", "tcpSocket", "grpc"):
+                port = (probe.get(action) or {}).get("port")
+                port = named.get(port, port) if isinstance(port, str) and not port.isdigit() else port
+                if port is not None and str(port).isdigit() and str(port) not in found:
+                    found.append(str(port))
+    return found
+
+
 def pod_patch(pod: dict, injection: Injection) -> list[dict]:
     """The JSONPatch (RFC 6902) that injects the Pod `pod` as `inject_template` would;
     [] when it is left alone. Used by the admission webhook (fastproxy.kube.injector)."""
@@ -206,7 +229,7 @@ def pod_patch(pod: dict, injection: Injection) -> list[dict]:
     if not inject_template(after, injection):
         return []
     metadata, spec = pod.get("metadata") or {}, pod["spec"]
-    if "metadata" not in pod:
+    if not pod.get("metadata"):
         ops = [{"op": "add", "path": "/metadata", "value": after["metadata"]}]
     elif not metadata.get("annotations"):
         ops = [{"op": "add", "path": "/metadata/annotations", "value": after["metadata"]["annotations"]}]

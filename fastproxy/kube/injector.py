@@ -23,12 +23,11 @@ import base64
 import dataclasses
 import json
 import logging
-import os
 import ssl
 import sys
 
 from fastproxy import https_endpoint
-from fastproxy.config import ConfigError
+from fastproxy.config import ConfigError, file_signature
 from fastproxy.config.injector import load_injector
 from fastproxy.https_endpoint import detail, quote
 from fastproxy.kube.inject import Injection, pod_patch
@@ -80,7 +79,7 @@ class Admission:
     def answer(self, context, body: bytes) -> Verdict:
         try:
             review = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:     # RecursionError: absurdly deep nesting
             return Verdict(400, "bad_request", f"the body is not JSON ({detail(exc)})")
         request = review.get("request") if isinstance(review, dict) else None
         if (not isinstance(request, dict) or review.get("kind") != "AdmissionReview"
@@ -118,6 +117,12 @@ class Admission:
         return dataclasses.replace(verdict, body=json.dumps(out).encode())
 
 
+def _check_pair(cert: str, key: str) -> None:
+    """Raises OSError or ssl.SSLError unless `cert` and `key` load as a matching pair (on a
+    context of its own: a failed load may leave a context half changed)."""
+    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+
+
 class _Certificate:
     """The serving certificate: loaded into the context, re-loaded when the files change."""
 
@@ -127,25 +132,25 @@ class _Certificate:
         context.load_cert_chain(cert, key)
 
     def _stamp(self) -> tuple:
-        return tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in map(os.stat, (self.cert, self.key)))
+        return file_signature(self.cert), file_signature(self.key)
 
     async def watch(self) -> None:
         while True:
             await asyncio.sleep(CERT_CHECK_INTERVAL)
+            stamp = self._stamp()
+            if stamp == self.stamp:
+                continue
             try:
-                stamp = self._stamp()
-                if stamp != self.stamp:
-                    self.context.load_cert_chain(self.cert, self.key)
-                    self.stamp = stamp
-                    log.info("injector: loaded the new serving certificate from %s", self.cert)
+                _check_pair(self.cert, self.key)
+                self.context.load_cert_chain(self.cert, self.key)
+                self.stamp = stamp
+                log.info("injector: loaded the new serving certificate from %s", self.cert)
             except (OSError, ssl.SSLError) as exc:  # half-written or mismatched: keep the current one
                 log.warning("injector: keeping the current certificate: %s", detail(exc))
 
 
 async def serve(config, *, ready=None, stop: asyncio.Event | None = None) -> int:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["http/1.1"])
+    context = https_endpoint.server_context()
     certificate = _Certificate(context, config.cert, config.key)
     injection = Injection(config.image, config.config_map, config.trust_domain)
 
@@ -173,7 +178,7 @@ def main(args) -> int:
             print(line, file=sys.stderr)
         return 2
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(config.cert, config.key)
+        _check_pair(config.cert, config.key)
     except (OSError, ssl.SSLError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else detail(exc)
         print(f"{config.path}: injector.cert/key: cannot load {config.cert} and {config.key}: {why}",

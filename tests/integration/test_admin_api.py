@@ -291,11 +291,32 @@ def test_post_reload_answers_success_and_the_new_generation(env):
     assert get(proxy.port(), "/status/200").status == 200
 
 
+def test_web_pages_cannot_use_a_browser_to_reach_the_api(env):
+    """The dashboard invites browsers: a page of another site must not read the API by
+    DNS rebinding (its own name in Host) nor POST to it (a cross-site Origin)."""
+    proxy = env["proxy"]
+    port = admin_port(proxy)
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.nip.io"):
+        reply = admin_call(proxy, "GET", "/config", headers={"Host": host})
+        assert reply.status == 403 and b"localhost only" in reply.body, (host, reply)
+    for host in (f"localhost:{port}", f"[::1]:{port}", f"{LOOPBACK}:{port}", LOOPBACK):
+        assert admin_call(proxy, "GET", "/ready", headers={"Host": host}).status == 200, host
+    for origin in ("https://evil.example", "null", f"http://localhost:{port + 1}"):
+        reply = admin_call(proxy, "POST", "/shutdown", headers={"Origin": origin})
+        assert reply.status == 403 and b"cross-site" in reply.body, (origin, reply)
+    assert proxy.proc.poll() is None
+    same_site = admin_call(proxy, "POST", "/reload", headers={"Origin": f"http://{LOOPBACK}:{port}"})
+    assert same_site.status == 200 and same_site.json()["result"] == "success"
+    # a page's GET with an Origin is answered (the dashboard's own requests carry none)
+    assert admin_call(proxy, "GET", "/ready", headers={"Origin": "https://evil.example"}).status == 200
+
+
 # ---------------------------------------------------------------- 404 and 405
 
 UNKNOWN = [("GET", "/nope"), ("GET", "/metrics/extra"), ("GET", "/readyz"),
            ("POST", "/nope"), ("GET", "/config/x"), ("GET", "/ui/nope.js"),
-           ("GET", "/ui/__init__.py"), ("GET", "/ui/../admin.py"), ("GET", "/ui/")]
+           ("GET", "/ui/__init__.py"), ("GET", "/ui/../admin.py"), ("GET", "/ui/"),
+           ("GET", "/ui/../ui/dashboard.js"), ("GET", "/ui/x/dashboard.js"), ("GET", "/ui/.x.js")]
 WRONG_METHOD = [("POST", "/"), ("POST", "/ready"), ("POST", "/metrics"), ("PUT", "/config"),
                 ("DELETE", "/clusters"), ("POST", "/certs"), ("POST", "/requests/failed"),
                 ("GET", "/reload"), ("GET", "/shutdown"), ("PUT", "/shutdown")]

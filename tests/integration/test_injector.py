@@ -132,10 +132,15 @@ def test_what_cannot_be_injected_is_refused_with_a_message_and_the_injector_stay
     response = injector.admit(review(odd))
     assert response["allowed"] is False and response["status"]["message"].startswith("fastproxy: cannot inject")
     for body, reason in ((b"{not json", "not JSON"), (b'{"kind": "Pod"}', "expected an AdmissionReview"),
+                         (b"[" * 200_000, "not JSON"),
+                         
                          (json.dumps({**review(POD), "apiVersion": "admission.k8s.io/v1beta1"}).encode(),
                           "expected an AdmissionReview")):
         status, text = injector.post(body)
         assert status == 400 and reason in text.decode()
+    nameless = {**POD, "metadata": None}      # no metadata at all: the patch creates it
+    pod = patched(nameless, injector.admit(review(nameless)))
+    assert pod["metadata"] == {"annotations": {"fastproxy.io/injected": "true"}}
     status, text = injector.post(b"{}", path="/mutate")
     assert status == 404 and b"no such endpoint" in text
     assert injector.admit(review(POD))["allowed"] is True
@@ -148,10 +153,17 @@ def test_a_renewed_certificate_is_served_without_a_restart(injector):
     staged = injector.tls.parent / "renewed"
     assert run_cli("ca", "issue", str(injector.ca.dir), "--dns", "localhost", "--dns", LOOPBACK,
                    "--out", str(staged)).returncode == 0
-    # as the kubelet updates a mounted Secret: both files swapped at once
-    for name in ("key.pem", "cert.pem"):
-        shutil.copy(staged / name, injector.tls / f".{name}")
-        (injector.tls / f".{name}").replace(injector.tls / name)
+
+    def swap(*names):   # as the kubelet updates a mounted Secret: renamed into place
+        for name in names:
+            shutil.copy(staged / name, injector.tls / f".{name}")
+            (injector.tls / f".{name}").replace(injector.tls / name)
+
+    swap("cert.pem")    # the new certificate beside the old key: refused, the old pair stays
+    wait_until(lambda: "keeping the current certificate" in injector.log.read_text(), deadline_s=15,
+               what="the mismatched pair refused")
+    assert server_serial(injector.port, ctx) == before and injector.admit(review(POD))["allowed"] is True
+    swap("key.pem")
     wait_until(lambda: server_serial(injector.port, ctx) != before, deadline_s=15, what="the new certificate")
     assert injector.admit(review(POD))["allowed"] is True
 

@@ -33,6 +33,8 @@ def test_server_names_for_the_ca_certificate():
     assert ca.server_names == ("fastproxy-ca.fastproxy-system.svc",) and ca.tokens == ()
     with pytest.raises(ConfigError, match="ca.server_names: must not be empty"):
         validate_ca(tomllib.loads(base.replace("[ca]\n", "[ca]\nserver_names = []\n")))
+    with pytest.raises(ConfigError, match=r'ca.server_names\[1\]: "https://x" is not a valid IP address or DNS name'):
+        validate_ca(tomllib.loads(base.replace("[ca]\n", '[ca]\nserver_names = ["ok.svc", "https://x"]\n')))
 
 
 @pytest.mark.parametrize(

@@ -127,6 +127,22 @@ def test_annotations_choose_the_image_the_exclusions_and_the_resources():
     assert sidecar["resources"]["requests"] == {"cpu": "200m", "memory": "128Mi"}
 
 
+def test_application_probe_ports_stay_out_of_capture_and_host_network_pods_are_left_alone():
+    # the kubelet probes in plain text; the mTLS inbound listener would refuse it
+    probed = manifest("Deployment").replace("ports: [{containerPort: 9080}]", (
+        "ports: [{name: http, containerPort: 9080}]\n"
+        "        livenessProbe: {httpGet: {path: /healthz, port: http}}\n"
+        "        readinessProbe: {tcpSocket: {port: 8081}}"))
+    out, count = inject(probed)
+    spec = pod_spec(documents(out)[0])
+    kubernetes_validate.validate(documents(out)[0], "1.29", strict=True)
+    command = spec["initContainers"][0]["command"]
+    assert count == 1 and command[command.index("--exclude-inbound-ports") + 1] == "15021,9080,8081"
+    assert {c["imagePullPolicy"] for c in spec["initContainers"]} == {"IfNotPresent"}
+    host = manifest("DaemonSet").replace("    spec:\n", "    spec:\n      hostNetwork: true\n", 1)
+    assert inject(host) == (host, 0)       # its rules would capture the node's own traffic
+
+
 @pytest.mark.parametrize("text, message", [
     ("kind: Deployment\nspec: [oops\n", "not valid YAML"),
     ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: 1}\n",

@@ -76,8 +76,19 @@ def test_the_example_sidecar_configuration_matches_what_is_injected(monkeypatch)
                      "outbound": injection.OUTBOUND_PORT}
     assert config.identity.id == "spiffe://mesh.local/ns/shop/sa/frontend"
     assert config.identity.ca_url.startswith("https://fastproxy-ca.fastproxy-system.svc:")
+    # the files the injected sidecar is given: the token volume and the ConfigMap's ca.pem
+    injected = injection.inject(injection_sample())[0]
+    sidecar = YAML(typ="safe").load(injected)["spec"]["initContainers"][1]
+    mounts = {m["name"]: m["mountPath"] for m in sidecar["volumeMounts"]}
+    assert config.identity.token_file == mounts["fastproxy-token"] + "/token"
+    assert Path(config.identity.ca_trust).parent.as_posix() == mounts["fastproxy-config"]
+    assert sidecar["args"][-1] == mounts["fastproxy-config"] + "/fastproxy.toml"
     (split,) = [route.split for listener in config.listeners for route in listener.routes if route.split]
     assert sorted(entry.weight for entry in split) == [10, 90]
+
+
+def injection_sample() -> str:
+    return "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers: [{name: app, image: app:1}]\n"
 
 
 def test_the_example_application_injected_validates_and_injecting_again_changes_nothing():
