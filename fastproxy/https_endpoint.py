@@ -25,7 +25,8 @@ from http import HTTPStatus
 
 import h11
 
-__all__ = ["Endpoint", "serve", "run", "setup_logging", "server_context", "quote", "detail", "MAX_HEAD", "REQUEST_TIMEOUT", "IDLE_TIMEOUT"]
+__all__ = ["Endpoint", "serve", "run", "setup_logging", "server_context", "quote", "detail",
+           "MAX_HEAD", "REQUEST_TIMEOUT", "IDLE_TIMEOUT"]
 
 log = logging.getLogger("fastproxy.https")
 
