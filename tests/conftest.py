@@ -3,7 +3,7 @@
 End-to-end fixtures (real processes, loopback only, every wait bounded):
 
   free_port()                      -> int, a free 127.0.0.1 port (never handed out twice)
-  fastproxy(config, *, workers=None, args=(), wait=True, name=None, **values)
+  fastproxy(config, *, workers=None, args=(), wait=True, name=None, env=None, **values)
                                    -> ProxyProcess: config is TOML text (or a dict, written
                                       by support.configs.to_toml) with placeholders
                                       (${listen:NAME}, ${port:NAME}, ${KEY}=values[KEY]);
@@ -51,13 +51,13 @@ class ProxyLauncher:
 
     def __call__(self, config: str | dict, *, workers: int | None = None, args: tuple = (),
                  wait: bool = True, name: str | None = None, nofile: int | None = None,
-                 **values) -> ProxyProcess:
+                 env: dict | None = None, **values) -> ProxyProcess:
         if isinstance(config, dict):
             config = to_toml(config)
         text, _ = render(config, **values)
         proxy = ProxyProcess(self.workdir, text, name=name or f"fastproxy{len(self.started)}",
                              workers=workers, extra_args=tuple(args), wait=False,
-                             nofile=nofile)
+                             nofile=nofile, env=env)
         self.started.append(proxy)
         if wait:
             proxy.wait_ready()

@@ -63,7 +63,8 @@ class ProxyProcess:
 
     def __init__(self, workdir: Path, config_text: str, *, name: str = "fastproxy",
                  workers: int | None = None, extra_args: tuple[str, ...] = (),
-                 wait: bool = True, ready_timeout: float = 20.0, nofile: int | None = None):
+                 wait: bool = True, ready_timeout: float = 20.0, nofile: int | None = None,
+                 env: dict | None = None):
         self.workdir = workdir
         self.name = name
         self.config_path = workdir / f"{name}.toml"
@@ -78,7 +79,7 @@ class ProxyProcess:
         self.proc = subprocess.Popen(
             fastproxy_cmd(*args, *extra_args), cwd=workdir, stdin=subprocess.DEVNULL,
             stdout=open(self.stdout_path, "wb"), stderr=open(self.stderr_path, "wb"),
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             # nofile: a file descriptor limit of the process's own (soft and hard)
             preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
             if nofile else None,

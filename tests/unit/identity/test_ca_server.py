@@ -3,7 +3,6 @@ the CA certificate. Loopback only, every wait bounded."""
 
 from __future__ import annotations
 
-import datetime as dt
 import http.client
 import os
 import signal
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fastproxy.identity.ca import init_ca
 from fastproxy.identity.svid import load_material
+from support.kube import CLUSTER_ISSUER, cluster_key, jwks_json, sa_token
 from support.procs import free_port, stop_group, wait_for_ports
 
 REPO = Path(__file__).resolve().parents[3]
@@ -353,39 +353,20 @@ def test_exit_codes(tmp_path):
 
 # ------------------------------------------------------------ service-account tokens (SPEC §13)
 
-CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
 CA_SERVICE = "fastproxy-ca.fastproxy-system.svc"
-
-
-def sa_token(key, namespace: str, name: str, *, kid: str = "cluster-1", audience: str = "fastproxy-ca",
-             expires_in: float = 600, issuer: str = CLUSTER_ISSUER, algorithm: str = "RS256") -> str:
-    """A projected service-account token as kubelet mounts it, signed with `key`."""
-    import jwt
-
-    now = int(time.time())
-    claims = {"iss": issuer, "aud": [audience], "sub": f"system:serviceaccount:{namespace}:{name}",
-              "iat": now, "nbf": now, "exp": now + int(expires_in),
-              "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": "u-1"},
-                                "pod": {"name": f"{name}-0", "uid": "p-1"}}}
-    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid})
 
 
 @pytest.fixture(scope="module")
 def k8s(tmp_path_factory):
     """A CA that takes projected service-account tokens of one cluster key (kid cluster-1)."""
-    import json
-
-    from jwt.algorithms import RSAAlgorithm
-
-    cluster_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = json.loads(RSAAlgorithm.to_jwk(cluster_key.public_key()))
+    cluster = cluster_key()
     work = make_workdir(tmp_path_factory.mktemp("ca-k8s"))
-    (work / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "cluster-1", "use": "sig", "alg": "RS256"}]}))
+    (work / "jwks.json").write_text(jwks_json(cluster))
     port = free_port()
     config = ca_toml(port).replace("[ca]\n", f'[ca]\nserver_names = ["{CA_SERVICE}"]\n', 1)
     config += f'\n[ca.kubernetes]\njwks = "jwks.json"\nissuer = "{CLUSTER_ISSUER}"\n'
     ca = CAProcess(work, config, port, "ca-k8s").start()
-    yield ca, cluster_key
+    yield ca, cluster
     assert ca.stop() == 0, ca.output()
 
 
