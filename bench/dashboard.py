@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import statistics
 import subprocess
 import sys
@@ -29,16 +28,12 @@ REFRESH_S = 1.5
 
 
 def sidecar_pid(config_name: str) -> int:
-    """The `fastproxy run` process whose command line names `config_name`."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                args = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
-            except OSError:
-                continue
-            if b"run" in args and any(arg.endswith(config_name.encode()) for arg in args):
-                return int(entry)
-    raise RuntimeError(f"no sidecar runs {config_name}")
+    """The `fastproxy run` process whose configuration file is `config_name`."""
+    pid = subprocess.run(["pgrep", "-n", "-f", f"fastproxy run -c .*/{config_name}$"], capture_output=True,
+                         text=True).stdout.strip()
+    if not pid:
+        raise RuntimeError(f"no sidecar runs {config_name}")
+    return int(pid)
 
 
 def main(argv: list[str] | None = None) -> int:

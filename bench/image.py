@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.processes import free_port
+from bench.procstat import tree_rss_bytes
 from bench.report import dated_results_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,14 +173,11 @@ def stop(proc: subprocess.Popen) -> int | None:
         return None
 
 
-def rss_kib() -> int:
+def rss_bytes() -> int:
     """The resident memory of the newest sidecar started from the image."""
     pid = subprocess.run(["pgrep", "-n", "-f", "/opt/fastproxy/bin/fastproxy run"], capture_output=True,
                          text=True).stdout.strip()
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines() if pid else ():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    return tree_rss_bytes([int(pid)]) if pid else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                         status, _ = get(f"http://127.0.0.1:{outbound}/")
                         if status != 200:
                             raise RuntimeError(f"a proxied request answered {status}")
-                        rss = rss_kib()
+                        rss = rss_bytes()
                     finally:
                         stop(proc)
                 rows.append((("read-only root" if read_only else "buildah run"), times, rss))
@@ -225,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("|---|---|---|---|---|")
         for mode, times, rss in rows:
             lines.append(f"| {mode} | {len(times)} | {statistics.median(times) * 1000:.0f} ms | "
-                         f"{max(times) * 1000:.0f} ms | {rss / 1024:.1f} MiB |")
+                         f"{max(times) * 1000:.0f} ms | {rss / 2**20:.1f} MiB |")
     finally:
         stop(backend)
     text = "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ import os
 import sys
 
 from fastproxy import __version__
+from fastproxy.intercept import iptables
 
 DEFAULT_CONFIG = "config/fastproxy.toml"
 
@@ -78,15 +79,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_iptables(args: argparse.Namespace) -> int:
-    from fastproxy.intercept.iptables import Capture, InterceptError, apply
-
-    capture = None if args.cleanup else Capture(
+    capture = None if args.cleanup else iptables.Capture(
         proxy_uid=args.proxy_uid, inbound_port=args.inbound_port, outbound_port=args.outbound_port,
         exclude_inbound_ports=args.exclude_inbound_ports, exclude_outbound_ports=args.exclude_outbound_ports,
         exclude_outbound_cidrs=args.exclude_outbound_cidrs)
     try:
-        shown = apply(capture, args.dry_run)
-    except InterceptError as exc:
+        shown = iptables.apply(capture, args.dry_run)
+    except iptables.InterceptError as exc:
         print(f"fastproxy: {exc}", file=sys.stderr)
         return 1
     if args.dry_run:
@@ -237,12 +236,12 @@ def parser() -> argparse.ArgumentParser:
                          description="The pod's init step: nat rules, through iptables-restore and "
                          "ip6tables-restore, that redirect outbound TCP (except the proxy's own uid) to "
                          "the outbound listener and inbound TCP to the inbound listener.")
-    ipt.add_argument("--proxy-uid", type=_nonnegative, default=1337, metavar="UID",
-                     help="the sidecar's uid: its own connections are not captured (default 1337)")
-    ipt.add_argument("--inbound-port", type=_positive, default=15006, metavar="PORT",
-                     help="the inbound listener (default 15006)")
-    ipt.add_argument("--outbound-port", type=_positive, default=15001, metavar="PORT",
-                     help="the outbound listener (default 15001)")
+    ipt.add_argument("--proxy-uid", type=_nonnegative, default=iptables.PROXY_UID, metavar="UID",
+                     help=f"the sidecar's uid: its own connections are not captured (default {iptables.PROXY_UID})")
+    ipt.add_argument("--inbound-port", type=_positive, default=iptables.INBOUND_PORT, metavar="PORT",
+                     help=f"the inbound listener (default {iptables.INBOUND_PORT})")
+    ipt.add_argument("--outbound-port", type=_positive, default=iptables.OUTBOUND_PORT, metavar="PORT",
+                     help=f"the outbound listener (default {iptables.OUTBOUND_PORT})")
     ipt.add_argument("--exclude-inbound-ports", type=_ports, default=[], metavar="P,P",
                      help="inbound ports not captured (e.g. the admin port)")
     ipt.add_argument("--exclude-outbound-ports", type=_ports, default=[], metavar="P,P",

@@ -239,8 +239,7 @@ cdef class Downstream(ClientSide):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        host = self.orig_host if self.ls.direction == "outbound" else LOOPBACK_OF[self.orig_version]
-        self.relay = TcpRelay(self, data, host, self.orig_port)
+        self.relay = TcpRelay(self, data, self.dest.forward_host, self.dest.port)
         self.pause(P_QUEUE)           # until the relay is connected (TcpRelay.connection_made)
 
     cdef bint learn_destination(self, transport):
@@ -255,9 +254,7 @@ cdef class Downstream(ClientSide):
             self.state = S_CLOSED
             transport.abort()
             return False
-        address = ipaddress.ip_address(host)
-        self.orig_host, self.orig_port = host, port
-        self.orig_address, self.orig_version = int(address), address.version
+        self.dest = Destination(host, port, self.ls.direction == "outbound")
         self.detecting = True
         return True
 

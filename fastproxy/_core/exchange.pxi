@@ -313,8 +313,7 @@ cdef class Exchange:
         cdef UpstreamSide up
         cdef int protocol
         if cl.original:
-            ep = cl.original_endpoint(self.client.orig_host if self.ls.direction == "outbound"
-                                      else LOOPBACK_OF[self.client.orig_version], self.client.orig_port)
+            ep = cl.original_endpoint(self.client.dest.forward_host, self.client.dest.port)
         else:
             ep = cl.pick(self.tried, monotonic_ms())
         if ep is None:
@@ -776,9 +775,7 @@ cdef class Exchange:
     cdef str original_destination(self):
         """A transparent listener's request: where its connection was going, else None."""
         cdef ClientSide c = self.client
-        if c is None or c.orig_host is None:
-            return None
-        return f"[{c.orig_host}]:{c.orig_port}" if c.orig_version == 6 else f"{c.orig_host}:{c.orig_port}"
+        return None if c is None or c.dest is None else c.dest.text
 
 
 

@@ -31,9 +31,9 @@ cdef class Route:
     cdef bint matches(self, RequestHead h, const char* p, ClientSide c):
         cdef Py_ssize_t n
         if self.has_destination:
-            if c is None or c.orig_address is None or c.orig_version != self.dest_version \
-                    or (self.dest_port and c.orig_port != self.dest_port) \
-                    or c.orig_address >> self.dest_shift != self.dest_network:
+            if c is None or c.dest is None or c.dest.version != self.dest_version \
+                    or (self.dest_port and c.dest.port != self.dest_port) \
+                    or c.dest.address >> self.dest_shift != self.dest_network:
                 return False
         if self.host is not None:
             n = h.host_end - h.host_start

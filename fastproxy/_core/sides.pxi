@@ -86,6 +86,25 @@ cdef inline HeadEdit new_edit(uint64_t drop):
     return e
 
 
+@cython.final
+cdef class Destination:
+    """Where a transparent listener's connection was going before iptables redirected it
+    (SO_ORIGINAL_DST), worked out once per connection: for route matches, for the
+    original_destination cluster and passthrough, and for logs and spans."""
+    cdef readonly object address    # the address as an int (route destinations)
+    cdef readonly int version       # 4 or 6
+    cdef readonly int port
+    cdef readonly str text          # "10.96.0.10:9080", "[fd00::1]:9080"
+    cdef readonly str forward_host  # where it is forwarded: outbound the address itself,
+                                    # inbound the application on loopback
+
+    def __init__(self, str host, int port, bint outbound):
+        address = ipaddress.ip_address(host)
+        self.address, self.version, self.port = int(address), address.version, port
+        self.text = f"[{host}]:{port}" if self.version == 6 else f"{host}:{port}"
+        self.forward_host = host if outbound else LOOPBACK_OF[self.version]
+
+
 cdef class ClientSide:
     """One request's view of a client connection, as its Exchange sees it.
 
@@ -109,11 +128,7 @@ cdef class ClientSide:
     cdef bint denied                # the peer is not in the listener's allow
     cdef dict route_allowed         # per-route allow decisions for this peer
     cdef bint write_blocked         # the client is not taking response bytes now
-    # a transparent listener's connection: where it was going before iptables redirected it
-    cdef readonly str orig_host
-    cdef readonly int orig_port
-    cdef object orig_address        # the address as an int (route destinations), or None
-    cdef int orig_version
+    cdef Destination dest           # a transparent listener's connection: where it was going
 
     cdef void set_peer(self, str peer_id, bint tls):
         """Who the client is (peer_id: its verified SPIFFE id, None without mtls; tls: the
@@ -138,10 +153,7 @@ cdef class ClientSide:
         self.forwarded_lines = other.forwarded_lines
         self.proto_lines = other.proto_lines
         self.denied = other.denied
-        self.orig_host = other.orig_host
-        self.orig_port = other.orig_port
-        self.orig_address = other.orig_address
-        self.orig_version = other.orig_version
+        self.dest = other.dest
 
     cdef bint forbidden(self, Route route):
         """Whether this mtls peer may not use the route (listener and route allow)."""

@@ -15,7 +15,7 @@ from typing import Any
 from fastproxy.config.errors import ConfigError
 from fastproxy.config.loader import read_toml
 from fastproxy.config.model import Address
-from fastproxy.config.schema import BAD, Ctx, address, array, duration, index_path, key_path, string, table
+from fastproxy.config.schema import BAD, Ctx, address, array, duration, index_path, key_path, only_table, string, table
 from fastproxy.config.values import check_host, check_spiffe_pattern
 
 __all__ = ["CAToken", "CAKubernetes", "CAServer", "load_ca", "validate_ca"]
@@ -85,20 +85,12 @@ def _token(ctx: Ctx, path: str, raw: Any) -> CAToken:
 
 def validate_ca(raw: Any, path: str = "<dict>") -> CAServer:
     ctx = Ctx(path)
-    if not isinstance(raw, dict):
-        ctx.error("", "the document must be a TOML table")
-        raise ConfigError(ctx.errors)
-    for key in raw:
-        if key != "ca":
-            ctx.error(key_path("", str(key)), "unknown key (a `ca serve` file has only [ca])")
-    if "ca" not in raw:
-        ctx.error("ca", "is required")
-        raise ConfigError(ctx.errors)
-    values, ok = table(ctx, "ca", raw["ca"], _CA, required=("dir", "bind"))
+    raw_ca = only_table(ctx, raw, "ca", "ca serve")
+    values, ok = table(ctx, "ca", raw_ca, _CA, required=("dir", "bind"))
     tokens: list[CAToken] = []
-    raw_tokens = raw["ca"].get("token") if isinstance(raw["ca"], dict) else None
-    if isinstance(raw["ca"], dict):
-        if raw_tokens is None and "kubernetes" in raw["ca"]:
+    raw_tokens = raw_ca.get("token") if isinstance(raw_ca, dict) else None
+    if isinstance(raw_ca, dict):
+        if raw_tokens is None and "kubernetes" in raw_ca:
             pass                         # service-account tokens only
         elif not isinstance(raw_tokens, list) or not raw_tokens:
             ctx.error("ca.token", "at least one [[ca.token]] (or [ca.kubernetes]) is required")

@@ -14,10 +14,9 @@ core's enums mirror (TLS off/tls/mtls, balancers, retry_on bits, propagators).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastproxy.config.model import (
-    RetryBudget,
     BALANCERS,
     PROPAGATORS,
     PROTOCOLS,
@@ -131,7 +130,7 @@ def _cluster(c: Cluster) -> ClusterSpec:
     return ClusterSpec(
         name=c.name,
         addresses=tuple((e.host, e.port, e.is_ip) for e in c.endpoints),
-        default_host=str(c.endpoints[0]).encode(),
+        default_host=str(c.endpoints[0]).encode() if c.endpoints else b"",
         sni=next((e.host for e in c.endpoints if not e.is_ip), None),
         tls_mode=TLS_MODES.index(c.tls),
         peer=c.peer,
@@ -178,12 +177,8 @@ def _destination(destination: tuple[str, int] | None) -> tuple[int, int, int, in
     return int(net.network_address), net.prefixlen, net.version, destination[1]
 
 
-# original_destination: no endpoints of its own, the defaults of a cluster otherwise
-ORIGINAL_CLUSTER = ClusterSpec(
-    name=ORIGINAL_DESTINATION, addresses=(), default_host=b"", sni=None, tls_mode=0, peer=None,
-    balance=0, connect_timeout=1.0, idle_timeout=60.0, max_connections=1024, max_pending=1024,
-    outlier_failures=0, eject_ms=0, max_ejected=0.0, breaker=None, budget=_budget(RetryBudget()), protocol=0,
-    original=True)
+# original_destination: no endpoints of its own, a cluster's defaults otherwise
+ORIGINAL_CLUSTER = replace(_cluster(Cluster(ORIGINAL_DESTINATION, ())), original=True)
 
 
 def _listener(lc: Listener, config: Config) -> ListenerSpec:

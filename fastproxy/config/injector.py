@@ -19,7 +19,7 @@ from typing import Any
 from fastproxy.config.errors import ConfigError
 from fastproxy.config.loader import read_toml
 from fastproxy.config.model import Address
-from fastproxy.config.schema import Ctx, address, key_path, string, table
+from fastproxy.config.schema import Ctx, address, only_table, string, table
 from fastproxy.config.values import check_spiffe_id
 
 __all__ = ["InjectorConfig", "load_injector", "validate_injector"]
@@ -53,16 +53,8 @@ _INJECTOR = {
 
 def validate_injector(raw: Any, path: str = "<dict>") -> InjectorConfig:
     ctx = Ctx(path)
-    if not isinstance(raw, dict):
-        ctx.error("", "the document must be a TOML table")
-        raise ConfigError(ctx.errors)
-    for key in raw:
-        if key != "injector":
-            ctx.error(key_path("", str(key)), "unknown key (an `injector` file has only [injector])")
-    if "injector" not in raw:
-        ctx.error("injector", "is required")
-        raise ConfigError(ctx.errors)
-    values, _ = table(ctx, "injector", raw["injector"], _INJECTOR, required=("bind", "cert", "key"))
+    values, _ = table(ctx, "injector", only_table(ctx, raw, "injector", "injector"), _INJECTOR,
+                      required=("bind", "cert", "key"))
     if ctx.errors:
         raise ConfigError(ctx.errors)
     return InjectorConfig(path=path, raw=raw, **values)

@@ -16,6 +16,7 @@ import math
 import re
 from typing import Any, Callable, Iterable, Mapping
 
+from fastproxy.config.errors import ConfigError
 from fastproxy.config.values import (
     InvalidValue,
     check_name,
@@ -101,6 +102,21 @@ def leaf(parse: Callable[[Any], Any]) -> Conv:
             return BAD
 
     return conv
+
+
+def only_table(ctx: Ctx, raw: Any, name: str, command: str) -> Any:
+    """The one table of a file that has nothing else (`ca serve`'s [ca], `injector`'s
+    [injector]); anything else, or no such table, raises ConfigError."""
+    if not isinstance(raw, dict):
+        ctx.error("", "the document must be a TOML table")
+        raise ConfigError(ctx.errors)
+    for key in raw:
+        if key != name:
+            ctx.error(key_path("", str(key)), f"unknown key (a `{command}` file has only [{name}])")
+    if name not in raw:
+        ctx.error(name, "is required")
+        raise ConfigError(ctx.errors)
+    return raw[name]
 
 
 def table(

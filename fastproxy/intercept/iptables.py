@@ -23,6 +23,10 @@ PREFIX = "FASTPROXY_"
 CHAINS = ("FASTPROXY_INBOUND", "FASTPROXY_IN_REDIRECT", "FASTPROXY_OUTPUT", "FASTPROXY_REDIRECT")
 FAMILIES = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
 LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
+# the sidecar's uid and listeners, by default (the CLI and `fastproxy inject` use them)
+PROXY_UID = 1337
+INBOUND_PORT = 15006
+OUTBOUND_PORT = 15001
 
 
 class InterceptError(Exception):
@@ -31,9 +35,9 @@ class InterceptError(Exception):
 
 @dataclass
 class Capture:
-    proxy_uid: int
-    inbound_port: int = 15006
-    outbound_port: int = 15001
+    proxy_uid: int = PROXY_UID
+    inbound_port: int = INBOUND_PORT
+    outbound_port: int = OUTBOUND_PORT
     exclude_inbound_ports: list[int] = field(default_factory=list)
     exclude_outbound_ports: list[int] = field(default_factory=list)
     exclude_outbound_cidrs: list[str] = field(default_factory=list)

@@ -34,10 +34,9 @@ from dataclasses import dataclass
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-PROXY_UID = 1337
+from fastproxy.intercept.iptables import INBOUND_PORT, OUTBOUND_PORT, PROXY_UID
+
 HEALTH_PORT = 15021                  # the probes' port (the admin API stays on loopback)
-OUTBOUND_PORT = 15001
-INBOUND_PORT = 15006
 DEFAULT_IMAGE = "fastproxy:latest"
 DEFAULT_CONFIG_MAP = "fastproxy"
 DEFAULT_TRUST_DOMAIN = "mesh.local"

@@ -11,7 +11,6 @@ ready. (The transparent listeners are exercised in network namespaces: test_netn
 """
 from __future__ import annotations
 
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -19,11 +18,11 @@ import pytest
 from ruamel.yaml import YAML
 
 from support.configs import to_toml
-from support.fastproxy import REPO, fastproxy_cmd
+from support.fastproxy import REPO
 from support.kube import cluster_key, jwks_json, sa_token
-from support.mesh import MeshCA
+from support.mesh import CAProcess, MeshCA
 from support.observe import admin_call, ready_status
-from support.procs import LOOPBACK, free_port, stop_group, wait_for_ports, wait_until
+from support.procs import LOOPBACK, free_port, wait_until
 from support.rawhttp import request
 
 DEPLOY = REPO / "deploy/kubernetes"
@@ -48,14 +47,9 @@ def ca(tmp_path_factory):
     port = free_port()
     config["ca"].update(dir=str(mesh.dir), bind=f"{LOOPBACK}:{port}")
     config["ca"]["kubernetes"]["jwks"] = str(work / "jwks.json")
-    (work / "ca.toml").write_text(to_toml(config))
-    log = work / "ca.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(fastproxy_cmd("ca", "serve", "-c", str(work / "ca.toml")), stdout=out, stderr=out,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    wait_for_ports([port], proc=proc, what="ca serve", logs=(log,))
-    yield {"url": f"https://{LOOPBACK}:{port}", "ca_pem": mesh.ca_pem, "key": key, "log": log}
-    assert stop_group(proc, grace_s=10) == 0
+    server = CAProcess(work, to_toml(config), port).start()
+    yield {"url": server.url, "ca_pem": mesh.ca_pem, "key": key, "log": server.log}
+    assert server.stop() == 0
 
 
 def sidecar(fastproxy, tmp_path: Path, ca: dict, *, identity: str, token: str):

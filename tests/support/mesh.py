@@ -15,10 +15,13 @@ TLS clients (Python ssl) that present a client certificate and report what happe
                                                      that no HTTP response came back)
   identity_table(material, spiffe_id)             -> the [identity] table (dict)
   sidecar_config(material, id, listeners, clusters) -> a whole sidecar config (dict)
+  CAProcess(workdir, config_text, port, name="ca-serve")
+                                                  `fastproxy ca serve` on a fixed port: .start(wait=True)
+                                                  .stop(sig) (restartable: a CA outage) .url .proc
+                                                  .output() .exit_codes
   CAService(workdir, ca, tokens={token: [ids]}, ttl="1h")
-                                                  `fastproxy ca serve` on a fixed port: .start()
-                                                  .stop() (restartable: a CA outage) .url
-                                                  .output() .token_file(token) (a 0600 file)
+                                                  a CAProcess whose config gives each token its
+                                                  ids: .token_file(token) (a 0600 file)
   TLSUpstream(workdir)                            an HTTPS upstream (thread) presenting any
                                                   certificate: .use(cert_pem, key_pem, client_trust)
   admin_get(proxy, path)                          -> (status, JSON) from the sidecar's admin API
@@ -225,27 +228,17 @@ def sidecar_config(material: Material | None, spiffe_id: str, listeners: list, c
     }
 
 
-class CAService:
-    """`fastproxy ca serve -c FILE` as a user runs it, on a port fixed at creation so that it
-    can be stopped (an outage) and started again at the same address."""
+class CAProcess:
+    """`fastproxy ca serve -c FILE` as a user runs it, with the configuration text given,
+    in `workdir` (relative paths in it are relative to that); on a port fixed at creation,
+    so that it can be stopped (an outage) and started again at the same address."""
 
-    def __init__(self, workdir: Path, ca: MeshCA, tokens: dict[str, list[str]], ttl: str = "1h"):
-        self.workdir = Path(workdir)
+    def __init__(self, workdir: Path, config: str, port: int, name: str = "ca-serve"):
+        self.workdir, self.port = Path(workdir), port
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.ca = ca
-        entries = []
-        self.token_files: dict[str, Path] = {}
-        for i, (token, ids) in enumerate(tokens.items()):
-            path = self.token_files[token] = self.workdir / f"token-{i}"
-            path.write_text(token + "\n")
-            os.chmod(path, 0o600)
-            entries.append(f'[[ca.token]]\ntoken_file = "{path}"\n'
-                           f'ids = [{", ".join(json.dumps(i) for i in ids)}]\n')
-        self.config = self.workdir / "ca.toml"
-        self.config.write_text(f'[ca]\ndir = "{ca.dir}"\nbind = "{LOOPBACK}:{self.port}"\n'
-                               f'ttl = "{ttl}"\n\n' + "\n".join(entries))
-        self.log = self.workdir / "ca-serve.log"
+        self.config = self.workdir / f"{name}.toml"
+        self.config.write_text(config)
+        self.log = self.workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
         self.exit_codes: list[int | None] = []
 
@@ -253,30 +246,51 @@ class CAService:
     def url(self) -> str:
         return f"https://{LOOPBACK}:{self.port}"
 
-    def token_file(self, token: str) -> Path:
-        return self.token_files[token]
-
-    def start(self) -> "CAService":
+    def start(self, wait: bool = True) -> "CAProcess":
         assert self.proc is None, "already running"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 fastproxy_cmd("ca", "serve", "-c", str(self.config)), cwd=self.workdir,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        wait_for_ports([self.port], proc=self.proc, deadline_s=15, what="ca serve", logs=(self.log,))
+        if wait:
+            wait_for_ports([self.port], proc=self.proc, deadline_s=15, what="ca serve", logs=(self.log,))
         return self
 
-    def stop(self) -> int | None:
-        """SIGTERM (bounded); returns the exit code (None if it had to be killed)."""
+    def stop(self, sig=signal.SIGTERM) -> int | None:
+        """`sig` (bounded); returns the exit code (None if it had to be killed)."""
         if self.proc is None:
             return None
-        rc = stop_group(self.proc, sig=signal.SIGTERM, grace_s=10)
+        rc = stop_group(self.proc, sig=sig, grace_s=10)
         self.exit_codes.append(rc)
         self.proc = None
         return rc
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class CAService(CAProcess):
+    """A CAProcess whose configuration gives each token (a 0600 file) its ids."""
+
+    def __init__(self, workdir: Path, ca: MeshCA, tokens: dict[str, list[str]], ttl: str = "1h"):
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.ca = ca
+        entries = []
+        self.token_files: dict[str, Path] = {}
+        for i, (token, ids) in enumerate(tokens.items()):
+            path = self.token_files[token] = workdir / f"token-{i}"
+            path.write_text(token + "\n")
+            os.chmod(path, 0o600)
+            entries.append(f'[[ca.token]]\ntoken_file = "{path}"\n'
+                           f'ids = [{", ".join(json.dumps(i) for i in ids)}]\n')
+        port = free_port()
+        super().__init__(workdir, f'[ca]\ndir = "{ca.dir}"\nbind = "{LOOPBACK}:{port}"\n'
+                         f'ttl = "{ttl}"\n\n' + "\n".join(entries), port)
+
+    def token_file(self, token: str) -> Path:
+        return self.token_files[token]
 
 
 class TLSUpstream:
@@ -382,4 +396,4 @@ def pem_of(material: Material) -> tuple[bytes, bytes, bytes]:
 
 
 __all__ = ["TD", "sid", "Material", "MeshCA", "write_leaf", "replace_file", "client_context",
-           "tls_socket", "https", "server_serial", "refused", "identity_table", "sidecar_config", "CAService", "TLSUpstream", "admin_get", "pem_of", "pem"]
+           "tls_socket", "https", "server_serial", "refused", "identity_table", "sidecar_config", "CAProcess", "CAService", "TLSUpstream", "admin_get", "pem_of", "pem"]

@@ -4,12 +4,9 @@ the CA certificate. Loopback only, every wait bounded."""
 from __future__ import annotations
 
 import http.client
-import os
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,41 +18,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastproxy.identity.ca import init_ca
 from fastproxy.identity.svid import load_material
 from support.kube import CLUSTER_ISSUER, cluster_key, jwks_json, sa_token
-from support.procs import free_port, stop_group, wait_for_ports
+from support.mesh import CAProcess
+from support.procs import free_port
 
-REPO = Path(__file__).resolve().parents[3]
 TD = "mesh.local"
 WEB = "spiffe://mesh.local/ns/default/sa/web"
 WEB_SECRET = "web-secret-6f1d2c"
 JOBS_SECRET = "jobs-secret-90ab"
 TTL = 600
-
-
-class CAProcess:
-    """`python -m fastproxy ca serve -c FILE` in `workdir`, stderr kept in a file."""
-
-    def __init__(self, workdir: Path, config: str, port: int, name: str = "ca-serve") -> None:
-        self.workdir, self.port = workdir, port
-        self.config = workdir / f"{name}.toml"
-        self.config.write_text(config)
-        self.log = workdir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, wait: bool = True) -> "CAProcess":
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fastproxy", "ca", "serve", "-c", str(self.config)],
-                cwd=self.workdir, env=env, stdout=log, stderr=log, start_new_session=True)
-        if wait:
-            wait_for_ports([self.port], proc=self.proc, deadline_s=15, what="ca serve", logs=(self.log,))
-        return self
-
-    def stop(self, sig=signal.SIGTERM) -> int | None:
-        return stop_group(self.proc, sig=sig, grace_s=10) if self.proc else None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 def make_workdir(tmp: Path) -> Path:
